@@ -1,0 +1,253 @@
+"""Artifact directories: a model, what it needs to be used, and ``manifest.json``.
+
+Every stage reads an artifact directory and writes a new one. A plain Hugging Face model directory
+(``config.json`` plus weights) is accepted wherever an artifact is, as the PyTorch reference.
+Writes are atomic: a stage fills a temporary sibling directory and renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec, specs_from_list
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+KINDS = ("hf", "onnx")
+TASKS = ("feature-extraction", "text-classification", "token-classification")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_ARCH_SUFFIX_TO_TASK = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("Model", "feature-extraction"),
+)
+
+
+@dataclass
+class Artifact:
+    """An opened artifact directory.
+
+    ``inputs``/``outputs`` come from the manifest; for a plain Hugging Face directory they are
+    empty until a runner derives them from the model.
+    """
+
+    path: Path
+    kind: str
+    task: str | None
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return specs_from_list(self.manifest.get("inputs", []))
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return specs_from_list(self.manifest.get("outputs", []))
+
+    @property
+    def model_file(self) -> Path:
+        """The main model file: ``model.onnx`` for ONNX artifacts, the directory itself for HF."""
+        if self.kind == "hf":
+            return self.path
+        return self.path / self.manifest.get("model_file", "model.onnx")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def size_bytes(self) -> int:
+        """Bytes of model files (weights, ONNX graph and external data), not tokenizer files."""
+        if self.kind == "hf":
+            return sum(p.stat().st_size for p in self.path.iterdir() if p.suffix in (".safetensors", ".bin"))
+        files = self.manifest.get("files") or {}
+        if files:
+            return sum(int(v["bytes"]) for k, v in files.items() if self._is_model_file(k))
+        return sum(p.stat().st_size for p in self.path.iterdir() if self._is_model_file(p.name))
+
+    @staticmethod
+    def _is_model_file(name: str) -> bool:
+        return name.endswith((".onnx", ".onnx_data", ".onnx.data", ".plan"))
+
+    def has_tokenizer(self) -> bool:
+        return any((self.path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
+
+
+def task_from_config(config: dict) -> str | None:
+    """Infer the task from ``config.json``'s ``architectures`` (``BertModel`` -> feature-extraction)."""
+    for arch in config.get("architectures") or []:
+        for suffix, task in _ARCH_SUFFIX_TO_TASK:
+            if arch.endswith(suffix):
+                return task
+    return None
+
+
+def is_hf_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (
+        any((path / f).is_file() for f in _WEIGHT_FILES) or any(path.glob("*.safetensors"))
+    )
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: {what} is not valid JSON ({e.msg} at line {e.lineno}); regenerate it") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: {what} must be a JSON object")
+    return data
+
+
+def load_artifact(path: str | os.PathLike, *, task: str | None = None) -> Artifact:
+    """Open an artifact directory or a plain Hugging Face model directory.
+
+    Raises:
+        UsageError: the path is missing, not a directory, or holds neither a manifest nor a model.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{p}: no such directory; pass an artifact or Hugging Face model directory")
+    if not p.is_dir():
+        raise UsageError(f"{p}: not a directory; pass the directory that holds manifest.json or config.json")
+    if (p / MANIFEST).is_file():
+        manifest = read_json(p / MANIFEST, "manifest")
+        kind = manifest.get("kind")
+        if kind not in KINDS:
+            raise UsageError(f"{p / MANIFEST}: field 'kind' is {kind!r}; expected one of {list(KINDS)}")
+        art = Artifact(path=p, kind=kind, task=task or manifest.get("task"), manifest=manifest)
+        if kind == "onnx" and not art.model_file.is_file():
+            raise UsageError(f"{p}: manifest names {art.model_file.name} but the file is missing; re-export the artifact")
+        return art
+    if is_hf_model_dir(p):
+        config = read_json(p / "config.json", "config.json")
+        inferred = task or task_from_config(config)
+        return Artifact(path=p, kind="hf", task=inferred, manifest={})
+    if (p / "model.onnx").is_file():
+        return Artifact(path=p, kind="onnx", task=task, manifest={})
+    raise UsageError(
+        f"{p}: not a model directory (no manifest.json, no config.json with weights, no model.onnx); "
+        "pass a Hugging Face model directory or an enginewright artifact"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dir_hash(path: Path) -> str:
+    """A content hash of a directory: relative paths and file bytes, ``manifest.json`` excluded."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != MANIFEST):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(b"\0")
+        h.update(file_sha256(f).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def file_table(path: Path) -> dict[str, dict]:
+    """``{relative name: {bytes, sha256}}`` for every file but the manifest."""
+    return {
+        str(f.relative_to(path)): {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+        for f in sorted(Path(path).rglob("*"))
+        if f.is_file() and f.name != MANIFEST
+    }
+
+
+_VERSIONED = (
+    "enginewright", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxscript",
+    "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "tokenizers",
+)
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries that shape an artifact (absent ones are left out)."""
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_output_free(out: Path, force: bool) -> None:
+    """Refuse to overwrite an existing output unless ``force``.
+
+    Raises:
+        UsageError: ``out`` exists (or is a file) and ``force`` is false.
+    """
+    if out.exists() and not force:
+        raise UsageError(f"{out}: output already exists; pass --force to replace it or choose another -o")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory; remove it or choose another -o")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces ``out`` only when the block succeeds.
+
+    On any exception the temporary directory is removed and ``out`` is left as it was.
+    """
+    out = Path(out)
+    check_output_free(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to ``path`` through a temporary file in the same directory."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers."""

@@ -1,0 +1,125 @@
+"""Run an ONNX artifact with ONNX Runtime on the CPU, CUDA or TensorRT execution provider."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from runtimes.base import Runner
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec
+
+# device -> providers in priority order (ONNX Runtime falls back along the list per node)
+PROVIDERS = {
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_GRAPH_OPT = ("disabled", "basic", "extended", "all")
+_ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool", "tensor(bfloat16)": "bfloat16",
+}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, (int, str)) else None for d in arg.shape)
+    return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), shape)
+
+
+class OnnxRuntimeRunner(Runner):
+    """An ``onnxruntime.InferenceSession`` over the artifact's ``model.onnx``.
+
+    Options: ``threads`` (intra-op; inter-op is 1, execution sequential), ``graph_optimization``
+    (``disabled|basic|extended|all``), ``provider_options`` (a dict for the first provider, such as
+    ``{"device_id": 0}`` for CUDA or ``{"trt_fp16_enable": True}`` for TensorRT) and
+    ``session_options`` (attribute name -> value on ``SessionOptions``).
+    """
+
+    backend = "onnxruntime"
+    accepts = ("onnx",)
+    devices = tuple(PROVIDERS)
+
+    def __init__(
+        self,
+        artifact,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        graph_optimization: str = "all",
+        provider_options: Mapping | None = None,
+        session_options: Mapping | None = None,
+    ):
+        super().__init__(artifact, device=device, threads=threads)
+        if graph_optimization not in _GRAPH_OPT:
+            raise UsageError(f"graph_optimization {graph_optimization!r}: choose one of {list(_GRAPH_OPT)}")
+        self.graph_optimization = graph_optimization
+        self.provider_options = dict(provider_options or {})
+        self.session_options = dict(session_options or {})
+        self._session = None
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        wanted = PROVIDERS[self.device]
+        available = ort.get_available_providers()
+        if wanted[0] not in available:
+            raise UsageError(
+                f"runtime onnxruntime:{self.device} needs {wanted[0]}, which this onnxruntime does not have "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu in place of onnxruntime (README, 'GPU install')"
+            )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization]
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.log_severity_level = 3
+        for key, value in self.session_options.items():
+            if not hasattr(so, key):
+                raise UsageError(f"onnxruntime session option {key!r} does not exist on SessionOptions")
+            setattr(so, key, value)
+        providers = [(wanted[0], self.provider_options)] + [(p, {}) for p in wanted[1:]]
+        path = self.artifact.model_file
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own pybind exception types for a bad file
+            kind = type(e).__name__
+            if kind in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "InvalidArgument"):
+                first = str(e).strip().splitlines()[0][:300]
+                raise UsageError(f"{path}: onnxruntime cannot load this model ({kind}: {first}); re-export the artifact") from None
+            raise
+        self._inputs = [_spec(a) for a in self._session.get_inputs()]
+        self._outputs = [_spec(a) for a in self._session.get_outputs()]
+
+    def deactivate_impl(self) -> None:
+        self._session = None
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    def output_specs_impl(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(None, feeds)
+        return {s.name: v for s, v in zip(self._outputs, values)}
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        so = self._session.get_session_options() if self._session is not None else None
+        return {
+            **super().describe(),
+            "threads": so.intra_op_num_threads if so is not None else self.threads,
+            "providers": self._session.get_providers() if self._session is not None else list(PROVIDERS[self.device]),
+            "graph_optimization": self.graph_optimization,
+            "onnxruntime": ort.__version__,
+        }

@@ -1,0 +1,115 @@
+"""Run a Hugging Face model directory with PyTorch (CPU, or CUDA where present)."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from runtimes.base import Runner
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec
+
+_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+_AUTO_CLASS = {
+    "feature-extraction": "AutoModel",
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+}
+
+
+def hf_output_specs(task: str, config) -> list[TensorSpec]:
+    """Output specs named as transformers' model classes name them."""
+    if task == "feature-extraction":
+        return [TensorSpec("last_hidden_state", "float32", ("batch_size", "sequence_length", config.hidden_size))]
+    if task == "text-classification":
+        return [TensorSpec("logits", "float32", ("batch_size", config.num_labels))]
+    if task == "token-classification":
+        return [TensorSpec("logits", "float32", ("batch_size", "sequence_length", config.num_labels))]
+    raise UsageError(f"unknown task {task!r}; choose one of {sorted(_AUTO_CLASS)}")
+
+
+class TorchRunner(Runner):
+    """Eager PyTorch in inference mode, pinned to be a fair baseline.
+
+    Fair means: ``torch.inference_mode()``, the same thread count as the other runtimes, the
+    fastest attention implementation the model supports (SDPA, falling back to eager), and
+    FP32 weights.
+    """
+
+    backend = "torch"
+    accepts = ("hf",)
+    devices = ("cpu", "cuda")
+
+    def __init__(self, artifact, *, device="cpu", threads=None, attn_implementation: str = "sdpa"):
+        super().__init__(artifact, device=device, threads=threads)
+        if artifact.task is None:
+            raise UsageError(
+                f"{artifact.path}: cannot tell the task from config.json 'architectures'; pass --task "
+                f"({', '.join(_AUTO_CLASS)})"
+            )
+        if artifact.task not in _AUTO_CLASS:
+            raise UsageError(f"{artifact.path}: unknown task {artifact.task!r}; choose one of {sorted(_AUTO_CLASS)}")
+        self.attn_implementation = attn_implementation
+        self._model = None
+
+    def activate_impl(self) -> None:
+        import torch
+        import transformers
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError(
+                "runtime torch:cuda: torch.cuda.is_available() is False (no GPU or a CPU build of torch); use torch:cpu"
+            )
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        auto = getattr(transformers, _AUTO_CLASS[self.artifact.task])
+        kwargs = dict(local_files_only=True, trust_remote_code=False, dtype=torch.float32)
+        try:
+            model = auto.from_pretrained(str(self.artifact.path), attn_implementation=self.attn_implementation, **kwargs)
+        except (ValueError, ImportError) as e:
+            if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
+                raise UsageError(f"{self.artifact.path}: transformers could not load the model: {str(e).splitlines()[0]}") from None
+            self.attn_implementation = "eager"
+            model = auto.from_pretrained(str(self.artifact.path), attn_implementation="eager", **kwargs)
+        except OSError as e:
+            raise UsageError(f"{self.artifact.path}: transformers could not load the model: {str(e).splitlines()[0]}") from None
+        self._model = model.eval().to(self.device)
+        self._config = model.config
+        params = inspect.signature(model.forward).parameters
+        self._inputs = [
+            TensorSpec(n, "int64", ("batch_size", "sequence_length")) for n in params if n in _TEXT_INPUTS and n != "position_ids"
+        ]
+        self._outputs = hf_output_specs(self.artifact.task, model.config)
+
+    def deactivate_impl(self) -> None:
+        self._model = None
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    def output_specs_impl(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feeds.items()}
+            out = self._model(**tensors, return_dict=True)
+            return {s.name: out[s.name].detach().float().cpu().numpy() for s in self._outputs}
+
+    def describe(self) -> dict:
+        import torch
+
+        return {
+            **super().describe(),
+            "threads": torch.get_num_threads() if self.device == "cpu" else self.threads,
+            "attn_implementation": self.attn_implementation,
+            "mode": "eager, torch.inference_mode, fp32",
+            "torch": torch.__version__,
+        }
