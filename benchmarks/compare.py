@@ -1,0 +1,173 @@
+"""``compare``: the same real inputs through a reference and candidates; parity per output and the
+task metric. Run first (each runner over all batches, one model in memory at a time), compare second."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from benchmarks.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from benchmarks.machine import describe_machine, machine_line
+from benchmarks.metrics import label_ids, task_metrics
+from benchmarks.parity import ParityResult, RowCollector, Tolerance, compare_collected
+from benchmarks.report import fmt, md_table, report_header
+from benchmarks.runset import RunnerPlan, plan_runners, tokenizer_source
+from runtimes import Artifact, load_artifact
+from runtimes.errors import UsageError
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    batch_size: int = 16
+    max_length: int = 128
+    threads: int | None = None
+    tolerance: Tolerance = Tolerance()
+    per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise UsageError(f"--max-length must be at least 2, got {self.max_length}")
+
+
+@dataclass
+class RunOutputs:
+    plan: RunnerPlan
+    rows: RowCollector
+    settings: dict
+
+
+@dataclass
+class CompareOutcome:
+    report: dict
+    results: list[ParityResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.results)
+
+    def markdown(self) -> str:
+        return compare_markdown(self.report)
+
+
+def encode_batches(tokenizer, data: TextDataset, cfg: CompareConfig) -> list[dict[str, np.ndarray]]:
+    return [tokenize(tokenizer, b, max_length=cfg.max_length) for b in data.batches(cfg.batch_size)]
+
+
+def run_plan(plan: RunnerPlan, encoded: Sequence[dict[str, np.ndarray]], cfg: CompareConfig,
+             progress: bool = True) -> RunOutputs:
+    """Run every batch through one runner; keep the valid (unpadded) rows of every output."""
+    with plan.open(threads=cfg.threads) as runner:
+        rows = RowCollector(runner.output_specs())
+        for enc in tqdm(encoded, desc=plan.label, unit="batch", disable=not progress, leave=False):
+            rows.add(runner.infer(feeds_for(enc, runner.input_specs(), runner.label)), enc.get("attention_mask"))
+        return RunOutputs(plan, rows, runner.describe())
+
+
+def _label_map(art: Artifact) -> tuple[dict[str, int], int]:
+    cfg_path = art.path / "config.json"
+    if not cfg_path.is_file():
+        return {}, 0
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    id2label = cfg.get("id2label") or {}
+    return {str(v): int(k) for k, v in id2label.items()}, len(id2label)
+
+
+def _task_metric(art: Artifact, rows: RowCollector, data: TextDataset) -> dict | None:
+    if data.labels is None or art.task != "text-classification" or "logits" not in rows.rows:
+        return None
+    label2id, num_labels = _label_map(art)
+    gold = label_ids(data.labels, label2id, num_labels or rows.result()["logits"].shape[1], data.source)
+    return task_metrics(rows.result()["logits"], gold)
+
+
+def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact], data: TextDataset, *,
+                runtimes: Sequence[str] | None = None, ref_runtime: str | None = None,
+                config: CompareConfig = CompareConfig(), command: str | None = None,
+                progress: bool = True) -> CompareOutcome:
+    """Parity of every candidate runner against the reference runner on ``data``.
+
+    Raises:
+        UsageError: bad artifacts, runtimes, data or labels.
+    """
+    ref_art = reference if isinstance(reference, Artifact) else load_artifact(reference)
+    cand_arts = [c if isinstance(c, Artifact) else load_artifact(c, task=ref_art.task) for c in candidates]
+    if not cand_arts:
+        raise UsageError("compare needs at least one CANDIDATE artifact after the reference")
+    ref_plan = plan_runners([ref_art], [ref_runtime] if ref_runtime else None)[0]
+    cand_plans = plan_runners(cand_arts, runtimes)
+    tok_art = tokenizer_source([ref_art, *cand_arts])
+    encoded = encode_batches(load_tokenizer(tok_art.path), data, config)
+
+    ref_out = run_plan(ref_plan, encoded, config, progress)
+    ref_metric = _task_metric(ref_art, ref_out.rows, data)
+    results, cands = [], []
+    for plan in cand_plans:
+        out = run_plan(plan, encoded, config, progress)
+        res = compare_collected(ref_plan.label, plan.label, ref_out.rows, out.rows, config.per_output, config.tolerance)
+        results.append(res)
+        metric = _task_metric(ref_art, out.rows, data) if ref_metric is not None else None
+        cands.append({"artifact": str(plan.artifact.path), "runtime": plan.runtime, "label": plan.label,
+                      "settings": out.settings, "task_metric": metric, **res.to_dict()})
+
+    report = report_header("compare", command, describe_machine())
+    report.update({
+        "data": data.describe(),
+        "settings": {"batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
+                     "padding": "longest in batch; padded positions excluded from every metric",
+                     "tolerance": vars(config.tolerance),
+                     "per_output_tolerance": {k: vars(v) for k, v in config.per_output.items()}},
+        "reference": {"artifact": str(ref_art.path), "runtime": ref_plan.runtime, "label": ref_plan.label,
+                      "settings": ref_out.settings, "task_metric": ref_metric},
+        "task_metric_note": None if ref_metric is not None else _no_metric_reason(ref_art, data),
+        "candidates": cands,
+        "passed": all(results),
+    })
+    return CompareOutcome(report, results)
+
+
+def _no_metric_reason(art: Artifact, data: TextDataset) -> str:
+    if data.labels is None:
+        return "data has no labels"
+    return f"task {art.task!r} has no sequence-classification logits to score labels against"
+
+
+def compare_markdown(report: dict) -> str:
+    ref = report["reference"]
+    lines = [
+        "# Parity report",
+        "",
+        f"- reference: `{ref['label']}`",
+        f"- data: {report['data']['source']} ({report['data']['rows']} rows), batch {report['settings']['batch_size']}, "
+        f"max length {report['settings']['max_length']}; padded positions excluded",
+        f"- machine: {machine_line(report['machine'])}",
+        f"- result: **{'PASS' if report['passed'] else 'FAIL'}**",
+        "",
+    ]
+    rows = []
+    for c in report["candidates"]:
+        for o in c["outputs"]:
+            tol = o["tolerance"]
+            rows.append([
+                c["label"], o["name"], o["rows"], fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]),
+                f"{o['cos_min']:.6f}", fmt(o["top1"], 4), f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, cos {tol['min_cosine']:g}",
+                "ok" if o["passed"] else "FAIL: " + "; ".join(o["reasons"]),
+            ])
+        for m in c["missing_outputs"]:
+            rows.append([c["label"], m, "-", "-", "-", "-", "-", "-", "-", "FAIL: missing"])
+    lines.append(md_table(["candidate", "output", "rows", "max abs", "mean abs", "max rel", "min cos", "top-1",
+                           "tolerance", "result"], rows))
+    metric_rows = []
+    if ref.get("task_metric"):
+        metric_rows.append([ref["label"], fmt(ref["task_metric"]["accuracy"], 4), fmt(ref["task_metric"]["macro_f1"], 4)])
+        for c in report["candidates"]:
+            if c.get("task_metric"):
+                metric_rows.append([c["label"], fmt(c["task_metric"]["accuracy"], 4), fmt(c["task_metric"]["macro_f1"], 4)])
+    lines += ["", "## Task metric", ""]
+    lines.append(md_table(["runner", "accuracy", "macro-F1"], metric_rows) if metric_rows else f"none: {report['task_metric_note']}")
+    return "\n".join(lines) + "\n"

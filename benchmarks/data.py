@@ -1,0 +1,214 @@
+"""Read labelled text data and turn it into model feeds with the artifact's own tokenizer.
+
+Shared by export validation, ``compare``, ``bench`` and (later) calibration, so that every stage
+feeds a model the same way. Formats: ``.txt`` (one text per line), ``.jsonl`` and ``.csv``/``.tsv``
+with named columns (``text``, optional ``text_pair`` and ``label``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec
+
+SAMPLES = Path(__file__).resolve().parent / "samples" / "sentences.txt"
+BUILTIN = "builtin:samples"
+
+
+@dataclass(frozen=True)
+class TextDataset:
+    """Texts (and optional second texts and labels) in file order."""
+
+    source: str
+    texts: tuple[str, ...]
+    pairs: tuple[str, ...] | None = None
+    labels: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for i, t in enumerate(self.texts):
+            h.update(t.encode())
+            h.update(b"\0" + (self.pairs[i].encode() if self.pairs else b"") + b"\0")
+            h.update(str(self.labels[i]).encode() if self.labels else b"")
+            h.update(b"\n")
+        return "sha256:" + h.hexdigest()
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "rows": len(self),
+            "has_pairs": self.pairs is not None,
+            "has_labels": self.labels is not None,
+            "hash": self.fingerprint(),
+        }
+
+    def take(self, n: int) -> "TextDataset":
+        """The first ``n`` rows, cycling when the data has fewer (for fixed-size benchmark batches)."""
+        idx = [i % len(self) for i in range(n)]
+        pick = lambda seq: tuple(seq[i] for i in idx) if seq is not None else None  # noqa: E731
+        return TextDataset(self.source, pick(self.texts), pick(self.pairs), pick(self.labels))
+
+    def batches(self, batch_size: int) -> Iterator["TextDataset"]:
+        for start in range(0, len(self), batch_size):
+            sl = slice(start, start + batch_size)
+            yield TextDataset(
+                self.source,
+                self.texts[sl],
+                self.pairs[sl] if self.pairs is not None else None,
+                self.labels[sl] if self.labels is not None else None,
+            )
+
+
+def load_texts(
+    path: str | Path | None = None,
+    *,
+    text_column: str = "text",
+    pair_column: str | None = None,
+    label_column: str | None = None,
+    limit: int | None = None,
+) -> TextDataset:
+    """Load a data file; ``None`` or ``"builtin:samples"`` gives the project's own sample sentences.
+
+    ``pair_column``/``label_column`` default to ``text_pair``/``label`` when those columns exist.
+
+    Raises:
+        UsageError: the file is missing, empty, malformed, or lacks a named column.
+    """
+    if path is None or str(path) == BUILTIN:
+        ds = _from_lines(SAMPLES, BUILTIN)
+        return ds.take(min(limit, len(ds))) if limit else ds
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p}: data file not found; pass a .txt, .jsonl or .csv file")
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _jsonl_rows(p)
+    elif suffix in (".csv", ".tsv"):
+        rows = _csv_rows(p, "\t" if suffix == ".tsv" else ",")
+    else:
+        ds = _from_lines(p, str(p))
+        return ds.take(min(limit, len(ds))) if limit else ds
+    if limit:
+        rows = rows[:limit]
+    return _from_rows(p, rows, text_column, pair_column, label_column)
+
+
+def _from_lines(p: Path, source: str) -> TextDataset:
+    texts = tuple(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not texts:
+        raise UsageError(f"{p}: data file is empty; it needs at least one line of text")
+    return TextDataset(source, texts)
+
+
+def _jsonl_rows(p: Path) -> list[dict]:
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{p}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{p}:{lineno}: each line must be a JSON object with named fields")
+            rows.append(row)
+    return rows
+
+
+def _csv_rows(p: Path, delimiter: str) -> list[dict]:
+    with open(p, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+def _from_rows(p: Path, rows: list[dict], text_col: str, pair_col: str | None, label_col: str | None) -> TextDataset:
+    if not rows:
+        raise UsageError(f"{p}: data file is empty; it needs at least one row")
+    columns = sorted({k for r in rows for k in r})
+    if text_col not in columns:
+        raise UsageError(f"{p}: no column {text_col!r} (columns: {', '.join(columns)}); pass --text-column NAME")
+    for name, flag in ((pair_col, "--pair-column"), (label_col, "--label-column")):
+        if name is not None and name not in columns:
+            raise UsageError(f"{p}: no column {name!r} (columns: {', '.join(columns)}); fix {flag}")
+    pair_col = pair_col or ("text_pair" if "text_pair" in columns else None)
+    label_col = label_col or ("label" if "label" in columns else None)
+
+    def column(name: str, what: str) -> tuple:
+        values = []
+        for i, r in enumerate(rows):
+            v = r.get(name)
+            if v is None or (isinstance(v, str) and not v.strip() and what != "label"):
+                raise UsageError(f"{p}: row {i + 1} has no {what} in column {name!r}; every row needs one")
+            values.append(v if what == "label" else str(v))
+        return tuple(values)
+
+    return TextDataset(
+        source=str(p),
+        texts=column(text_col, "text"),
+        pairs=column(pair_col, "text pair") if pair_col else None,
+        labels=column(label_col, "label") if label_col else None,
+    )
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer stored in an artifact or Hugging Face directory (never remote code).
+
+    Raises:
+        UsageError: the directory holds no tokenizer files.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{model_dir}: no usable tokenizer ({str(e).splitlines()[0][:200]}); copy the tokenizer files into it") from None
+
+
+def tokenize(tokenizer, batch: TextDataset, *, max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+    """Tokenize one batch to int64 arrays: padded to the longest row, or to ``max_length`` when
+    ``pad_to_max``; always truncated to ``max_length``."""
+    enc = tokenizer(
+        list(batch.texts),
+        list(batch.pairs) if batch.pairs is not None else None,
+        padding="max_length" if pad_to_max else "longest",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="np",
+    )
+    return {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
+def feeds_for(encoded: dict[str, np.ndarray], inputs: Sequence[TensorSpec], where: str) -> dict[str, np.ndarray]:
+    """Map tokenizer outputs onto a model's real inputs.
+
+    Inputs the model lacks are dropped (a model exported without ``token_type_ids`` just works);
+    ``token_type_ids`` a model wants but the tokenizer did not give are zeros.
+
+    Raises:
+        UsageError: the model needs an input the tokenizer cannot provide.
+    """
+    feeds = {}
+    shape = encoded["input_ids"].shape
+    for spec in inputs:
+        if spec.name in encoded:
+            arr = encoded[spec.name]
+        elif spec.name == "token_type_ids":
+            arr = np.zeros(shape, dtype=np.int64)
+        else:
+            raise UsageError(
+                f"{where}: model input {spec.name!r} is not produced by the tokenizer (it gives {sorted(encoded)}); "
+                "this model needs its own feed mapping"
+            )
+        feeds[spec.name] = arr.astype(spec.dtype, copy=False) if spec.dtype != "int64" else arr
+    return feeds

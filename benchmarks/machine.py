@@ -1,0 +1,69 @@
+"""Describe the machine a measurement ran on (CPU, cores, features, memory, GPU)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "fma")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def _gpus() -> list[dict]:
+    """GPUs by nvidia-smi (no CUDA context is created)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 4:
+            gpus.append({"name": parts[0], "memory": parts[1], "driver": parts[2], "compute_capability": parts[3]})
+    return gpus
+
+
+def describe_machine() -> dict:
+    import psutil
+
+    model, flags = _cpuinfo()
+    return {
+        "cpu": model,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_features": [f for f in _FLAGS if f in flags],
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "gpus": _gpus(),
+    }
+
+
+def machine_line(m: dict) -> str:
+    gpu = ", ".join(g["name"] for g in m["gpus"]) or "no GPU"
+    feats = " ".join(m["cpu_features"]) or "none"
+    return f"{m['cpu']} ({m['usable_cores']} usable cores; {feats}), {m['memory_gib']} GiB, {gpu}"

@@ -1,0 +1,66 @@
+"""Which runners a command builds from its artifacts and ``--on`` runtimes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from runtimes import Artifact, backend_class, default_runtime, load_artifact, open_runner, parse_runtime
+from runtimes.base import Runner
+from runtimes.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunnerPlan:
+    artifact: Artifact
+    runtime: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.artifact.name} @ {self.runtime}"
+
+    def open(self, **options) -> Runner:
+        backend, _ = parse_runtime(self.runtime)
+        if backend == "torch":
+            options.pop("graph_optimization", None)
+            options.pop("provider_options", None)
+        return open_runner(self.artifact, self.runtime, **options)
+
+
+def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | None = None,
+                 task: str | None = None) -> list[RunnerPlan]:
+    """Each artifact on each given runtime that can run its kind (default: its own runtime).
+
+    Raises:
+        UsageError: an unknown runtime, or an artifact none of the runtimes can run.
+    """
+    arts = [a if isinstance(a, Artifact) else load_artifact(a, task=task) for a in artifacts]
+    for rt in runtimes or ():
+        parse_runtime(rt)
+    plans = []
+    for art in arts:
+        chosen = [rt for rt in (runtimes or ()) if art.kind in backend_class(parse_runtime(rt)[0]).accepts]
+        if runtimes and not chosen:
+            raise UsageError(f"{art.path}: none of the runtimes {list(runtimes)} runs a {art.kind!r} artifact; add one with --on")
+        for rt in chosen or [default_runtime(art)]:
+            rt = rt if ":" in rt else f"{rt}:cpu"
+            plans.append(RunnerPlan(art, rt))
+    labels = [p.label for p in plans]
+    dupes = {x for x in labels if labels.count(x) > 1}
+    if dupes:
+        raise UsageError(f"the same artifact and runtime is listed twice: {sorted(dupes)}")
+    return plans
+
+
+def tokenizer_source(artifacts: Sequence[Artifact]) -> Artifact:
+    """The first artifact that carries tokenizer files.
+
+    Raises:
+        UsageError: none does.
+    """
+    for a in artifacts:
+        if a.has_tokenizer():
+            return a
+    raise UsageError(
+        f"none of {[str(a.path) for a in artifacts]} holds tokenizer files; copy the tokenizer into one of them"
+    )
