@@ -46,6 +46,7 @@ class Artifact:
     kind: str
     task: str | None
     manifest: dict = field(default_factory=dict)
+    alias: str | None = None  # shown instead of the directory name (e.g. while still in a temp dir)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -64,7 +65,7 @@ class Artifact:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.alias or self.path.name
 
     def size_bytes(self) -> int:
         """Bytes of model files (weights, ONNX graph and external data), not tokenizer files."""
@@ -211,6 +212,9 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     check_output_free(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any mkdir
     try:
         yield tmp
         if out.exists():

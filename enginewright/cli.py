@@ -1,0 +1,240 @@
+"""``enginewright`` command line. Only argparse is imported up front, so ``--help`` is instant;
+each subcommand imports what it needs when it runs.
+
+Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+TASK_CHOICES = ("feature-extraction", "text-classification", "token-classification")
+
+
+class CliError(Exception):
+    exit_code = 2
+
+
+def _csv_ints(flag: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers, e.g. 1,8,32; got {text!r}") from None
+        if not values or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(f"{flag} takes positive integers, got {text!r}")
+        return values
+
+    return parse
+
+
+def _tolerance_arg(flag: str):
+    """``X`` (all outputs) or ``NAME=X`` (one output)."""
+
+    def parse(text: str) -> tuple[str | None, float]:
+        name, sep, value = text.rpartition("=")
+        try:
+            return (name if sep else None), float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number or OUTPUT=NUMBER, got {text!r}") from None
+
+    return parse
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--data", metavar="FILE", required=required,
+                   help="texts: .txt (one per line), .jsonl or .csv with columns text[, text_pair, label] "
+                        "(default: the project's own sample sentences)")
+    p.add_argument("--text-column", default="text", metavar="NAME")
+    p.add_argument("--pair-column", default=None, metavar="NAME", help="second text column (default: text_pair if present)")
+    p.add_argument("--label-column", default=None, metavar="NAME", help="label column (default: label if present)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N rows only")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on", action="append", metavar="RUNTIME", dest="runtimes",
+                   help="runtime for the candidates, repeatable: torch[:cpu|:cuda], onnxruntime[:cpu|:cuda|:tensorrt] "
+                        "(default: torch for Hugging Face models, onnxruntime:cpu for ONNX)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op threads for every runtime (default: the usable cores)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR", help="write report.json and report.md here")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enginewright",
+        description="Turn a PyTorch / Hugging Face model into a verified, benchmarked deployment artifact.",
+        epilog="Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input.",
+    )
+    parser.add_argument("--version", action="version", version="enginewright 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("export", help="export a Hugging Face model to an ONNX artifact, checked against PyTorch",
+                       description="Export MODEL_DIR to ONNX with dynamic batch and sequence axes, then check it "
+                                   "(onnx.checker, shape inference, parity against PyTorch on sample texts).")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="Hugging Face model directory (config.json + weights)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--task", choices=TASK_CHOICES, default=None, help="default: from config.json 'architectures'")
+    p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: optimum's for the model)")
+    p.add_argument("--external-data", action="store_true",
+                   help="store weights in model.onnx_data beside model.onnx (always done above 2 GB)")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, absolute (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance, relative (default 1e-4)")
+    p.add_argument("--max-length", type=int, default=128, metavar="N", help="sequence length cap for the parity texts")
+    _add_data_args(p)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("compare", help="padding-aware parity of candidates against a reference on real texts",
+                       description="Run the same texts through REF and every CANDIDATE; report per-output errors "
+                                   "(padded positions excluded), cosine, top-1 agreement and the task metric "
+                                   "when the data has labels. Exit 1 when a check fails.")
+    p.add_argument("reference", type=Path, metavar="REF")
+    p.add_argument("candidates", type=Path, nargs="+", metavar="CANDIDATE")
+    p.add_argument("--ref-on", default=None, metavar="RUNTIME", help="runtime for REF (default: by its kind)")
+    _add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    for flag, helptext in (("--atol", "absolute tolerance (default 1e-4)"), ("--rtol", "relative tolerance (default 1e-4)"),
+                           ("--min-cosine", "lowest row cosine (default 0.999)"), ("--min-top1", "lowest top-1 agreement for logits (default: not checked)")):
+        p.add_argument(flag, action="append", type=_tolerance_arg(flag), default=[], metavar="[OUTPUT=]X",
+                       help=helptext + "; repeat with OUTPUT=X for one output")
+    _add_run_args(p)
+
+    p = sub.add_parser("bench", help="latency and throughput of artifacts on runtimes, interleaved",
+                       description="Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts "
+                                   "at natural lengths with --natural); runners take turns so drift hits all alike.")
+    p.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT")
+    _add_data_args(p)
+    p.add_argument("--batch", type=_csv_ints("--batch"), default=(1, 8), metavar="B[,B...]", help="batch sizes (default 1,8)")
+    p.add_argument("--seq", type=_csv_ints("--seq"), default=(128,), metavar="S[,S...]",
+                   help="sequence lengths (default 128); with --natural, the truncation length")
+    p.add_argument("--natural", action="store_true", help="feed the data's texts at their natural lengths")
+    p.add_argument("--iters", type=int, default=None, metavar="N", help="timed iterations per runner and cell")
+    p.add_argument("--time", type=float, default=3.0, metavar="S", dest="time_budget",
+                   help="timed seconds per runner and cell when --iters is not given (default 3)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N")
+    p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds per cell (default 5)")
+    _add_run_args(p)
+    return parser
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load_data(args):
+    from benchmarks.data import load_texts
+
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+    return load_texts(args.data, text_column=args.text_column, pair_column=args.pair_column,
+                      label_column=args.label_column, limit=args.limit)
+
+
+def _tolerances(args):
+    from benchmarks.parity import Tolerance
+
+    fields = {"atol": args.atol, "rtol": args.rtol, "min_cosine": args.min_cosine, "min_top1": args.min_top1}
+    default_kw = {k: v for k, items in fields.items() for name, v in items if name is None}
+    default = Tolerance(**default_kw)
+    per_output: dict[str, dict] = {}
+    for k, items in fields.items():
+        for name, v in items:
+            if name is not None:
+                per_output.setdefault(name, {})[k] = v
+    return default, {n: Tolerance(**{**vars(default), **kw}) for n, kw in per_output.items()}
+
+
+def cmd_export(args, command: str) -> int:
+    from benchmarks.parity import Tolerance
+    from exporter import export_hf
+
+    data = _load_data(args)
+    art = export_hf(args.model_dir, args.output, task=args.task, opset=args.opset, external_data=args.external_data,
+                    force=args.force, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), data=data,
+                    max_length=args.max_length, command=command, progress=not args.quiet)
+    m = art.manifest
+    out = m["parity"]["outputs"]
+    print(f"exported {args.model_dir} -> {art.model_file} (task {m['task']}, opset {m['opset']}, "
+          f"external data {'yes' if m['external_data'] else 'no'})")
+    for o in out:
+        print(f"  parity {o['name']} vs {m['parity']['reference']}: max abs {o['max_abs']:.3g}, "
+              f"min cos {o['cos_min']:.6f} over {o['rows']} rows (padding excluded): ok")
+    return 0
+
+
+def cmd_compare(args, command: str) -> int:
+    from benchmarks.compare import CompareConfig, run_compare
+    from benchmarks.report import write_report
+    from runtimes.artifact import check_output_free
+
+    if args.output is not None:
+        check_output_free(args.output, args.force)
+    default, per_output = _tolerances(args)
+    config = CompareConfig(batch_size=args.batch_size, max_length=args.max_length,
+                           threads=args.threads or _usable_cores(), tolerance=default, per_output=per_output)
+    outcome = run_compare(args.reference, args.candidates, _load_data(args), runtimes=args.runtimes,
+                          ref_runtime=args.ref_on, config=config, command=command, progress=not args.quiet)
+    md = outcome.markdown()
+    print(md)
+    if args.output is not None:
+        write_report(args.output, outcome.report, md, force=args.force)
+        print(f"report: {args.output / 'report.md'}")
+    if not outcome.passed:
+        print("parity check FAILED:", file=sys.stderr)
+        for r in outcome.results:
+            if not r:
+                print(str(r), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_bench(args, command: str) -> int:
+    from benchmarks.report import write_report
+    from benchmarks.throughput import BenchConfig, bench_markdown, run_bench
+    from runtimes.artifact import check_output_free
+
+    if args.output is not None:
+        check_output_free(args.output, args.force)
+    config = BenchConfig(batches=args.batch, seqs=args.seq, warmup=args.warmup, iters=args.iters,
+                         time_budget=args.time_budget, rounds=args.rounds, threads=args.threads or _usable_cores(),
+                         natural=args.natural)
+    report = run_bench(args.artifacts, _load_data(args), runtimes=args.runtimes, config=config, command=command,
+                       progress=not args.quiet)
+    md = bench_markdown(report)
+    print(md)
+    if args.output is not None:
+        write_report(args.output, report, md, force=args.force)
+        print(f"report: {args.output / 'report.md'}")
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "compare": cmd_compare, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        print(f"enginewright: error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from runtimes.errors import EnginewrightError
+
+    command = shlex.join(["enginewright", *argv])
+    try:
+        return COMMANDS[args.command](args, command)
+    except (EnginewrightError, CliError) as e:
+        print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"enginewright {args.command}: interrupted", file=sys.stderr)
+        return 130

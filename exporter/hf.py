@@ -1,0 +1,101 @@
+"""Export a Hugging Face model directory to an ONNX artifact with optimum's exporter, then verify it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from benchmarks.compare import CompareConfig, run_compare
+from benchmarks.data import TextDataset, load_texts
+from benchmarks.parity import Tolerance
+from exporter.manifest import onnx_manifest
+from exporter.onnx_file import check_onnx, save_with_external_data
+from runtimes.artifact import TASKS, Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from runtimes.errors import CheckFailed, UsageError
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Hide tracer warnings and library chatter during export; errors still propagate."""
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def export_hf(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    task: str | None = None,
+    opset: int | None = None,
+    external_data: bool = False,
+    force: bool = False,
+    tolerance: Tolerance = Tolerance(),
+    data: TextDataset | None = None,
+    max_length: int = 128,
+    command: str | None = None,
+    progress: bool = True,
+) -> Artifact:
+    """Export ``model_dir`` for ``task`` to ``out`` (``model.onnx``, tokenizer, config, manifest).
+
+    Batch and sequence axes are dynamic; output names follow transformers' model classes. After
+    export: ``onnx.checker`` (full), strict shape inference, and the same inputs through PyTorch and
+    ONNX Runtime; the measured parity goes into the manifest.
+
+    Raises:
+        UsageError: not a Hugging Face model, unknown task, output exists without ``force``.
+        CheckFailed: parity beyond ``tolerance`` (nothing is written).
+    """
+    src = load_artifact(model_dir)
+    if src.kind != "hf":
+        raise UsageError(f"{src.path}: export takes a Hugging Face model directory, this is a {src.kind!r} artifact")
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    task = task or src.task
+    if task is None:
+        raise UsageError(f"{src.path}: cannot tell the task from config.json 'architectures'; pass --task ({', '.join(TASKS)})")
+    if opset is not None and not 14 <= opset <= 23:
+        raise UsageError(f"--opset {opset}: choose an opset between 14 and 23")
+    out = Path(out)
+    check_output_free(out, force)
+    src = Artifact(src.path, "hf", task, src.manifest)
+    data = data or load_texts(None)
+
+    from optimum.exporters.onnx import main_export
+
+    with atomic_output_dir(out, force=force) as tmp:
+        with quiet_export():
+            main_export(str(src.path), tmp, task=task, opset=opset, library_name="transformers", device="cpu",
+                        do_validation=False, trust_remote_code=False, local_files_only=True)
+        model_path = tmp / "model.onnx"
+        if external_data:
+            save_with_external_data(model_path)
+        checks = check_onnx(model_path)
+        outcome = run_compare(src, [Artifact(tmp, "onnx", task, {}, alias=out.name)], data,
+                              config=CompareConfig(batch_size=8, max_length=max_length, tolerance=tolerance),
+                              progress=progress)
+        if not outcome.passed:
+            raise CheckFailed(f"export parity check failed, nothing written: {outcome.results[0]}".replace("\n", " |"))
+        parity = outcome.report["candidates"][0]
+        parity["artifact"] = str(out)
+        manifest = onnx_manifest(
+            tmp, task=task, source=src, command=command, checks=checks,
+            options={"task": task, "opset": opset, "external_data": external_data, "max_length": max_length,
+                     "tolerance": vars(tolerance), "exporter": "optimum-onnx main_export (library transformers)"},
+            parity={"reference": outcome.report["reference"]["label"], "data": outcome.report["data"], **parity},
+        )
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return load_artifact(out)

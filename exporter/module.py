@@ -1,0 +1,101 @@
+"""Export any ``torch.nn.Module`` given example inputs, then verify it on ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from benchmarks.parity import RowCollector, Tolerance, compare_collected
+from exporter.hf import quiet_export
+from exporter.manifest import onnx_manifest
+from exporter.onnx_file import check_onnx, save_with_external_data
+from runtimes import open_runner
+from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from runtimes.errors import CheckFailed, UsageError
+
+
+def export_module(
+    module,
+    example_inputs: Mapping[str, "torch.Tensor"],  # noqa: F821
+    out: str | os.PathLike,
+    *,
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = 18,
+    external_data: bool = False,
+    dynamo: bool = True,
+    force: bool = False,
+    tolerance: Tolerance = Tolerance(),
+    task: str | None = None,
+    command: str | None = None,
+) -> Artifact:
+    """Export ``module`` called as ``module(**example_inputs)`` to an ONNX artifact at ``out``.
+
+    ``dynamic_axes`` maps input and output names to ``{axis: dim name}``; by default axis 0 of every
+    input and output is ``batch_size``. ``dynamo`` picks torch.onnx's exporter (``torch.export``
+    based, the default) or the TorchScript one. The export is checked with ``onnx.checker``, strict
+    shape inference, and the example inputs through PyTorch and ONNX Runtime.
+
+    Raises:
+        UsageError: output exists without ``force``; outputs not named.
+        CheckFailed: parity beyond ``tolerance`` (nothing is written).
+    """
+    import torch
+
+    out = Path(out)
+    check_output_free(out, force)
+    names = list(example_inputs)
+    output_names = list(output_names)
+    if not output_names:
+        raise UsageError("export_module: name the outputs (output_names)")
+    if dynamic_axes is None:
+        dynamic_axes = {n: {0: "batch_size"} for n in names + output_names}
+    module = module.eval()
+    with torch.inference_mode():
+        ref = module(**example_inputs)
+    ref = _as_dict(ref, output_names)
+
+    with atomic_output_dir(out, force=force) as tmp:
+        model_path = tmp / "model.onnx"
+        with quiet_export():
+            torch.onnx.export(module, (), str(model_path), kwargs=dict(example_inputs), input_names=names,
+                              output_names=output_names, dynamic_axes=dict(dynamic_axes), opset_version=opset,
+                              dynamo=dynamo, **({"external_data": False} if dynamo else {}))
+        if external_data:
+            save_with_external_data(model_path)
+        checks = check_onnx(model_path)
+        feeds = {k: v.detach().cpu().numpy() for k, v in example_inputs.items()}
+        art = Artifact(tmp, "onnx", task, {}, alias=out.name)
+        with open_runner(art, "onnxruntime:cpu") as runner:
+            got = runner.infer({s.name: feeds[s.name] for s in runner.input_specs()})
+            specs = runner.output_specs()
+        r, c = RowCollector(specs), RowCollector(specs)
+        r.add(ref, None)
+        c.add(got, None)
+        result = compare_collected("torch.nn.Module", "model.onnx @ onnxruntime:cpu", r, c, default=tolerance)
+        if not result:
+            raise CheckFailed(f"export parity check failed, nothing written: {result}".replace("\n", " |"))
+        manifest = onnx_manifest(
+            tmp, task=task, source={"path": None, "kind": "torch.nn.Module", "hash": None, "class": type(module).__qualname__},
+            command=command, checks=checks,
+            options={"opset": opset, "external_data": external_data, "dynamo": dynamo, "dynamic_axes":
+                     {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}, "tolerance": vars(tolerance)},
+            parity=result.to_dict(),
+        )
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return load_artifact(out)
+
+
+def _as_dict(ref, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    if isinstance(ref, Mapping):
+        values = [ref[k] for k in output_names]
+    elif isinstance(ref, (tuple, list)):
+        values = list(ref)
+    else:
+        values = [ref]
+    if len(values) != len(output_names):
+        raise UsageError(f"export_module: the module returns {len(values)} outputs but {len(output_names)} names were given")
+    return {n: v.detach().float().cpu().numpy() for n, v in zip(output_names, values)}

@@ -1,0 +1,69 @@
+"""ONNX file helpers: checks, specs, external data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec
+
+EXTERNAL_DATA_SUFFIX = "_data"  # model.onnx -> model.onnx_data, as optimum names it
+_ELEM = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 16: "bfloat16"}
+
+
+def uses_external_data(path: Path) -> bool:
+    import onnx
+    from onnx.external_data_helper import uses_external_data as _uses
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(_uses(t) for t in model.graph.initializer)
+
+
+def save_with_external_data(path: Path) -> None:
+    """Rewrite ``path`` so every initializer of 100 bytes or more lives in ``<name>_data`` beside it."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=True)
+    old = {Path(path.parent / e.value) for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    location = path.name + EXTERNAL_DATA_SUFFIX
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=100, convert_attribute=True)
+    for f in old - {path.parent / location}:
+        if f.is_file():
+            os.remove(f)
+
+
+def check_onnx(path: Path) -> dict:
+    """``onnx.checker`` (full check) and strict shape inference, by path so external data works.
+
+    Raises:
+        UsageError: the file is not a valid ONNX model.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        with tempfile.TemporaryDirectory() as d:
+            onnx.shape_inference.infer_shapes_path(str(path), str(Path(d) / "inferred.onnx"), check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise UsageError(f"{path}: ONNX check failed: {str(e).strip().splitlines()[0][:300]}") from None
+    return {"onnx_checker": "full_check", "shape_inference": "strict"}
+
+
+def graph_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], int]:
+    """Input specs, output specs and the default-domain opset of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        return TensorSpec(v.name, _ELEM.get(t.elem_type, str(t.elem_type)), dims)
+
+    init = {i.name for i in model.graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return [spec(v) for v in model.graph.input if v.name not in init], [spec(v) for v in model.graph.output], opset
