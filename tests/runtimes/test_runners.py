@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from runtimes import load_artifact, open_runner, parse_runtime
+from runtimes.errors import UsageError
+
+
+def _feeds(n=2, s=7, with_types=True):
+    rng = np.random.default_rng(0)
+    f = {"input_ids": rng.integers(5, 60, (n, s)).astype(np.int64), "attention_mask": np.ones((n, s), np.int64)}
+    f["attention_mask"][1, 4:] = 0
+    if with_types:
+        f["token_type_ids"] = np.zeros((n, s), np.int64)
+    return f
+
+
+def test_torch_and_onnxruntime_share_one_interface(tiny_bert, tiny_onnx):
+    outs = {}
+    for path, runtime in ((tiny_bert, "torch"), (tiny_onnx, "onnxruntime:cpu")):
+        with open_runner(path, runtime, threads=1) as r:
+            assert [s.name for s in r.input_specs()] == ["input_ids", "attention_mask", "token_type_ids"]
+            assert [s.name for s in r.output_specs()] == ["last_hidden_state"]
+            outs[runtime] = r.infer(_feeds())["last_hidden_state"]
+            assert r.describe()["threads"] == 1
+    assert outs["torch"].shape == (2, 7, 32)
+    np.testing.assert_allclose(outs["torch"], outs["onnxruntime:cpu"], atol=1e-4)
+
+
+def test_runner_requires_activation(tiny_onnx):
+    r = open_runner(tiny_onnx)
+    with pytest.raises(RuntimeError, match="activate"):
+        r.infer(_feeds())
+
+
+def test_wrong_feeds_get_a_clear_error(tiny_onnx):
+    with open_runner(tiny_onnx) as r:
+        with pytest.raises(UsageError, match="missing \\['token_type_ids'\\]"):
+            r.infer(_feeds(with_types=False))
+        bad = _feeds()
+        bad["input_ids"] = bad["input_ids"].astype(np.float32)
+        with pytest.raises(UsageError, match="dtype float32; expected input_ids: int64"):
+            r.infer(bad)
+
+
+def test_corrupt_onnx_is_refused_in_one_line(tiny_onnx, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_onnx, bad)
+    (bad / "model.onnx").write_bytes(b"this is not a protobuf" * 10)
+    with pytest.raises(UsageError) as e:
+        open_runner(bad).activate()
+    assert "cannot load this model" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_runtime_names_and_kinds(tiny_bert, tiny_onnx):
+    assert parse_runtime("onnxruntime") == ("onnxruntime", "cpu")
+    assert parse_runtime("torch:cuda") == ("torch", "cuda")
+    with pytest.raises(UsageError, match="unknown runtime"):
+        parse_runtime("tflite")
+    with pytest.raises(UsageError, match="cannot run on torch"):
+        open_runner(tiny_onnx, "torch")
+    with pytest.raises(UsageError, match="unknown device"):
+        open_runner(tiny_onnx, "onnxruntime:tpu")
+    assert load_artifact(tiny_bert).kind == "hf"
+
+
+def test_missing_gpu_providers_are_refused_clearly(tiny_onnx):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal path is for CPU-only installs")
+    with pytest.raises(UsageError, match="needs CUDAExecutionProvider.*onnxruntime-gpu"):
+        open_runner(tiny_onnx, "onnxruntime:cuda").activate()
+
+
+def test_torch_cuda_without_gpu_is_refused(tiny_bert):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(UsageError, match="torch:cuda"):
+        open_runner(tiny_bert, "torch:cuda").activate()
+
+
+@pytest.mark.gpu
+def test_torch_cuda_matches_cpu(tiny_bert):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with a CUDA build of torch (torch.cuda.is_available() is False)")
+    with open_runner(tiny_bert, "torch:cpu") as cpu, open_runner(tiny_bert, "torch:cuda") as gpu:
+        a = cpu.infer(_feeds())["last_hidden_state"]
+        b = gpu.infer(_feeds())["last_hidden_state"]
+    np.testing.assert_allclose(a, b, atol=1e-3)
