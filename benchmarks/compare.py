@@ -27,6 +27,7 @@ class CompareConfig:
     threads: int | None = None
     tolerance: Tolerance = Tolerance()
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
+    provider_options: Mapping[str, Mapping] = field(default_factory=dict)  # onnxruntime device -> options
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -62,7 +63,7 @@ def encode_batches(tokenizer, data: TextDataset, cfg: CompareConfig) -> list[dic
 def run_plan(plan: RunnerPlan, encoded: Sequence[dict[str, np.ndarray]], cfg: CompareConfig,
              progress: bool = True) -> RunOutputs:
     """Run every batch through one runner; keep the valid (unpadded) rows of every output."""
-    with plan.open(threads=cfg.threads) as runner:
+    with plan.open(threads=cfg.threads, provider_options=cfg.provider_options) as runner:
         rows = RowCollector(runner.output_specs())
         for enc in tqdm(encoded, desc=plan.label, unit="batch", disable=not progress, leave=False):
             rows.add(runner.infer(feeds_for(enc, runner.input_specs(), runner.label)), enc.get("attention_mask"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from runtimes import Artifact, backend_class, default_runtime, load_artifact, open_runner, parse_runtime
 from runtimes.base import Runner
@@ -19,12 +19,13 @@ class RunnerPlan:
     def label(self) -> str:
         return f"{self.artifact.name} @ {self.runtime}"
 
-    def open(self, **options) -> Runner:
-        backend, _ = parse_runtime(self.runtime)
-        if backend == "torch":
-            options.pop("graph_optimization", None)
-            options.pop("provider_options", None)
-        return open_runner(self.artifact, self.runtime, **options)
+    def open(self, threads: int | None = None, provider_options: Mapping[str, Mapping] | None = None) -> Runner:
+        """Open the runner; ``provider_options`` maps an onnxruntime device (``cuda``) to its options."""
+        backend, device = parse_runtime(self.runtime)
+        options = {}
+        if backend == "onnxruntime" and provider_options and device in provider_options:
+            options["provider_options"] = dict(provider_options[device])
+        return open_runner(self.artifact, self.runtime, threads=threads, **options)
 
 
 def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | None = None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import resource
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -37,6 +37,7 @@ class BenchConfig:
     rounds: int = 5
     threads: int | None = None
     natural: bool = False
+    provider_options: Mapping[str, Mapping] = field(default_factory=dict)  # onnxruntime device -> options
 
     def __post_init__(self):
         if not self.batches or any(b < 1 for b in self.batches):
@@ -110,7 +111,7 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
     try:
         for plan in plans:
             before = _rss_mb()
-            runner = plan.open(threads=config.threads).activate()
+            runner = plan.open(threads=config.threads, provider_options=config.provider_options).activate()
             runners.append(runner)
             loaded.append(_rss_mb() - before)
         results, order_log = [], []

@@ -19,6 +19,13 @@ class CliError(Exception):
     exit_code = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _csv_ints(flag: str):
     def parse(text: str) -> tuple[int, ...]:
         try:
@@ -45,6 +52,21 @@ def _tolerance_arg(flag: str):
     return parse
 
 
+def _provider_option(text: str) -> tuple[str, str, str]:
+    device, _, kv = text.partition(":")
+    key, sep, value = kv.partition("=")
+    if not (device and key and sep):
+        raise argparse.ArgumentTypeError(f"--provider-option takes DEVICE:KEY=VALUE (e.g. cuda:device_id=1), got {text!r}")
+    return device, key, value
+
+
+def _provider_options(items) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for device, key, value in items:
+        out.setdefault(device, {})[key] = value
+    return out
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--data", metavar="FILE", required=required,
                    help="texts: .txt (one per line), .jsonl or .csv with columns text[, text_pair, label] "
@@ -61,19 +83,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "(default: torch for Hugging Face models, onnxruntime:cpu for ONNX)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads for every runtime (default: the usable cores)")
+    p.add_argument("--provider-option", action="append", type=_provider_option, default=[], metavar="DEVICE:KEY=VALUE",
+                   help="onnxruntime provider option, repeatable, e.g. cuda:device_id=1 or tensorrt:trt_fp16_enable=True")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR", help="write report.json and report.md here")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="enginewright",
         description="Turn a PyTorch / Hugging Face model into a verified, benchmarked deployment artifact.",
         epilog="Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input.",
     )
     parser.add_argument("--version", action="version", version="enginewright 0.1.0")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     p = sub.add_parser("export", help="export a Hugging Face model to an ONNX artifact, checked against PyTorch",
                        description="Export MODEL_DIR to ONNX with dynamic batch and sequence axes, then check it "
@@ -179,7 +203,8 @@ def cmd_compare(args, command: str) -> int:
         check_output_free(args.output, args.force)
     default, per_output = _tolerances(args)
     config = CompareConfig(batch_size=args.batch_size, max_length=args.max_length,
-                           threads=args.threads or _usable_cores(), tolerance=default, per_output=per_output)
+                           threads=args.threads or _usable_cores(), tolerance=default, per_output=per_output,
+                           provider_options=_provider_options(args.provider_option))
     outcome = run_compare(args.reference, args.candidates, _load_data(args), runtimes=args.runtimes,
                           ref_runtime=args.ref_on, config=config, command=command, progress=not args.quiet)
     md = outcome.markdown()
@@ -205,7 +230,7 @@ def cmd_bench(args, command: str) -> int:
         check_output_free(args.output, args.force)
     config = BenchConfig(batches=args.batch, seqs=args.seq, warmup=args.warmup, iters=args.iters,
                          time_budget=args.time_budget, rounds=args.rounds, threads=args.threads or _usable_cores(),
-                         natural=args.natural)
+                         natural=args.natural, provider_options=_provider_options(args.provider_option))
     report = run_bench(args.artifacts, _load_data(args), runtimes=args.runtimes, config=config, command=command,
                        progress=not args.quiet)
     md = bench_markdown(report)

@@ -17,6 +17,9 @@ from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, lo
 from runtimes.errors import CheckFailed, UsageError
 
 
+_EXTERNAL_ABOVE = 1_800_000_000  # bytes of parameters; headroom below protobuf's 2 GiB for the graph
+
+
 def export_module(
     module,
     example_inputs: Mapping[str, "torch.Tensor"],  # noqa: F821
@@ -58,12 +61,15 @@ def export_module(
         ref = module(**example_inputs)
     ref = _as_dict(ref, output_names)
 
+    # protobuf caps a file at 2 GiB: larger weights must go to external data (the TorchScript
+    # exporter decides that itself; the dynamo one is told)
+    large = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_ABOVE
     with atomic_output_dir(out, force=force) as tmp:
         model_path = tmp / "model.onnx"
         with quiet_export():
             torch.onnx.export(module, (), str(model_path), kwargs=dict(example_inputs), input_names=names,
                               output_names=output_names, dynamic_axes=dict(dynamic_axes), opset_version=opset,
-                              dynamo=dynamo, **({"external_data": False} if dynamo else {}))
+                              dynamo=dynamo, **({"external_data": large} if dynamo else {}))
         if external_data:
             save_with_external_data(model_path)
         checks = check_onnx(model_path)

@@ -121,5 +121,6 @@ class OnnxRuntimeRunner(Runner):
             "threads": so.intra_op_num_threads if so is not None else self.threads,
             "providers": self._session.get_providers() if self._session is not None else list(PROVIDERS[self.device]),
             "graph_optimization": self.graph_optimization,
+            **({"provider_options": self.provider_options} if self.provider_options else {}),
             "onnxruntime": ort.__version__,
         }

@@ -79,14 +79,25 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tiny_bert, tiny_onnx, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
-def test_argparse_errors_exit_2(capsys, tiny_bert, tmp_path):
-    for argv in (["export", str(tiny_bert), "-o", str(tmp_path / "o"), "--task", "translation"],
-                 ["bench", str(tiny_bert), "--batch", "1,x"],
-                 ["frobnicate"]):
+def test_argparse_errors_exit_2_in_one_line(capsys, tiny_bert, tmp_path):
+    for argv, words in ((["export", str(tiny_bert), "-o", str(tmp_path / "o"), "--task", "translation"], "invalid choice: 'translation'"),
+                        (["bench", str(tiny_bert), "--batch", "1,x"], "--batch takes comma-separated integers"),
+                        (["bench", str(tiny_bert), "--provider-option", "device_id=1"], "DEVICE:KEY=VALUE"),
+                        (["frobnicate"], "invalid choice: 'frobnicate'")):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-    capsys.readouterr()
+        one_line_error(capsys.readouterr().err, words)
+
+
+def test_provider_options_reach_the_onnxruntime_runner(capsys, tiny_bert, tiny_onnx, tmp_path):
+    code, _, _ = run(capsys, "bench", str(tiny_bert), str(tiny_onnx), "--iters", "1", "--rounds", "1", "--warmup", "0",
+                     "--batch", "1", "--seq", "8", "-q", "-o", str(tmp_path / "b"),
+                     "--provider-option", "cpu:arena_extend_strategy=kSameAsRequested", "--provider-option", "cuda:device_id=1")
+    assert code == 0
+    runners = {r["runtime"]: r["settings"] for r in json.loads((tmp_path / "b" / "report.json").read_text())["runners"]}
+    assert runners["onnxruntime:cpu"]["provider_options"] == {"arena_extend_strategy": "kSameAsRequested"}
+    assert "provider_options" not in runners["torch:cpu"]
 
 
 def test_existing_report_needs_force(capsys, tiny_bert, tiny_onnx, tmp_path):
