@@ -202,6 +202,13 @@ def check_output_free(out: Path, force: bool) -> None:
         raise UsageError(f"{out}: exists and is not a directory; remove it or choose another -o")
 
 
+def _default_mode(base: int) -> int:
+    """``base`` under the process umask: the mode a plain open()/mkdir() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``out`` only when the block succeeds.
@@ -212,9 +219,7 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
     check_output_free(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any mkdir
+    os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; the result should look like any mkdir
     try:
         yield tmp
         if out.exists():
@@ -231,25 +236,17 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterato
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, _default_mode(0o666))  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
