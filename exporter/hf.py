@@ -16,6 +16,7 @@ from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
 from runtimes.artifact import TASKS, Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
+from runtimes.pyt.loading import as_usage_error, hf_load_errors
 
 
 @contextlib.contextmanager
@@ -77,9 +78,12 @@ def export_hf(
     from optimum.exporters.onnx import main_export
 
     with atomic_output_dir(out, force=force) as tmp:
-        with quiet_export():
-            main_export(str(src.path), tmp, task=task, opset=opset, library_name="transformers", device="cpu",
-                        do_validation=False, trust_remote_code=False, local_files_only=True)
+        try:
+            with quiet_export():
+                main_export(str(src.path), tmp, task=task, opset=opset, library_name="transformers", device="cpu",
+                            do_validation=False, trust_remote_code=False, local_files_only=True)
+        except hf_load_errors() as e:
+            raise as_usage_error(src.path, e) from None
         model_path = tmp / "model.onnx"
         if external_data:
             save_with_external_data(model_path)

@@ -8,6 +8,7 @@ import numpy as np
 
 from runtimes.base import Runner
 from runtimes.errors import UsageError
+from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.specs import TensorSpec
 
 _TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
@@ -66,14 +67,15 @@ class TorchRunner(Runner):
         auto = getattr(transformers, _AUTO_CLASS[self.artifact.task])
         kwargs = dict(local_files_only=True, trust_remote_code=False, dtype=torch.float32)
         try:
-            model = auto.from_pretrained(str(self.artifact.path), attn_implementation=self.attn_implementation, **kwargs)
-        except (ValueError, ImportError) as e:
-            if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
-                raise UsageError(f"{self.artifact.path}: transformers could not load the model: {str(e).splitlines()[0]}") from None
-            self.attn_implementation = "eager"
-            model = auto.from_pretrained(str(self.artifact.path), attn_implementation="eager", **kwargs)
-        except OSError as e:
-            raise UsageError(f"{self.artifact.path}: transformers could not load the model: {str(e).splitlines()[0]}") from None
+            try:
+                model = auto.from_pretrained(str(self.artifact.path), attn_implementation=self.attn_implementation, **kwargs)
+            except ValueError as e:
+                if self.attn_implementation not in str(e):
+                    raise
+                self.attn_implementation = "eager"  # the model has no such kernel
+                model = auto.from_pretrained(str(self.artifact.path), attn_implementation="eager", **kwargs)
+        except hf_load_errors() as e:
+            raise as_usage_error(self.artifact.path, e) from None
         self._model = model.eval().to(self.device)
         self._config = model.config
         params = inspect.signature(model.forward).parameters

@@ -72,6 +72,12 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tiny_bert, tiny_onnx, tmp_path)
     shutil.copytree(tiny_onnx, corrupt)
     (corrupt / "model.onnx").write_bytes(b"\x00garbage" * 100)
     cases.append((["compare", str(tiny_bert), str(corrupt), "-q"], ["corrupt", "cannot load this model"]))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_bert, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    cases.append((["export", str(truncated), "-o", str(tmp_path / "o")], ["truncated", "transformers cannot load this model"]))
+    cases.append((["compare", str(truncated), str(tiny_onnx), "-q"], ["transformers cannot load this model"]))
     for argv, words in cases:
         code, _, err = run(capsys, *argv)
         assert code == 2, (argv, err)

@@ -1,0 +1,21 @@
+"""Turning a Hugging Face directory that transformers cannot load into a one-line user error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtimes.errors import UsageError
+
+
+def hf_load_errors() -> tuple[type[BaseException], ...]:
+    """What transformers raises for a bad model directory: unreadable or truncated weights
+    (OSError, SafetensorError) and configs it does not understand (ValueError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, SafetensorError)
+
+
+def as_usage_error(path: str | Path, error: BaseException) -> UsageError:
+    text = str(error).strip()
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    return UsageError(f"{path}: transformers cannot load this model ({first}); check config.json and the weights")
