@@ -90,6 +90,39 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"maximum epochs (default {epochs})")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of AdamW (default {lr:g})")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps of linear warm-up (default 0.1)")
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--max-length", type=int, default=64, help="truncation length in tokens (default 64)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--patience", type=int, default=2, help="stop after N epochs without eval improvement (0: never)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                   help="fp32 (default); auto: bf16/fp16 on CUDA GPUs, fp32 on CPUs")
+    g.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.ckpt")
+    p.add_argument("--train", required=True, metavar="DATA", help="training data (.jsonl/.csv; CoNLL for token-classification)")
+    p.add_argument("--eval", required=True, metavar="DATA", help="evaluation data for early stopping and the report")
+    p.add_argument("--label-column", default=None, metavar="NAME", help="label column (default: label)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace an existing output (and an old checkpoint)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _train_config(args):
+    from exporter.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, max_length=args.max_length,
+                       seed=args.seed, patience=args.patience or None, precision=args.precision,
+                       checkpoint_every=args.checkpoint_every)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="enginewright",
@@ -98,6 +131,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="enginewright 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("finetune", help="fine-tune a Hugging Face encoder on labelled data",
+                       description="Fine-tune MODEL_DIR for a classification task with AdamW, warm-up and decay, "
+                                   "early stopping on --eval, and checkpoints to resume; writes an artifact that "
+                                   "export takes as is, with a per-class evaluation report in its manifest.")
+    p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
+    p.add_argument("--task", choices=("text-classification", "token-classification"), default="text-classification")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) and merge them into the weights")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    _add_train_args(p, epochs=3, lr=5e-5)
+
+    p = sub.add_parser("compress", help="prune, distil or 2:4-sparsify a fine-tuned classifier",
+                       description="Apply the techniques given (in this order: layer drop, pruning, 2:4 sparsity), "
+                                   "then recover with a short fine-tune, or distillation with --distill.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT", help="a fine-tuned classifier (enginewright finetune output)")
+    g = p.add_argument_group("techniques")
+    g.add_argument("--prune-heads", type=float, default=None, metavar="F", help="fraction of attention heads to remove")
+    g.add_argument("--prune-ffn", type=float, default=None, metavar="F", help="fraction of FFN neurons to remove (every layer)")
+    g.add_argument("--flop-target", type=float, default=None, metavar="F",
+                   help="fraction of encoder FLOPs (seq 128) to remove, split equally over heads and FFN")
+    g.add_argument("--importance", choices=("gradient", "random"), default="gradient",
+                   help="rank heads and neurons by gradient importance on --train (default) or at random")
+    g.add_argument("--student-layers", type=int, default=None, metavar="N", help="keep N evenly spaced encoder layers")
+    g.add_argument("--sparse-2-4", action="store_true", help="2:4 semi-structured sparsity of the encoder's Linear weights")
+    g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
+    g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
+    g.add_argument("--temperature", type=float, default=2.0)
+    g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term against cross-entropy")
+    g.add_argument("--hidden-loss", type=float, default=0.0, metavar="W", help="weight of a hidden-state MSE term")
+    g.add_argument("--no-recovery", action="store_true", help="skip recovery training")
+    _add_train_args(p, epochs=2, lr=5e-5)
 
     p = sub.add_parser("export", help="export a Hugging Face model to an ONNX artifact, checked against PyTorch",
                        description="Export MODEL_DIR to ONNX with dynamic batch and sequence axes, then check it "
@@ -241,7 +306,67 @@ def cmd_bench(args, command: str) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "compare": cmd_compare, "bench": cmd_bench}
+def cmd_finetune(args, command: str) -> int:
+    from benchmarks.metrics import format_report
+    from exporter.finetune import LoraSettings, finetune
+
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha) if args.lora else None
+    art = finetune(args.model_dir, args.output, train_data=args.train, eval_data=args.eval, task=args.task,
+                   config=_train_config(args), lora=lora, device=args.device, label_column=args.label_column,
+                   force=args.force, resume=args.resume, command=command, progress=not args.quiet)
+    _print_eval(art.manifest["eval"], format_report)
+    t = art.manifest["training"]
+    print(f"best epoch {t['best_epoch']} of {t['epochs_run']}{' (stopped early)' if t['stopped_early'] else ''}; "
+          f"artifact: {art.path}")
+    return 0
+
+
+def _print_eval(report: dict, format_report) -> None:
+    if report["metric"] == "accuracy":
+        print(format_report(report["per_class"]))
+        print(f"accuracy {report['accuracy']:.4f} (95% CI {report['ci_low']:.4f}-{report['ci_high']:.4f}, {report['rows']} rows)")
+    else:
+        print("token level:\n" + format_report(report["token_level"]))
+        print("entity level:\n" + format_report(report["entity_level"]))
+
+
+def cmd_compress(args, command: str) -> int:
+    from benchmarks.metrics import format_report
+    from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, compress
+
+    techniques = []
+    if args.student_layers is not None:
+        techniques.append(LayerDropConfig(args.student_layers))
+    if any(v is not None for v in (args.prune_heads, args.prune_ffn, args.flop_target)):
+        techniques.append(PruneConfig(heads=args.prune_heads, ffn=args.prune_ffn, flop_target=args.flop_target,
+                                      importance=args.importance, seed=args.seed))
+    if args.sparse_2_4:
+        from exporter.compress.sparsity import Sparse24Config
+
+        techniques.append(Sparse24Config())
+    if args.distill:
+        techniques.append(DistillConfig(temperature=args.temperature, alpha=args.alpha, hidden_weight=args.hidden_loss))
+    if not techniques:
+        raise CliError("compress needs a technique: --prune-heads/--prune-ffn/--flop-target, --student-layers, --sparse-2-4 or --distill")
+    art = compress(args.artifact, args.output, techniques, train_data=args.train, eval_data=args.eval,
+                   recovery=None if args.no_recovery else _train_config(args), teacher=args.teacher, device=args.device,
+                   label_column=args.label_column, force=args.force, resume=args.resume, command=command,
+                   progress=not args.quiet)
+    m = art.manifest
+    _print_eval(m["after"]["eval"], format_report)
+    b, a = m["before"], m["after"]
+    print(f"params {b['params']:,} -> {a['params']:,}; encoder FLOPs (seq 128) {b['encoder_flops_seq128']:,} -> "
+          f"{a['encoder_flops_seq128']:,} ({1 - a['encoder_flops_seq128'] / b['encoder_flops_seq128']:.1%} fewer); "
+          f"eval {b['eval']['metric']} {_headline(b['eval']):.4f} -> {_headline(a['eval']):.4f}; artifact: {art.path}")
+    return 0
+
+
+def _headline(report: dict) -> float:
+    return report["accuracy"] if report["metric"] == "accuracy" else report["entity_micro_f1"]
+
+
+COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "compare": cmd_compare,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,5 +386,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"enginewright {args.command}: interrupted", file=sys.stderr)
+        hint = "; continue with --resume" if args.command in ("finetune", "compress") else ""
+        print(f"enginewright {args.command}: interrupted{hint}", file=sys.stderr)
         return 130

@@ -23,7 +23,8 @@ def _vocab() -> list[str]:
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *pieces, *[w for w in words if w not in letters]]
 
 
-def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, num_labels: int = 3) -> Path:
+def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, num_labels: int = 3,
+                   intermediate_size: int = 37) -> Path:
     """A 2-layer BERT with hidden size 32 and random weights, saved with its tokenizer."""
     import torch
     import transformers
@@ -34,7 +35,7 @@ def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, 
     tok.save_pretrained(str(path))
     cfg = transformers.BertConfig(
         vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=37, max_position_embeddings=160, type_vocab_size=2,
+        intermediate_size=intermediate_size, max_position_embeddings=160, type_vocab_size=2,
         num_labels=num_labels, id2label={i: LABELS[i] for i in range(num_labels)} if num_labels <= len(LABELS) else None,
     )
     cls = {

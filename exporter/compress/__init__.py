@@ -1,0 +1,7 @@
+"""Compression in PyTorch: one verb (:func:`compress`), one config object per technique."""
+
+from exporter.compress.api import compress
+from exporter.compress.distill import DistillConfig, LayerDropConfig
+from exporter.compress.pruning import PruneConfig
+
+__all__ = ["DistillConfig", "LayerDropConfig", "PruneConfig", "compress"]

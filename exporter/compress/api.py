@@ -1,0 +1,168 @@
+"""``compress``: one verb, one config object per technique.
+
+    compress(artifact, out, [PruneConfig(heads=0.3, ffn=0.5), DistillConfig()], train_data=..., eval_data=...)
+
+Techniques that change the model (pruning, layer drop, 2:4 sparsity) are applied in the order
+given; a ``DistillConfig`` turns the recovery fine-tuning that follows into distillation from the
+teacher (by default the input model itself). The eval metric, parameters and encoder FLOPs before
+and after go into the manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks.data import load_tokenizer
+from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
+from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
+from exporter.finetune import (
+    FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
+)
+from exporter.training import Checkpoint, TrainConfig, train
+from runtimes.artifact import (
+    SCHEMA_VERSION, Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, library_versions,
+    load_artifact, now_iso, write_json_atomic,
+)
+from runtimes.errors import UsageError
+from runtimes.pyt.loading import as_usage_error, hf_load_errors
+
+
+def _load_classifier(path: Path, task: str):
+    import transformers
+
+    auto = transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModelForTokenClassification
+    try:
+        return auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, attn_implementation="sdpa")
+    except hf_load_errors() as e:
+        raise as_usage_error(path, e) from None
+
+
+def _labels_of(model) -> list[str]:
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def compress(
+    artifact: str | os.PathLike,
+    out: str | os.PathLike,
+    techniques: Sequence,
+    *,
+    train_data,
+    eval_data,
+    recovery: TrainConfig | None = TrainConfig(epochs=2, lr=5e-5),
+    teacher: str | os.PathLike | None = None,
+    device: str | None = None,
+    label_column: str | None = None,
+    force: bool = False,
+    resume: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> Artifact:
+    """Apply ``techniques`` to a fine-tuned classifier, recover with a short fine-tune (or
+    distillation), and write an ``hf`` artifact that ``export`` and the torch runtime load as is.
+
+    Raises:
+        UsageError: not a fine-tuned classifier, data labels outside the model's, a teacher with
+            another label set, bad technique settings, output exists without ``force``.
+    """
+    src = load_artifact(artifact)
+    if src.kind != "hf" or src.task not in FINETUNE_TASKS:
+        raise UsageError(f"{src.path}: compress takes a fine-tuned Hugging Face classifier "
+                         f"(task {' or '.join(FINETUNE_TASKS)}); run enginewright finetune first")
+    for t in techniques:
+        if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, _sparse_config_type())):
+            raise UsageError(f"unknown compression technique {type(t).__name__}")
+    if not techniques:
+        raise UsageError("compress needs at least one technique (pruning, distillation, layer drop or 2:4 sparsity)")
+    out = Path(out)
+    check_output_free(out, force)
+    device = _device(device)
+    model = _load_classifier(src.path, src.task)
+    names = _labels_of(model)
+    distill = next((t for t in techniques if isinstance(t, DistillConfig)), None)
+    teacher_model = None
+    if distill is not None:
+        teacher_path = load_artifact(teacher).path if teacher else src.path
+        teacher_model = _load_classifier(teacher_path, src.task)
+        if not same_labels(teacher_model.config, model.config):
+            raise UsageError(f"{teacher_path}: the teacher's labels {_labels_of(teacher_model)} differ from the student's "
+                             f"{names}; distil from a teacher fine-tuned on the same label set")
+        teacher_model.to(device)
+    if recovery is None and distill is not None:
+        raise UsageError("distillation needs recovery training epochs (recovery=None turns training off)")
+
+    tokenizer = load_tokenizer(src.path)
+    max_length = recovery.max_length if recovery else 64
+    prepare = prepare_text_classification if src.task == "text-classification" else prepare_token_classification
+    kwargs = {"label_column": label_column} if src.task == "text-classification" else {}
+    data = prepare(tokenizer, train_data, eval_data, max_length, names=names, **kwargs)
+    pad_id = tokenizer.pad_token_id or 0
+    eval_bs = recovery.eval_batch_size if recovery else 64
+    model.to(device)
+    before = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
+              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
+
+    applied, after_step, layer_map = [], [], None
+    for t in techniques:
+        if isinstance(t, PruneConfig):
+            applied.append(prune_(model, data.train, t, device, pad_id, progress))
+        elif isinstance(t, LayerDropConfig):
+            info = drop_layers_(model, t)
+            layer_map = info["teacher_layers_kept"]
+            applied.append(info)
+        elif isinstance(t, DistillConfig):
+            applied.append({"technique": "distillation", **asdict(t),
+                            "teacher": str(Path(teacher).resolve()) if teacher else str(src.path.resolve())})
+        else:
+            from exporter.compress.sparsity import sparsify_
+
+            masks = sparsify_(model, t)
+            after_step.append(masks.apply)
+            applied.append({**masks.to_manifest(), "technique": "sparsity"})
+
+    result = None
+    if recovery is not None:
+        loss_fn = distill_loss(teacher_model, distill, layer_map) if distill else None
+        ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), _fingerprint(src, techniques, recovery, data))
+        if ckpt.exists() and not resume and not force:
+            raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+        result = train(model, data.train, recovery,
+                       evaluate=lambda m: headline(evaluate_report(m, data, eval_bs, device, pad_id)),
+                       **({"loss_fn": loss_fn} if loss_fn else {}), after_step=after_step, checkpoint=ckpt,
+                       resume=resume, device=device, pad_id=pad_id, desc="recover", progress=progress)
+    after = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
+             "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
+    sparsity = next((a for a in applied if a["technique"] == "sparsity"), None)
+    with atomic_output_dir(out, force=force) as tmp:
+        model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(tmp / "manifest.json", {
+            "schema_version": SCHEMA_VERSION, "kind": "hf", "task": src.task, "labels": names,
+            "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},
+            "command": command,
+            "options": {"techniques": [{"type": type(t).__name__, **asdict(t)} for t in techniques],
+                        "recovery": asdict(recovery) if recovery else None, "device": device},
+            "compression": applied, "sparsity": sparsity,
+            "before": before, "after": after, "training": result.to_dict() if result else None,
+            "data": data.fingerprints, "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
+        })
+    if recovery is not None:
+        ckpt.remove()
+    return load_artifact(out)
+
+
+def _sparse_config_type():
+    from exporter.compress.sparsity import Sparse24Config
+
+    return Sparse24Config
+
+
+def _fingerprint(src: Artifact, techniques, recovery: TrainConfig, data) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps({"src": str(src.path.resolve()), "t": [repr(t) if not is_dataclass(t) else asdict(t) for t in techniques],
+                       "r": recovery.fingerprint(), "d": data.fingerprints}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,304 @@
+"""One training loop for fine-tuning, recovery after pruning and distillation.
+
+AdamW with linear warm-up and decay, gradient clipping, fixed seeds, evaluation after every epoch
+with early stopping (the best epoch's weights are kept), and checkpoints that let an interrupted run
+resume to the same final weights as an uninterrupted one: the data order of an epoch is derived
+from (seed, epoch), and the checkpoint holds weights, optimizer and scheduler state and the RNG.
+Checkpoints use safetensors and ``torch.load(weights_only=True)``: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from runtimes.artifact import write_json_atomic
+from runtimes.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 64
+    seed: int = 0
+    patience: int | None = 2  # epochs without improvement before stopping; None: never stop early
+    precision: str = "fp32"
+    checkpoint_every: int = 50  # optimizer steps
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0 <= self.warmup_ratio < 1, f"warm-up ratio must be within [0, 1), got {self.warmup_ratio}"),
+            (self.max_grad_norm > 0, f"max grad norm must be > 0, got {self.max_grad_norm}"),
+            (self.max_length >= 8, f"max length must be >= 8, got {self.max_length}"),
+            (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
+            (self.precision in PRECISIONS, f"precision {self.precision!r}: choose one of {list(PRECISIONS)}"),
+            (self.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {self.checkpoint_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on CUDA GPUs that have it, fp16 on other CUDA GPUs, fp32 on CPUs (where a
+    bf16 step without AVX512-BF16/AMX runs many times slower than fp32).
+
+    Raises:
+        UsageError: fp16 asked for on a CPU.
+    """
+    import torch
+
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        raise UsageError("--precision fp16 needs a CUDA GPU; use fp32 (or bf16 on CPUs with AVX512-BF16/AMX)")
+    return precision
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples (lists of ids per example) and their targets."""
+
+    features: dict[str, list[list[int]]]
+    labels: list  # int per example, or list[int] per example for token classification
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def collate(enc: Encoded, idx: Sequence[int], pad_id: int = 0) -> dict:
+    """Pad the examples ``idx`` to their longest; token-level labels are padded with -100."""
+    import torch
+
+    longest = max(len(enc.features["input_ids"][i]) for i in idx)
+    batch = {}
+    for name, rows in enc.features.items():
+        fill = pad_id if name == "input_ids" else 0
+        batch[name] = torch.tensor([rows[i] + [fill] * (longest - len(rows[i])) for i in idx], dtype=torch.long)
+    first = enc.labels[idx[0]]
+    if isinstance(first, list):
+        batch["labels"] = torch.tensor([enc.labels[i] + [-100] * (longest - len(enc.labels[i])) for i in idx])
+    else:
+        batch["labels"] = torch.tensor([enc.labels[i] for i in idx], dtype=torch.long)
+    return batch
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+@dataclass
+class TrainResult:
+    best_metric: float | None
+    best_epoch: int | None
+    epochs_run: int
+    steps: int
+    stopped_early: bool
+    history: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LossFn = Callable[["torch.nn.Module", dict], "torch.Tensor"]  # noqa: F821
+EvalFn = Callable[["torch.nn.Module"], float]  # noqa: F821
+
+
+def default_loss(model, batch: dict):
+    return model(**batch).loss
+
+
+class Checkpoint:
+    """A directory holding the state needed to resume (written atomically, read without pickle)."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def exists(self) -> bool:
+        return (self.path / "state.json").is_file()
+
+    def save(self, model, optimizer, scheduler, state: dict, best: Mapping | None) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(_plain_state(model.state_dict()), str(tmp / "model.safetensors"))
+        if best is not None:
+            save_file(_plain_state(best), str(tmp / "best.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, tmp / "optim.pt")
+        write_json_atomic(tmp / "state.json", {**state, "fingerprint": self.fingerprint})
+        old = self.path.with_name(self.path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(tmp, self.path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, model, optimizer, scheduler) -> tuple[dict, dict | None]:
+        import torch
+        from safetensors.torch import load_file
+
+        state = json.loads((self.path / "state.json").read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            raise UsageError(f"{self.path}: checkpoint was made with other settings or data; pass --force to start over")
+        model.load_state_dict(load_file(str(self.path / "model.safetensors")), strict=True)
+        extra = torch.load(self.path / "optim.pt", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+        best = load_file(str(self.path / "best.safetensors")) if (self.path / "best.safetensors").is_file() else None
+        return state, best
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _plain_state(sd: Mapping) -> dict:
+    """Contiguous, unshared CPU tensors, as safetensors wants them."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+
+
+def train(
+    model,
+    data: Encoded,
+    config: TrainConfig,
+    *,
+    evaluate: EvalFn | None = None,
+    loss_fn: LossFn = default_loss,
+    after_step: Sequence[Callable] = (),
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    pad_id: int = 0,
+    desc: str = "train",
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place; on return it holds the best epoch's weights (by ``evaluate``,
+    higher is better), or the last weights when there is no ``evaluate``.
+
+    ``after_step`` callables get the model after every optimizer step (e.g. to re-apply sparsity
+    masks). With ``checkpoint``, state is saved every ``config.checkpoint_every`` steps and at each
+    epoch end; ``resume`` continues from it.
+
+    Raises:
+        UsageError: a checkpoint from other settings, or ``resume`` without a checkpoint.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(config.seed)
+    precision = resolve_precision(config.precision, device)
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
+             "bad_epochs": 0, "history": [], "done": False}
+    best = None
+    resumed = None
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise UsageError("--resume: there is no checkpoint to resume from; run without --resume")
+        state, best = checkpoint.load(model, optimizer, scheduler)
+        resumed = state["global_step"]
+
+    bar = tqdm(total=total, initial=state["global_step"], desc=desc, unit="step", disable=not progress)
+    try:
+        while state["epoch"] < config.epochs and not state["done"]:
+            model.train()
+            order = epoch_order(len(data), config.seed, state["epoch"])
+            running = 0.0
+            for b in range(state["step_in_epoch"], steps_per_epoch):
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+                with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = loss_fn(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                for fn in after_step:
+                    fn(model)
+                value = float(loss.detach())
+                running = 0.9 * running + 0.1 * value if b else value
+                state["step_in_epoch"] = b + 1
+                state["global_step"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}", epoch=state["epoch"] + 1)
+                if checkpoint is not None and state["global_step"] % config.checkpoint_every == 0:
+                    checkpoint.save(model, optimizer, scheduler, state, best)
+            metric = None
+            if evaluate is not None:
+                metric = float(evaluate(model))
+                if state["best_metric"] is None or metric > state["best_metric"]:
+                    state["best_metric"], state["best_epoch"], state["bad_epochs"] = metric, state["epoch"] + 1, 0
+                    best = _plain_state(model.state_dict())
+                else:
+                    state["bad_epochs"] += 1
+                    if config.patience is not None and state["bad_epochs"] >= config.patience:
+                        state["done"] = True
+            state["history"].append({"epoch": state["epoch"] + 1, "loss": running, "eval_metric": metric})
+            bar.write(f"{desc}: epoch {state['epoch'] + 1} loss {running:.4f}" + (f" eval {metric:.4f}" if metric is not None else ""))
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            if checkpoint is not None:
+                checkpoint.save(model, optimizer, scheduler, state, best)
+    finally:
+        bar.close()
+    if best is not None:
+        model.load_state_dict(best)
+    stopped = state["done"]
+    return TrainResult(state["best_metric"], state["best_epoch"], len(state["history"]), state["global_step"], stopped,
+                       state["history"], resumed)
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
