@@ -332,7 +332,7 @@ def _print_eval(report: dict, format_report) -> None:
 
 def cmd_compress(args, command: str) -> int:
     from benchmarks.metrics import format_report
-    from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, compress
+    from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, Sparse24Config, compress
 
     techniques = []
     if args.student_layers is not None:
@@ -341,8 +341,6 @@ def cmd_compress(args, command: str) -> int:
         techniques.append(PruneConfig(heads=args.prune_heads, ffn=args.prune_ffn, flop_target=args.flop_target,
                                       importance=args.importance, seed=args.seed))
     if args.sparse_2_4:
-        from exporter.compress.sparsity import Sparse24Config
-
         techniques.append(Sparse24Config())
     if args.distill:
         techniques.append(DistillConfig(temperature=args.temperature, alpha=args.alpha, hidden_weight=args.hidden_loss))

@@ -3,5 +3,6 @@
 from exporter.compress.api import compress
 from exporter.compress.distill import DistillConfig, LayerDropConfig
 from exporter.compress.pruning import PruneConfig
+from exporter.compress.sparsity import Sparse24Config
 
-__all__ = ["DistillConfig", "LayerDropConfig", "PruneConfig", "compress"]
+__all__ = ["DistillConfig", "LayerDropConfig", "PruneConfig", "Sparse24Config", "compress"]

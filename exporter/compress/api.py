@@ -18,6 +18,7 @@ from typing import Sequence
 from benchmarks.data import load_tokenizer
 from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
 from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
+from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
 )
@@ -72,7 +73,7 @@ def compress(
         raise UsageError(f"{src.path}: compress takes a fine-tuned Hugging Face classifier "
                          f"(task {' or '.join(FINETUNE_TASKS)}); run enginewright finetune first")
     for t in techniques:
-        if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, _sparse_config_type())):
+        if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, Sparse24Config)):
             raise UsageError(f"unknown compression technique {type(t).__name__}")
     if not techniques:
         raise UsageError("compress needs at least one technique (pruning, distillation, layer drop or 2:4 sparsity)")
@@ -116,8 +117,6 @@ def compress(
             applied.append({"technique": "distillation", **asdict(t),
                             "teacher": str(Path(teacher).resolve()) if teacher else str(src.path.resolve())})
         else:
-            from exporter.compress.sparsity import sparsify_
-
             masks = sparsify_(model, t)
             after_step.append(masks.apply)
             applied.append({**masks.to_manifest(), "technique": "sparsity"})
@@ -151,12 +150,6 @@ def compress(
     if recovery is not None:
         ckpt.remove()
     return load_artifact(out)
-
-
-def _sparse_config_type():
-    from exporter.compress.sparsity import Sparse24Config
-
-    return Sparse24Config
 
 
 def _fingerprint(src: Artifact, techniques, recovery: TrainConfig, data) -> str:

@@ -237,6 +237,8 @@ def prune_(model, data: Encoded, cfg: PruneConfig, device: str = "cpu", pad_id: 
 
     Returns what goes into the manifest: the plan, the scores, FLOPs and parameters before and after.
     """
+    if model.config.pruned_heads:  # the head mask used for importance needs every head in place
+        raise UsageError("this model was pruned already; prune once, from the fine-tuned model")
     flops_before, params_before = encoder_flops(model.config, cfg.seq), param_count(model)
     heads, ffn = cfg.heads, cfg.ffn
     if cfg.flop_target is not None:

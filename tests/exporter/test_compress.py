@@ -133,3 +133,10 @@ def test_encoder_flops_counts_pruned_heads():
     assert encoder_flops(cfg, 128) < full
     # FFN dominates MiniLM's encoder: 2 * 2 * 128 * 384 * 1536 per layer
     assert full == 6 * (2 * 128 * 384 * 384 * 4 + 2 * 128 * 128 * 384 * 2 + 2 * 2 * 128 * 384 * 1536)
+
+
+def test_pruning_twice_is_refused(classifier, splits, tmp_path):
+    once = compress(classifier, tmp_path / "once", [PruneConfig(heads=0.5)], **{**_kw(splits), "recovery": None})
+    with pytest.raises(UsageError, match="pruned already"):
+        compress(once, tmp_path / "twice", [PruneConfig(ffn=0.5)], **{**_kw(splits), "recovery": None})
+    assert not (tmp_path / "twice").exists()
