@@ -110,12 +110,15 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_artifact(path: str | os.PathLike, *, task: str | None = None) -> Artifact:
-    """Open an artifact directory or a plain Hugging Face model directory.
+def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = None) -> Artifact:
+    """Open an artifact directory or a plain Hugging Face model directory (an ``Artifact`` is
+    returned as it is).
 
     Raises:
         UsageError: the path is missing, not a directory, or holds neither a manifest nor a model.
     """
+    if isinstance(path, Artifact):
+        return path
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{p}: no such directory; pass an artifact or Hugging Face model directory")
