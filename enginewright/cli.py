@@ -180,6 +180,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("optimize", help="fuse an ONNX artifact's graph for a target (ONNX Runtime CPU/CUDA, TensorRT)",
+                       description="cpu/cuda: ONNX Runtime's transformer fusions (contrib ops, ONNX Runtime only); "
+                                   "tensorrt: standard ONNX ops only. --fp16 converts weights and compute to FP16. "
+                                   "Parity against the input is checked and recorded.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--target", choices=("cpu", "cuda", "tensorrt"), default="cpu")
+    p.add_argument("--fp16", action="store_true", help="FP16 weights and compute (inputs/outputs stay FP32)")
+    p.add_argument("--fp16-io", action="store_true", help="with --fp16: FP16 inputs and outputs too")
+    _add_data_args(p)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("quantize", help="INT8 post-training quantization (static QDQ or dynamic) with accuracy-driven exclusion",
+                       description="Quantize an ONNX artifact with ONNX Runtime's tools. --target tensorrt gives "
+                                   "symmetric per-channel QDQ on MatMul/Gemm inputs that TensorRT's explicit "
+                                   "quantization takes; --max-cosine-loss keeps the costliest nodes in float until met.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--mode", choices=("static", "dynamic"), default="static")
+    p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
+    p.add_argument("--calib", metavar="DATA", default=None, help="calibration texts (.txt/.jsonl/.csv); required for static")
+    p.add_argument("--text-column", default="text", metavar="NAME")
+    p.add_argument("--pair-column", default=None, metavar="NAME")
+    p.add_argument("--calib-rows", type=int, default=128, metavar="N", help="rows used to calibrate (default 128)")
+    p.add_argument("--eval-rows", type=int, default=64, metavar="N", help="rows used to score nodes (default 64)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales (always on for tensorrt)")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="7-bit weights against U8S8 saturation; auto: on where the CPU lacks VNNI")
+    p.add_argument("--all-matmuls", action="store_true", help="dynamic: also quantize activation x activation MatMuls")
+    p.add_argument("--exclude", default="", metavar="NODES", help="comma-separated node names to keep in float")
+    p.add_argument("--max-cosine-loss", type=float, default=None, metavar="X",
+                   help="keep the costliest nodes in float until 1 - mean pooled cosine <= X (exit 1 if not reachable)")
+    p.add_argument("--max-float-nodes", type=int, default=None, metavar="N", help="at most N nodes kept in float by the search")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("compare", help="padding-aware parity of candidates against a reference on real texts",
                        description="Run the same texts through REF and every CANDIDATE; report per-output errors "
                                    "(padded positions excluded), cosine, top-1 agreement and the task metric "
@@ -256,6 +295,47 @@ def cmd_export(args, command: str) -> int:
     for o in out:
         print(f"  parity {o['name']} vs {m['parity']['reference']}: max abs {o['max_abs']:.3g}, "
               f"min cos {o['cos_min']:.6f} over {o['rows']} rows (padding excluded): ok")
+    return 0
+
+
+def cmd_optimize(args, command: str) -> int:
+    from exporter.optimize import optimize
+
+    art = optimize(args.artifact, args.output, target=args.target, fp16=args.fp16, keep_io_types=not args.fp16_io,
+                   force=args.force, data=_load_data(args), command=command, progress=not args.quiet)
+    o = art.manifest["optimization"]
+    before, after = sum(o["ops_before"].values()), sum(o["ops_after"].values())
+    print(f"optimized {args.artifact} for {o['target']}{' (fp16)' if o['fp16'] else ''}: {before} -> {after} nodes")
+    for name, count in (o.get("fused") or {}).items():
+        print(f"  fused {name}: {count}")
+    if o["contrib_ops"]:
+        print(f"  contrib ops (ONNX Runtime only): {', '.join(o['contrib_ops'])}")
+    for out in art.manifest["parity"]["outputs"]:
+        print(f"  parity {out['name']} vs input: max abs {out['max_abs']:.3g}, min cos {out['cos_min']:.6f}: ok")
+    print(f"artifact: {art.path}")
+    return 0
+
+
+def cmd_quantize(args, command: str) -> int:
+    from benchmarks.data import load_texts
+    from exporter.quantize import QuantizeConfig, quantize
+
+    config = QuantizeConfig(mode=args.mode, target=args.target, method=args.method, per_channel=args.per_channel,
+                            reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
+                            weight_only=not args.all_matmuls,
+                            exclude=tuple(x.strip() for x in args.exclude.split(",") if x.strip()),
+                            max_cosine_loss=args.max_cosine_loss, max_float_nodes=args.max_float_nodes,
+                            calib_rows=args.calib_rows, eval_rows=args.eval_rows, max_length=args.max_length)
+    calib = load_texts(args.calib, text_column=args.text_column, pair_column=args.pair_column) if args.calib else None
+    art = quantize(args.artifact, args.output, config=config, calib=calib, force=args.force, command=command,
+                   progress=not args.quiet)
+    qz = art.manifest["quantization"]
+    print(f"quantized {args.artifact} ({qz['mode']}, target {qz['target']}, {qz['format']}): "
+          f"{len(qz['quantized_nodes'])} nodes INT8, {len(qz['float_nodes']) + len(qz['user_excluded'])} kept in float; "
+          f"mean pooled cosine vs float {art.manifest['parity']['mean_cosine']:.5f}")
+    if qz["float_nodes"]:
+        print("  kept in float by the search: " + ", ".join(qz["float_nodes"]))
+    print(f"artifact: {art.path}")
     return 0
 
 
@@ -363,8 +443,8 @@ def _headline(report: dict) -> float:
     return report["accuracy"] if report["metric"] == "accuracy" else report["entity_micro_f1"]
 
 
-COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "compare": cmd_compare,
-            "bench": cmd_bench}
+COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
+            "quantize": cmd_quantize, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
