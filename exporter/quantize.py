@@ -151,6 +151,9 @@ class _Quantizer:
 
         self.n += 1
         out = out or self.work / f"q{self.n}.onnx"
+        if not quantize_nodes:  # onnxruntime reads an empty node list as "quantize everything"
+            shutil.copy2(self.float_path, out)
+            return out
         common = dict(nodes_to_quantize=list(quantize_nodes), op_types_to_quantize=self.op_types,
                       per_channel=self.cfg.per_channel or self.cfg.target == "tensorrt")
         if self.cfg.mode == "dynamic":
@@ -289,12 +292,19 @@ def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tup
     with open_runner(src, "onnxruntime:cpu") as r:
         specs = r.input_specs()
 
-    def encode(ds: TextDataset) -> list[dict]:
-        return [feeds_for(tokenize(tok, b, max_length=cfg.max_length), specs, src.name) for b in ds.batches(cfg.batch_size)]
+    def encode(ds: TextDataset, fixed: bool) -> list[dict]:
+        length = cfg.max_length
+        if fixed:  # one length for all batches: the longest row, capped
+            length = min(cfg.max_length, max(len(ids) for ids in tok(list(ds.texts), truncation=True, max_length=cfg.max_length)["input_ids"]))
+        return [feeds_for(tokenize(tok, b, max_length=length, pad_to_max=fixed), specs, src.name) for b in ds.batches(cfg.batch_size)]
 
     data = texts if texts is not None else load_texts(None)
-    calib = encode(data.take(min(len(data), cfg.calib_rows)))
-    evald = encode(data.take(min(len(data), cfg.eval_rows)))
+    # onnxruntime's histogram calibrators (entropy, percentile) need equal shapes across batches:
+    # one padded length, and full batches (the last one is filled by cycling through the data)
+    fixed = cfg.mode == "static" and cfg.method != "minmax"
+    n = min(len(data), cfg.calib_rows)
+    calib = encode(data.take(-(-n // cfg.batch_size) * cfg.batch_size if fixed else n), fixed=fixed)
+    evald = encode(data.take(min(len(data), cfg.eval_rows)), fixed=False)
     return calib, evald
 
 
