@@ -112,9 +112,6 @@ def _inspect(path: Path, op_types: Sequence[str]) -> _Graph:
     present = {n.op_type for n in model.graph.node}
     if present & QUANTIZED_OPS:
         raise UsageError(f"{path}: the model is already quantized ({sorted(present & QUANTIZED_OPS)}); quantize the float artifact")
-    unnamed = [n for n in model.graph.node if not n.name]
-    if unnamed:
-        raise UsageError(f"{path}: {len(unnamed)} nodes have no name; re-export the artifact")
     cands = [n.name for n in model.graph.node if n.op_type in op_types]
     weights = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
     return _Graph(path, cands, weights, {n.name: n.op_type for n in model.graph.node})
@@ -283,6 +280,26 @@ def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:
                           auto_merge=True, guess_output_rank=True)
     else:
         quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=False, skip_symbolic_shape=True)
+    _name_nodes(dst)
+
+
+def _name_nodes(path: Path) -> None:
+    """Give unnamed nodes (ONNX Runtime's fusions leave some) stable names: exclusion works by name."""
+    import onnx
+
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node}
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            changed = True
+    if changed:
+        onnx.save_model(model, str(path))
 
 
 def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tuple[list[dict], list[dict]]:
