@@ -65,6 +65,20 @@ def valid_rows(array: np.ndarray, mask: np.ndarray | None, token_level: bool) ->
     return a.reshape(a.shape[0], -1).astype(np.float64)
 
 
+def masked_mean_pool(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """One float64 vector per sample: the mean over real tokens for a token-level output
+    (sentence-transformers' mean pooling), the flattened row otherwise."""
+    if out.ndim == 3 and mask is not None and out.shape[:2] == mask.shape:
+        m = mask[..., None].astype(np.float64)
+        return (out * m).sum(1) / np.maximum(m.sum(1), 1)
+    return out.reshape(out.shape[0], -1).astype(np.float64)
+
+
+def mean_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of matching rows."""
+    return float(_cosines(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)).mean())
+
+
 class RowCollector:
     """Gathers valid rows per output over batches (run first, compare second)."""
 

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank heads and neurons by gradient importance on --train (default) or at random")
     g.add_argument("--student-layers", type=int, default=None, metavar="N", help="keep N evenly spaced encoder layers")
     g.add_argument("--sparse-2-4", action="store_true", help="2:4 semi-structured sparsity of the encoder's Linear weights")
+    g.add_argument("--qat", action="store_true",
+                   help="quantization-aware training (INT8 fake quantization of the encoder's Linear layers); "
+                        "export then writes Q/DQ pairs in the --target tensorrt placement")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
     g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
     g.add_argument("--temperature", type=float, default=2.0)
@@ -412,7 +415,7 @@ def _print_eval(report: dict, format_report) -> None:
 
 def cmd_compress(args, command: str) -> int:
     from benchmarks.metrics import format_report
-    from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, Sparse24Config, compress
+    from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, QATConfig, Sparse24Config, compress
 
     techniques = []
     if args.student_layers is not None:
@@ -422,10 +425,12 @@ def cmd_compress(args, command: str) -> int:
                                       importance=args.importance, seed=args.seed))
     if args.sparse_2_4:
         techniques.append(Sparse24Config())
+    if args.qat:
+        techniques.append(QATConfig())
     if args.distill:
         techniques.append(DistillConfig(temperature=args.temperature, alpha=args.alpha, hidden_weight=args.hidden_loss))
     if not techniques:
-        raise CliError("compress needs a technique: --prune-heads/--prune-ffn/--flop-target, --student-layers, --sparse-2-4 or --distill")
+        raise CliError("compress needs a technique: --prune-heads/--prune-ffn/--flop-target, --student-layers, --sparse-2-4, --qat or --distill")
     art = compress(args.artifact, args.output, techniques, train_data=args.train, eval_data=args.eval,
                    recovery=None if args.no_recovery else _train_config(args), teacher=args.teacher, device=args.device,
                    label_column=args.label_column, force=args.force, resume=args.resume, command=command,

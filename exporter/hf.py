@@ -73,6 +73,11 @@ def export_hf(
     out = Path(out)
     check_output_free(out, force)
     src = Artifact(src.path, "hf", task, src.manifest)
+    if src.manifest.get("qat"):
+        from exporter.qat_export import export_qat
+
+        return export_qat(src, out, opset=opset, external_data=external_data, force=force,
+                          tolerance=None if tolerance == Tolerance() else tolerance, command=command)
     data = data or load_texts(None)
 
     from optimum.exporters.onnx import main_export

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,13 +35,17 @@ def export_module(
     tolerance: Tolerance = Tolerance(),
     task: str | None = None,
     command: str | None = None,
+    source: Artifact | None = None,
+    extra_files: Sequence[Path] = (),
+    extra_manifest: Mapping | None = None,
 ) -> Artifact:
     """Export ``module`` called as ``module(**example_inputs)`` to an ONNX artifact at ``out``.
 
     ``dynamic_axes`` maps input and output names to ``{axis: dim name}``; by default axis 0 of every
     input and output is ``batch_size``. ``dynamo`` picks torch.onnx's exporter (``torch.export``
     based, the default) or the TorchScript one. The export is checked with ``onnx.checker``, strict
-    shape inference, and the example inputs through PyTorch and ONNX Runtime.
+    shape inference, and the example inputs through PyTorch and ONNX Runtime. ``extra_files``
+    (tokenizer, config) are copied into the artifact; ``source`` is recorded as its origin.
 
     Raises:
         UsageError: output exists without ``force``; outputs not named.
@@ -72,6 +77,8 @@ def export_module(
                               dynamo=dynamo, **({"external_data": large} if dynamo else {}))
         if external_data:
             save_with_external_data(model_path)
+        for f in extra_files:
+            shutil.copy2(f, tmp / Path(f).name)
         checks = check_onnx(model_path)
         feeds = {k: v.detach().cpu().numpy() for k, v in example_inputs.items()}
         art = Artifact(tmp, "onnx", task, {}, alias=out.name)
@@ -85,12 +92,14 @@ def export_module(
         if not result:
             raise CheckFailed(f"export parity check failed, nothing written: {result}".replace("\n", " |"))
         manifest = onnx_manifest(
-            tmp, task=task, source={"path": None, "kind": "torch.nn.Module", "hash": None, "class": type(module).__qualname__},
+            tmp, task=task,
+            source=source or {"path": None, "kind": "torch.nn.Module", "hash": None, "class": type(module).__qualname__},
             command=command, checks=checks,
             options={"opset": opset, "external_data": external_data, "dynamo": dynamo, "dynamic_axes":
                      {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}, "tolerance": vars(tolerance)},
             parity=result.to_dict(),
         )
+        manifest.update(extra_manifest or {})
         write_json_atomic(tmp / "manifest.json", manifest)
     return load_artifact(out)
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from benchmarks.data import TextDataset, feeds_for, load_tokenizer, tokenize
 from benchmarks.machine import describe_machine
+from benchmarks.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
 from exporter.optimize import _COPY, contrib_ops, op_counts
 from runtimes import open_runner
@@ -181,21 +182,10 @@ class _Scorer:
         art = Artifact(path.parent, "onnx", None, {"model_file": path.name})
         with open_runner(art, "onnxruntime:cpu") as r:
             first = r.output_specs()[0].name
-            return [self._pooled(r.infer(f)[first], f.get("attention_mask")) for f in self.feeds]
-
-    @staticmethod
-    def _pooled(out: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-        """One vector per sample: masked mean over tokens for token-level outputs."""
-        if out.ndim == 3 and mask is not None and out.shape[:2] == mask.shape:
-            m = mask[..., None].astype(np.float64)
-            return (out * m).sum(1) / np.maximum(m.sum(1), 1)
-        return out.reshape(out.shape[0], -1).astype(np.float64)
+            return [masked_mean_pool(r.infer(f)[first], f.get("attention_mask")) for f in self.feeds]
 
     def loss(self, path: Path) -> float:
-        got = self._outputs(path)
-        a, b = np.concatenate(self.ref), np.concatenate(got)
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        return float(1.0 - cos.mean())
+        return 1.0 - mean_row_cosine(np.concatenate(self.ref), np.concatenate(self._outputs(path)))
 
 
 def quantize(

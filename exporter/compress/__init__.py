@@ -3,6 +3,7 @@
 from exporter.compress.api import compress
 from exporter.compress.distill import DistillConfig, LayerDropConfig
 from exporter.compress.pruning import PruneConfig
+from exporter.compress.qat import QATConfig
 from exporter.compress.sparsity import Sparse24Config
 
-__all__ = ["DistillConfig", "LayerDropConfig", "PruneConfig", "Sparse24Config", "compress"]
+__all__ = ["DistillConfig", "LayerDropConfig", "PruneConfig", "QATConfig", "Sparse24Config", "compress"]

@@ -18,6 +18,7 @@ from typing import Sequence
 from benchmarks.data import load_tokenizer
 from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
 from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
+from exporter.compress.qat import QATConfig, attach, calibrate, save_scales
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
@@ -73,10 +74,13 @@ def compress(
         raise UsageError(f"{src.path}: compress takes a fine-tuned Hugging Face classifier "
                          f"(task {' or '.join(FINETUNE_TASKS)}); run enginewright finetune first")
     for t in techniques:
-        if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, Sparse24Config)):
+        if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, Sparse24Config, QATConfig)):
             raise UsageError(f"unknown compression technique {type(t).__name__}")
     if not techniques:
-        raise UsageError("compress needs at least one technique (pruning, distillation, layer drop or 2:4 sparsity)")
+        raise UsageError("compress needs at least one technique (pruning, distillation, layer drop, 2:4 sparsity or QAT)")
+    changing = [t for t in techniques if not isinstance(t, DistillConfig)]
+    if any(isinstance(t, QATConfig) for t in changing[:-1]):
+        raise UsageError("QAT must come after every other model change (pruning, layer drop, sparsity)")
     out = Path(out)
     check_output_free(out, force)
     device = _device(device)
@@ -113,6 +117,17 @@ def compress(
             info = drop_layers_(model, t)
             layer_map = info["teacher_layers_kept"]
             applied.append(info)
+        elif isinstance(t, QATConfig):
+            from exporter.training import collate, epoch_order
+
+            order = epoch_order(len(data.train), recovery.seed if recovery else 0, 0)
+            bs = recovery.batch_size if recovery else 32
+            batches = [collate(data.train, order[i:i + bs], pad_id) for i in range(0, min(len(order), t.calib_batches * bs), bs)]
+            act_scales = calibrate(model, batches, device)
+            attach(model, act_scales)
+            applied.append({"technique": "qat", "layers": len(act_scales), "calib_batches": len(batches),
+                            "activation": "per-tensor symmetric INT8, calibrated max|x|/127, held fixed",
+                            "weights": "per-channel symmetric INT8, max|w|/127 of the current weights"})
         elif isinstance(t, DistillConfig):
             applied.append({"technique": "distillation", **asdict(t),
                             "teacher": str(Path(teacher).resolve()) if teacher else str(src.path.resolve())})
@@ -134,16 +149,19 @@ def compress(
     after = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
     sparsity = next((a for a in applied if a["technique"] == "sparsity"), None)
+    qat = next((a for a in applied if a["technique"] == "qat"), None)
     with atomic_output_dir(out, force=force) as tmp:
         model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        if qat:
+            save_scales(tmp, act_scales)
         write_json_atomic(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION, "kind": "hf", "task": src.task, "labels": names,
             "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},
             "command": command,
             "options": {"techniques": [{"type": type(t).__name__, **asdict(t)} for t in techniques],
                         "recovery": asdict(recovery) if recovery else None, "device": device},
-            "compression": applied, "sparsity": sparsity,
+            "compression": applied, "sparsity": sparsity, "qat": qat,
             "before": before, "after": after, "training": result.to_dict() if result else None,
             "data": data.fingerprints, "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
         })

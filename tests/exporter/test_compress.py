@@ -140,3 +140,35 @@ def test_pruning_twice_is_refused(classifier, splits, tmp_path):
     with pytest.raises(UsageError, match="pruned already"):
         compress(once, tmp_path / "twice", [PruneConfig(ffn=0.5)], **{**_kw(splits), "recovery": None})
     assert not (tmp_path / "twice").exists()
+
+
+def test_qat_exports_qdq_with_the_trained_scales(classifier, splits, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.compress import QATConfig
+    from exporter.compress.qat import load_scales, weight_scales
+
+    art = compress(classifier, tmp_path / "qat", [QATConfig(calib_batches=2)], **_kw(splits))
+    assert art.manifest["qat"]["layers"] == 12 and (art.path / "qat_scales.json").is_file()
+    act = load_scales(art.path)
+    onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
+    assert onnx_art.manifest["quantization"]["mode"] == "qat" and onnx_art.manifest["parity"]["passed"]
+    m = onnx.load(str(onnx_art.model_file))
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    consts = {o: numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node if n.op_type == "Constant" for o in n.output}
+    values = {**inits, **consts}
+    dq_scales = [values[n.input[1]] for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in values]
+    # query, key and value read the same tensor, so they share one calibrated scale and one Q/DQ pair
+    scalar = sorted({float(np.float32(s)) for s in dq_scales if s.size == 1})
+    assert np.allclose(scalar, sorted({float(np.float32(v)) for v in act.values()}), rtol=1e-6), \
+        "activation Q/DQ scales differ from the trained ones"
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(art.path))
+    want = sorted((weight_scales(mod.weight).numpy() for name, mod in model.named_modules() if name in act), key=lambda a: float(a.sum()))
+    got = sorted((s for s in dq_scales if s.size > 1), key=lambda a: float(a.sum()))
+    assert len(got) == len(want) == 12
+    assert all(np.allclose(g, w, rtol=1e-6) for g, w in zip(got, want)), "weight Q/DQ scales differ from max|w|/127"
+    # the Q/DQ graph runs on ONNX Runtime CPU and agrees with the fake-quantized PyTorch model
+    with open_runner(onnx_art) as r:
+        assert [s.name for s in r.output_specs()] == ["logits"]

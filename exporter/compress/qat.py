@@ -1,0 +1,114 @@
+"""Quantization-aware training: fake INT8 on the encoder's Linear layers, exported as QDQ.
+
+Weights are fake-quantized per output channel, symmetric (scale = max |w| / 127, recomputed from
+the current weights at every step); each Linear's input activation per tensor, symmetric, with a
+scale set by calibration (max |x| / 127 over calibration batches) and then held fixed while the
+weights adapt to it. Gradients pass the rounding straight through. The placement is the one
+``quantize --target tensorrt`` uses for MatMul/Gemm inputs: Q/DQ on the activation and on the
+weight of every quantized Linear.
+
+The model's state dict is untouched (the fake quantization is attached by replacing the layers'
+``forward``), so the artifact holds ordinary float weights plus ``qat_scales.json``; ``export``
+sees the manifest's ``qat`` entry, attaches the same fake quantization and writes Q/DQ pairs with
+exactly these scales.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtimes.errors import UsageError
+
+QMAX = 127
+SCALES_FILE = "qat_scales.json"
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    calib_batches: int = 16
+
+    def __post_init__(self):
+        if self.calib_batches < 1:
+            raise UsageError(f"QAT calibration batches must be >= 1, got {self.calib_batches}")
+
+
+def qat_filter(module, fqn: str) -> bool:
+    """The encoder's Linear layers (classifier head, pooler and embeddings stay float)."""
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and "encoder.layer" in fqn
+
+
+def weight_scales(weight):
+    """Per-output-channel symmetric scales of a Linear weight ``[out, in]``."""
+    return (weight.detach().abs().amax(dim=1) / QMAX).clamp(min=1e-8).float()
+
+
+def _qat_forward(self, x):
+    import torch
+    import torch.nn.functional as F
+
+    s = torch.tensor(self._ew_act_scale, dtype=torch.float32, device=x.device)
+    xq = torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
+    ws = self._ew_w_scale if self._ew_w_scale is not None else weight_scales(self.weight)
+    zp = torch.zeros_like(ws, dtype=torch.int32)
+    wq = torch.fake_quantize_per_channel_affine(self.weight, ws, zp, 0, -QMAX - 1, QMAX)
+    return F.linear(xq, wq, self.bias)
+
+
+def attach(model, act_scales: dict[str, float], *, freeze_weights: bool = False) -> list[str]:
+    """Fake-quantize the Linear layers named in ``act_scales`` (their forward is replaced).
+
+    ``freeze_weights`` fixes the weight scales at their current values (for export, so that they
+    become constants in the graph, as TensorRT requires); in training they follow the weights.
+    """
+    modules = dict(model.named_modules())
+    missing = sorted(set(act_scales) - set(modules))
+    if missing:
+        raise UsageError(f"QAT scales name layers the model does not have: {missing[:3]}; the artifact is inconsistent")
+    for name, scale in act_scales.items():
+        m = modules[name]
+        m._ew_act_scale = float(scale)
+        m._ew_w_scale = weight_scales(m.weight) if freeze_weights else None
+        m.forward = types.MethodType(_qat_forward, m)
+    return sorted(act_scales)
+
+
+def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter) -> dict[str, float]:
+    """Per-tensor symmetric activation scales of the selected Linear layers' inputs."""
+    import torch
+
+    maxima: dict[str, float] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if filter_fn(m, name):
+            def hook(mod, inp, name=name):
+                maxima[name] = max(maxima.get(name, 0.0), float(inp[0].detach().abs().max()))
+            hooks.append(m.register_forward_pre_hook(hook))
+    if not hooks:
+        raise UsageError(f"{type(model).__name__}: no Linear layer to quantize under 'encoder.layer'")
+    model.to(device).eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: max(v, 1e-8) / QMAX for k, v in maxima.items()}
+
+
+def save_scales(path: Path, act_scales: dict[str, float]) -> None:
+    (path / SCALES_FILE).write_text(json.dumps({"activation_scales": act_scales, "qmax": QMAX,
+                                                "weights": "per-channel symmetric, max|w|/127 of the saved weights"}, indent=2))
+
+
+def load_scales(path: Path) -> dict[str, float]:
+    f = path / SCALES_FILE
+    if not f.is_file():
+        raise UsageError(f"{path}: manifest says QAT but {SCALES_FILE} is missing; re-run compress --qat")
+    return {k: float(v) for k, v in json.loads(f.read_text())["activation_scales"].items()}
+
