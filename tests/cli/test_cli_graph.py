@@ -1,0 +1,60 @@
+"""optimize and quantize from the command line."""
+
+import json
+
+from tests.cli.test_cli import one_line_error, run
+
+
+def test_optimize_and_quantize_commands(capsys, tiny_onnx, tmp_path):
+    code, out, _ = run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "fused"), "-q")
+    assert code == 0 and "fused Attention: 2" in out and "contrib ops" in out
+    code, out, _ = run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "trt16"), "--target", "tensorrt", "--fp16", "-q")
+    assert code == 0 and "(fp16)" in out and "contrib" not in out
+    code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "dyn"), "--mode", "dynamic", "--per-channel", "-q")
+    assert code == 0 and "nodes INT8" in out
+    code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "qdq"), "--target", "tensorrt",
+                       "--calib", "builtin:samples", "--max-cosine-loss", "0.5", "-q")
+    assert code == 0
+    m = json.loads((tmp_path / "qdq" / "manifest.json").read_text())
+    assert m["quantization"]["target"] == "tensorrt" and m["quantization"]["per_channel"] is True
+    assert m["quantization"]["calibration"]["source"] == "builtin:samples"
+
+
+def test_graph_commands_bad_input_exit_2(capsys, tiny_bert, tiny_onnx, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "cols.jsonl").write_text('{"sentence": "x"}\n')
+    fused = tmp_path / "fused"
+    assert run(capsys, "optimize", str(tiny_onnx), "-o", str(fused), "-q")[0] == 0
+    dyn = tmp_path / "dyn"
+    assert run(capsys, "quantize", str(tiny_onnx), "-o", str(dyn), "--mode", "dynamic", "-q")[0] == 0
+    out = str(tmp_path / "out")
+    cases = [
+        (["quantize", str(tiny_onnx), "-o", out], "needs calibration data"),
+        (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "missing.txt")], "data file not found"),
+        (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "empty.txt")], "data file is empty"),
+        (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "cols.jsonl")], "no column 'text'"),
+        (["quantize", str(dyn), "-o", out, "--mode", "dynamic"], "already quantized"),
+        (["quantize", str(tiny_onnx), "-o", out, "--mode", "dynamic", "--exclude", "nope"], "not in"),
+        (["quantize", str(fused), "-o", out, "--target", "tensorrt", "--calib", "builtin:samples"], "contrib operators"),
+        (["quantize", str(tiny_onnx), "-o", out, "--mode", "dynamic", "--target", "tensorrt"], "takes --mode static"),
+        (["optimize", str(fused), "-o", out, "--target", "tensorrt"], "contrib operators"),
+        (["optimize", str(tiny_bert), "-o", out], "takes an ONNX artifact"),
+    ]
+    for argv, words in cases:
+        code, _, err = run(capsys, *argv, "-q")
+        assert code == 2, (argv, err)
+        one_line_error(err, words)
+    for argv in (["quantize", str(tiny_onnx), "-o", out, "--method", "kl"], ["optimize", str(tiny_onnx), "-o", out, "--target", "tpu"]):
+        try:
+            run(capsys, *argv)
+        except SystemExit as e:
+            assert e.code == 2
+        one_line_error(capsys.readouterr().err, "invalid choice")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_cosine_target_exits_1(capsys, tiny_onnx, tmp_path):
+    code, _, err = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "q"), "--calib", "builtin:samples",
+                       "--max-cosine-loss", "0", "--max-float-nodes", "0", "-q")
+    assert code == 1 and "misses --max-cosine-loss" in err
+    assert not (tmp_path / "q").exists()
