@@ -156,12 +156,12 @@ def compare_markdown(report: dict) -> str:
             tol = o["tolerance"]
             rows.append([
                 c["label"], o["name"], o["rows"], fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]),
-                f"{o['cos_min']:.6f}", fmt(o["top1"], 4), f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, cos {tol['min_cosine']:g}",
+                f"{o['cos_min']:.6f}", fmt(o.get("pooled_cos_mean"), 6), fmt(o["top1"], 4), f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, cos {tol['min_cosine']:g}",
                 "ok" if o["passed"] else "FAIL: " + "; ".join(o["reasons"]),
             ])
         for m in c["missing_outputs"]:
-            rows.append([c["label"], m, "-", "-", "-", "-", "-", "-", "-", "FAIL: missing"])
-    lines.append(md_table(["candidate", "output", "rows", "max abs", "mean abs", "max rel", "min cos", "top-1",
+            rows.append([c["label"], m, "-", "-", "-", "-", "-", "-", "-", "-", "FAIL: missing"])
+    lines.append(md_table(["candidate", "output", "rows", "max abs", "mean abs", "max rel", "min cos", "pooled cos", "top-1",
                            "tolerance", "result"], rows))
     metric_rows = []
     if ref.get("task_metric"):

@@ -85,6 +85,7 @@ class RowCollector:
     def __init__(self, specs: Sequence[TensorSpec]):
         self.specs = {s.name: s for s in specs}
         self.rows: dict[str, list[np.ndarray]] = {}
+        self.pooled: dict[str, list[np.ndarray]] = {}  # token-level outputs, masked-mean-pooled per sample
         self.token_level: dict[str, bool] = {}
         self.padded_positions = 0
 
@@ -95,6 +96,8 @@ class RowCollector:
             tl = is_token_level(self.specs.get(name), arr, mask)
             self.token_level[name] = tl
             self.rows.setdefault(name, []).append(valid_rows(arr, mask, tl))
+            if tl:
+                self.pooled.setdefault(name, []).append(masked_mean_pool(arr, mask))
 
     def result(self) -> dict[str, np.ndarray]:
         out = {}
@@ -122,6 +125,7 @@ class OutputParity:
     tolerance: Tolerance
     passed: bool
     reasons: list[str] = field(default_factory=list)
+    pooled_cos_mean: float | None = None  # token-level outputs: mean cosine of masked-mean-pooled vectors
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,8 +226,11 @@ def compare_collected(reference: str, candidate: str, ref: RowCollector, cand: R
         if name not in cand_rows:
             missing.append(name)
             continue
-        results.append(compare_rows(
-            name, r, cand_rows[name], tol=tolerances.get(name, default),
-            token_level=ref.token_level[name], is_logits=name.endswith("logits"),
-        ))
+        res = compare_rows(name, r, cand_rows[name], tol=tolerances.get(name, default),
+                           token_level=ref.token_level[name], is_logits=name.endswith("logits"))
+        if name in ref.pooled and name in cand.pooled:
+            a, b = np.concatenate(ref.pooled[name]), np.concatenate(cand.pooled[name])
+            if a.shape == b.shape:
+                res.pooled_cos_mean = mean_row_cosine(a, b)
+        results.append(res)
     return ParityResult(reference, candidate, results, missing, ref.padded_positions)

@@ -95,3 +95,15 @@ def test_label_mapping():
     assert list(label_ids([1, "0"], {}, 2, "d")) == [1, 0]
     with pytest.raises(UsageError, match="row 2 label 'zzz' is not one of the model's labels \\(a, b\\)"):
         label_ids(["a", "zzz"], {"a": 0, "b": 1}, 2, "d")
+
+
+def test_pooled_cosine_of_token_outputs_ignores_padding():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    cand = ref.copy()
+    cand[0, 3:] = 1e6  # padding garbage must not reach the pooled vectors
+    res = _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask())
+    assert res.outputs[0].pooled_cos_mean == pytest.approx(1.0)
+    cand[1, 0] *= -1
+    res = _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask(), atol=1e9, min_cosine=-1)
+    assert res.outputs[0].pooled_cos_mean < 1.0
