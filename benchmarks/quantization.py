@@ -76,6 +76,8 @@ def part_embeddings(args, work: Path, model_dir: Path, sentences: TextDataset, c
     ours = {
         "INT8 dynamic, per-channel (ours)": (onnx_dir, QuantizeConfig(mode="dynamic", per_channel=True)),
         "INT8 dynamic, fused, per-channel (ours)": (fused, QuantizeConfig(mode="dynamic", per_channel=True)),
+        "INT8 dynamic, per-tensor, searched (ours)": (
+            onnx_dir, QuantizeConfig(mode="dynamic", per_channel=False, max_cosine_loss=args.max_cosine_loss, max_float_nodes=12)),
         "INT8 static QDQ, per-channel, searched (ours)": (
             onnx_dir, QuantizeConfig(mode="static", per_channel=True, max_cosine_loss=args.max_cosine_loss, max_float_nodes=16)),
         "INT8 QDQ --target tensorrt, searched (ours)": (
@@ -128,11 +130,20 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
     for name, cfg in {
         "INT8 dynamic, per-channel (PTQ)": QuantizeConfig(mode="dynamic", per_channel=True),
         "INT8 QDQ --target tensorrt, searched (PTQ)": QuantizeConfig(mode="static", target="tensorrt",
-                                                                     max_cosine_loss=args.max_cosine_loss, max_float_nodes=24),
+                                                                     max_cosine_loss=args.clf_max_cosine_loss, max_float_nodes=24),
     }.items():
         variants[name] = quantize(fp32, work / f"clf-{len(variants)}", config=cfg, calib=calib).path
     if args.qat is not None:
-        variants["INT8 QDQ --target tensorrt (QAT)"] = Path(args.qat)
+        variants["INT8 QDQ (QAT)"] = Path(args.qat)
+    elif not args.skip_qat:
+        from benchmarks.compression import split_train
+        from exporter.compress import QATConfig, compress
+        from exporter.training import TrainConfig
+
+        tr, va = split_train(train, work, 0.1, args.seed)
+        qat = compress(clf, work / "qat", [QATConfig()], train_data=tr, eval_data=va,
+                       recovery=TrainConfig(epochs=args.qat_epochs, lr=2e-5, max_length=64, seed=args.seed, patience=None))
+        variants["INT8 QDQ (QAT)"] = export_hf(qat.path, work / "qat-onnx", progress=False).path
     tok = load_tokenizer(clf)
     gold = np.array([labels.index(str(x)) for x in test_ds.labels])
     preds = {n: np.concatenate(outputs(p, test_ds, tok, 64)).argmax(-1) for n, p in variants.items()}
@@ -153,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--max-cosine-loss", type=float, default=0.01)
+    ap.add_argument("--max-cosine-loss", type=float, default=0.01, help="embedding search target (pooled cosine loss)")
+    ap.add_argument("--clf-max-cosine-loss", type=float, default=0.002, help="classifier search target (logit cosine loss)")
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--skip-qat", action="store_true")
+    ap.add_argument("--skip-embeddings", action="store_true")
     ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")
     ap.add_argument("--bench-time", type=float, default=4.0)
     ap.add_argument("--skip-classifier", action="store_true")
@@ -178,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ew-quantization-"))
     calib = load_texts(train, limit=256)
     sentences = load_texts(test, limit=args.sentences)
-    emb = part_embeddings(args, work, Path(model_dir), sentences, calib)
+    emb = {"rows": [], "notes": {}} if args.skip_embeddings else part_embeddings(args, work, Path(model_dir), sentences, calib)
     clf = None if args.skip_classifier else part_classifier(args, work, Path(model_dir), train, test, calib)
 
     report = report_header("quantization-benchmark", " ".join(["python -m benchmarks.quantization", *(argv or sys.argv[1:])]),
