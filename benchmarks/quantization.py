@@ -137,11 +137,12 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
         variants["INT8 QDQ (QAT)"] = Path(args.qat)
     elif not args.skip_qat:
         from benchmarks.compression import split_train
-        from exporter.compress import QATConfig, compress
+        from exporter.compress import DistillConfig, QATConfig, compress
         from exporter.training import TrainConfig
 
         tr, va = split_train(train, work, 0.1, args.seed)
-        qat = compress(clf, work / "qat", [QATConfig()], train_data=tr, eval_data=va,
+        # distillation from the FP32 model keeps the QAT model's predictions close to FP32's
+        qat = compress(clf, work / "qat", [QATConfig(), DistillConfig(temperature=2.0, alpha=0.9)], train_data=tr, eval_data=va,
                        recovery=TrainConfig(epochs=args.qat_epochs, lr=2e-5, max_length=64, seed=args.seed, patience=None))
         variants["INT8 QDQ (QAT)"] = export_hf(qat.path, work / "qat-onnx", progress=False).path
     tok = load_tokenizer(clf)
