@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="default: the packaged all-MiniLM-L6-v2")
     ap.add_argument("--classifier", type=Path, default=None, help="a fine-tuned classifier (default: fine-tune one)")
     ap.add_argument("--qat", type=Path, default=None, help="a QAT ONNX artifact of the classifier to score beside PTQ")
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4, help="classifier fine-tuning epochs (as in benchmarks.compression)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--max-cosine-loss", type=float, default=0.01, help="embedding search target (pooled cosine loss)")

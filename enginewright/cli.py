@@ -52,6 +52,17 @@ def _tolerance_arg(flag: str):
     return parse
 
 
+def _shape_arg(text: str) -> tuple[str, tuple[tuple[int, ...], ...]]:
+    name, sep, spec = text.rpartition(":")
+    try:
+        dims = tuple(tuple(int(d) for d in part.split("x")) for part in spec.split(","))
+    except ValueError:
+        dims = ()
+    if not sep or not name or len(dims) != 3:
+        raise argparse.ArgumentTypeError(f"--shapes takes NAME:MIN,OPT,MAX with dims joined by x (input_ids:1x8,8x128,32x512), got {text!r}")
+    return name, dims
+
+
 def _provider_option(text: str) -> tuple[str, str, str]:
     device, _, kv = text.partition(":")
     key, sep, value = kv.partition("=")
@@ -222,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("check", help="readiness of an ONNX artifact for TensorRT, without a GPU",
+                       description="Check operators, types, Q/DQ placement and profile coverage against TensorRT's "
+                                   "ONNX parser support (table from onnx-tensorrt's operators.md). Exit 1 when the "
+                                   "model cannot build.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("--target", choices=("tensorrt",), default="tensorrt")
+    p.add_argument("--shapes", nargs="+", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile per input, dims joined by x, e.g. input_ids:1x8,8x128,32x512")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
+
     p = sub.add_parser("compare", help="padding-aware parity of candidates against a reference on real texts",
                        description="Run the same texts through REF and every CANDIDATE; report per-output errors "
                                    "(padded positions excluded), cosine, top-1 agreement and the task metric "
@@ -342,6 +363,20 @@ def cmd_quantize(args, command: str) -> int:
     return 0
 
 
+def cmd_check(args, command: str) -> int:
+    from exporter.trtcheck import check_tensorrt
+    from runtimes.artifact import write_json_atomic
+
+    shapes = dict(args.shapes) if args.shapes else None
+    if shapes is not None and len(shapes) != len(args.shapes):
+        raise CliError("--shapes names an input twice")
+    report = check_tensorrt(args.artifact, shapes=shapes)
+    print(report)
+    if args.json is not None:
+        write_json_atomic(args.json, report.to_dict())
+    return 0 if report else 1
+
+
 def cmd_compare(args, command: str) -> int:
     from benchmarks.compare import CompareConfig, run_compare
     from benchmarks.report import write_report
@@ -449,7 +484,7 @@ def _headline(report: dict) -> float:
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
-            "quantize": cmd_quantize, "compare": cmd_compare, "bench": cmd_bench}
+            "quantize": cmd_quantize, "check": cmd_check, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ def export_module(
     source: Artifact | None = None,
     extra_files: Sequence[Path] = (),
     extra_manifest: Mapping | None = None,
+    parity_graph_optimization: str = "all",
 ) -> Artifact:
     """Export ``module`` called as ``module(**example_inputs)`` to an ONNX artifact at ``out``.
 
@@ -82,7 +83,7 @@ def export_module(
         checks = check_onnx(model_path)
         feeds = {k: v.detach().cpu().numpy() for k, v in example_inputs.items()}
         art = Artifact(tmp, "onnx", task, {}, alias=out.name)
-        with open_runner(art, "onnxruntime:cpu") as runner:
+        with open_runner(art, "onnxruntime:cpu", graph_optimization=parity_graph_optimization) as runner:
             got = runner.infer({s.name: feeds[s.name] for s in runner.input_specs()})
             specs = runner.output_specs()
         r, c = RowCollector(specs), RowCollector(specs)
@@ -97,7 +98,7 @@ def export_module(
             command=command, checks=checks,
             options={"opset": opset, "external_data": external_data, "dynamo": dynamo, "dynamic_axes":
                      {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}, "tolerance": vars(tolerance)},
-            parity=result.to_dict(),
+            parity={**result.to_dict(), "onnxruntime_graph_optimization": parity_graph_optimization},
         )
         manifest.update(extra_manifest or {})
         write_json_atomic(tmp / "manifest.json", manifest)

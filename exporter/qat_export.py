@@ -12,7 +12,12 @@ from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 
-QAT_TOLERANCE = Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999)  # rounding ties may land on the other INT8 step
+# Checked with ONNX Runtime's graph optimizations off, so Q/DQ run as written rather than as INT8
+# kernels. Even so the two are not bit-equal: PyTorch's fake quantization multiplies by 1/scale,
+# ONNX's QuantizeLinear divides by scale, so values on an INT8 step boundary can round to the
+# neighbouring step, and over six layers that moved MiniLM-classifier logits by up to 0.15 (cosine
+# 0.998). The tolerance admits that and still catches a wrong scale or a missing Q/DQ pair.
+QAT_TOLERANCE = Tolerance(atol=0.25, rtol=0.1, min_cosine=0.995)
 _FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -57,7 +62,7 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
         Logits(), example, out, output_names=["logits"], dynamic_axes=axes, opset=max(opset or 17, 13),
         external_data=external_data, dynamo=False, force=force, tolerance=tolerance or QAT_TOLERANCE,
         task=src.task, command=command, source=src,
-        extra_files=[src.path / f for f in _FILES if (src.path / f).is_file()],
+        extra_files=[src.path / f for f in _FILES if (src.path / f).is_file()], parity_graph_optimization="disabled",
         extra_manifest={"quantization": {"mode": "qat", "format": "QDQ", "target": "tensorrt",
                                          "activation_scales": scales, "weights": "per-channel symmetric",
                                          "layers": sorted(scales)}},

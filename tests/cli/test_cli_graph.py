@@ -58,3 +58,17 @@ def test_unreachable_cosine_target_exits_1(capsys, tiny_onnx, tmp_path):
                        "--max-cosine-loss", "0", "--max-float-nodes", "0", "-q")
     assert code == 1 and "misses --max-cosine-loss" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_check_tensorrt_readiness(capsys, tiny_onnx, tmp_path):
+    code, out, _ = run(capsys, "check", str(tiny_onnx), "--target", "tensorrt", "--json", str(tmp_path / "r.json"))
+    assert code == 0 and "ready (0 errors" in out
+    assert json.loads((tmp_path / "r.json").read_text())["findings"] is not None
+    assert run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "fused"), "-q")[0] == 0
+    code, out, _ = run(capsys, "check", str(tmp_path / "fused"))
+    assert code == 1 and "com.microsoft::Attention" in out and "--target tensorrt" in out
+    code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "input_ids:8x8,1x16,32x64")
+    assert code == 2
+    one_line_error(err, "min <= opt <= max")
+    code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "nope:1x8,8x16,32x64")
+    assert code == 2
