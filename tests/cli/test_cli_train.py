@@ -6,16 +6,12 @@ import pytest
 
 from enginewright.cli import main
 from tests.cli.test_cli import one_line_error, run
-from tests.conftest import LABELS, SAMPLES
+from tests.conftest import LABELS, write_splits
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tdata")
-    lines = SAMPLES.read_text().splitlines()
-    rows = [{"text": t, "label": LABELS[len(t) % 3]} for t in lines]
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
-    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
+    d = write_splits(tmp_path_factory.mktemp("tdata"))
     (d / "eval_unseen.jsonl").write_text(json.dumps({"text": "hello", "label": "sports"}) + "\n")
     (d / "train_gap.jsonl").write_text(json.dumps({"text": "a", "label": "calm"}) + "\n" + json.dumps({"text": "b"}) + "\n")
     return d

@@ -14,19 +14,9 @@ from exporter.finetune import finetune
 from exporter.training import TrainConfig
 from runtimes import open_runner
 from runtimes.errors import UsageError
-from tests.conftest import LABELS, SAMPLES, make_tiny_bert
+from tests.conftest import LABELS, make_tiny_bert
 
 RECOVER = TrainConfig(epochs=1, batch_size=8, max_length=32)
-
-
-@pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cdata")
-    lines = SAMPLES.read_text().splitlines()
-    rows = [{"text": t, "label": LABELS[len(t) % 3]} for t in lines]
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
-    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
-    return d
 
 
 @pytest.fixture(scope="module")

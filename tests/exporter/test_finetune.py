@@ -10,19 +10,9 @@ from exporter.finetune import LoraSettings, finetune
 from exporter.training import TrainConfig
 from runtimes import open_runner
 from runtimes.errors import UsageError
-from tests.conftest import LABELS, SAMPLES
+from tests.conftest import LABELS
 
 CFG = TrainConfig(epochs=2, batch_size=8, max_length=32, patience=None, checkpoint_every=2)
-
-
-@pytest.fixture(scope="module")
-def splits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    lines = SAMPLES.read_text().splitlines()
-    rows = [{"text": t, "label": LABELS[len(t) % 3]} for t in lines]
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
-    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
-    return d
 
 
 def _weights(path):
