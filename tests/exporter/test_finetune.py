@@ -1,6 +1,7 @@
 import functools
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -125,3 +126,23 @@ def test_bad_labels_are_refused_and_nothing_is_written(tiny_bert, tmp_path, rows
 def test_not_a_model_dir(tmp_path, splits):
     with pytest.raises(UsageError, match="not a model directory"):
         finetune(tmp_path, tmp_path / "out", train_data=splits / "train.jsonl", eval_data=splits / "eval.jsonl", progress=False)
+
+
+@pytest.mark.gpu
+def test_finetune_and_compress_on_cuda_with_mixed_precision(tiny_bert, splits, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU with a CUDA build of torch (torch.cuda.is_available() is False)")
+    from exporter.compress import PruneConfig, QATConfig, compress
+
+    cfg = TrainConfig(epochs=2, batch_size=8, max_length=32, precision="auto")
+    art = finetune(tiny_bert, tmp_path / "ft", train_data=splits / "train.jsonl", eval_data=splits / "eval.jsonl",
+                   config=cfg, device="cuda", progress=False)
+    assert art.manifest["options"]["device"] == "cuda"
+    assert all(np.isfinite(h["loss"]) for h in art.manifest["training"]["history"])
+    small = compress(art.path, tmp_path / "small", [PruneConfig(heads=0.5, ffn=0.5), QATConfig(calib_batches=2)],
+                     train_data=splits / "train.jsonl", eval_data=splits / "eval.jsonl", recovery=cfg, device="cuda",
+                     progress=False)
+    assert small.manifest["qat"]["layers"] == 12 and small.manifest["after"]["params"] < small.manifest["before"]["params"]
+    from exporter import export_hf
+
+    assert export_hf(small.path, tmp_path / "onnx", progress=False).manifest["parity"]["passed"]
