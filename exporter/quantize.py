@@ -263,13 +263,19 @@ def quantize(
 def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:
     """ONNX Runtime's quantization pre-processing: symbolic shape inference (which knows contrib
     ops, where plain ONNX shape inference fails on a fused graph); no extra optimization."""
+    import contextlib
+
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if has_contrib:
-        quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=True, skip_symbolic_shape=False,
-                          auto_merge=True, guess_output_rank=True)
-    else:
-        quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=False, skip_symbolic_shape=True)
+    # symbolic shape inference saves a debug copy (with a uuid-named external data file) into the
+    # current directory when it fails: keep that out of the user's working directory
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with contextlib.chdir(dst.parent):
+        if has_contrib:
+            quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=True, skip_symbolic_shape=False,
+                              auto_merge=True, guess_output_rank=True)
+        else:
+            quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=False, skip_symbolic_shape=True)
     _name_nodes(dst)
 
 
