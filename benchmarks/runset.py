@@ -44,8 +44,7 @@ def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | 
         if runtimes and not chosen:
             raise UsageError(f"{art.path}: none of the runtimes {list(runtimes)} runs a {art.kind!r} artifact; add one with --on")
         for rt in chosen or [default_runtime(art)]:
-            rt = rt if ":" in rt else f"{rt}:cpu"
-            plans.append(RunnerPlan(art, rt))
+            plans.append(RunnerPlan(art, ":".join(parse_runtime(rt))))
     labels = [p.label for p in plans]
     dupes = {x for x in labels if labels.count(x) > 1}
     if dupes:

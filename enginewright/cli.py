@@ -243,6 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimization profile per input, dims joined by x, e.g. input_ids:1x8,8x128,32x512")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
 
+    p = sub.add_parser("build", help="build a TensorRT engine from an ONNX artifact (NVIDIA GPU and TensorRT needed)",
+                       description="Parse the ONNX artifact with TensorRT's parser and build an engine: precision follows "
+                                   "the graph (FP16 or Q/DQ INT8 artifacts build strongly typed), optimization profiles "
+                                   "from --shapes or the manifest's dynamic dims, a timing cache, and a manifest naming "
+                                   "the TensorRT version and GPU the engine is for. Not yet run on a GPU.")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
+    p.add_argument("--shapes", nargs="+", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
+                   help="profile per input, dims joined by x, e.g. input_ids:1x1,8x128,32x512 (default: from the manifest)")
+    p.add_argument("--timing-cache", type=Path, default=None, metavar="FILE", help="read (if present) and write a timing cache")
+    p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache: reuse an identical build")
+    p.add_argument("--workspace", type=float, default=None, metavar="GiB")
+    p.add_argument("--opt-level", type=int, default=None, metavar="N", help="builder optimization level 0..5")
+    p.add_argument("--sparsity", action="store_true", help="allow 2:4 sparse kernels (for compress --sparse-2-4 models)")
+    p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions too")
+    p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere or newer GPU")
+    p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("compare", help="padding-aware parity of candidates against a reference on real texts",
                        description="Run the same texts through REF and every CANDIDATE; report per-output errors "
                                    "(padded positions excluded), cosine, top-1 agreement and the task metric "
@@ -360,6 +380,20 @@ def cmd_quantize(args, command: str) -> int:
     if qz["float_nodes"]:
         print("  kept in float by the search: " + ", ".join(qz["float_nodes"]))
     print(f"artifact: {art.path}")
+    return 0
+
+
+def cmd_build(args, command: str) -> int:
+    from exporter.trtbuild import build_engine
+
+    art = build_engine(args.artifact, args.output, shapes=args.shapes, timing_cache=args.timing_cache,
+                       workspace_gib=args.workspace, opt_level=args.opt_level, sparsity=args.sparsity,
+                       version_compatible=args.version_compatible, hardware_compatible=args.hardware_compatible,
+                       fp16_flag=args.fp16, force=args.force, command=command, progress=not args.quiet,
+                       cache_dir=args.cache_dir)
+    m = art.manifest
+    print(f"engine {art.model_file} ({m['precision']}) for TensorRT {m['tensorrt']['version']} on "
+          f"{m['gpu']['name']} (compute capability {m['gpu']['compute_capability']}); profiles: {m['profiles']}")
     return 0
 
 
@@ -484,7 +518,7 @@ def _headline(report: dict) -> float:
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
-            "quantize": cmd_quantize, "check": cmd_check, "compare": cmd_compare, "bench": cmd_bench}
+            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

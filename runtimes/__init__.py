@@ -18,8 +18,10 @@ from runtimes.specs import TensorSpec
 BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("runtimes.pyt.runner", "TorchRunner"),
     "onnxruntime": ("runtimes.onnxrt.runner", "OnnxRuntimeRunner"),
+    "tensorrt": ("runtimes.trt.runner", "TensorRTRunner"),
 }
-_DEFAULT_FOR_KIND = {"hf": "torch:cpu", "onnx": "onnxruntime:cpu"}
+_DEFAULT_DEVICE = {"torch": "cpu", "onnxruntime": "cpu", "tensorrt": "cuda"}
+_DEFAULT_FOR_KIND = {"hf": "torch:cpu", "onnx": "onnxruntime:cpu", "trt": "tensorrt:cuda"}
 
 __all__ = [
     "Artifact", "BACKENDS", "CheckFailed", "EnginewrightError", "Runner", "TensorSpec", "UsageError",
@@ -28,7 +30,8 @@ __all__ = [
 
 
 def parse_runtime(runtime: str) -> tuple[str, str]:
-    """``"onnxruntime:cuda"`` -> ``("onnxruntime", "cuda")``; the device defaults to ``cpu``.
+    """``"onnxruntime:cuda"`` -> ``("onnxruntime", "cuda")``; the device defaults to the backend's
+    own (``cpu``, or ``cuda`` for tensorrt).
 
     Raises:
         UsageError: unknown backend.
@@ -36,7 +39,7 @@ def parse_runtime(runtime: str) -> tuple[str, str]:
     backend, _, device = runtime.partition(":")
     if backend not in BACKENDS:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of {sorted(BACKENDS)} (optionally ':cpu', ':cuda', ...)")
-    return backend, device or "cpu"
+    return backend, device or _DEFAULT_DEVICE[backend]
 
 
 def backend_class(backend: str) -> type[Runner]:

@@ -24,7 +24,7 @@ from runtimes.specs import TensorSpec, specs_from_list
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
-KINDS = ("hf", "onnx")
+KINDS = ("hf", "onnx", "trt")
 TASKS = ("feature-extraction", "text-classification", "token-classification")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _ARCH_SUFFIX_TO_TASK = (
@@ -58,10 +58,10 @@ class Artifact:
 
     @property
     def model_file(self) -> Path:
-        """The main model file: ``model.onnx`` for ONNX artifacts, the directory itself for HF."""
+        """The main model file: ``model.onnx`` (ONNX), ``model.plan`` (TensorRT), the directory itself (HF)."""
         if self.kind == "hf":
             return self.path
-        return self.path / self.manifest.get("model_file", "model.onnx")
+        return self.path / self.manifest.get("model_file", "model.plan" if self.kind == "trt" else "model.onnx")
 
     @property
     def name(self) -> str:
@@ -130,7 +130,7 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
         if kind not in KINDS:
             raise UsageError(f"{p / MANIFEST}: field 'kind' is {kind!r}; expected one of {list(KINDS)}")
         art = Artifact(path=p, kind=kind, task=task or manifest.get("task"), manifest=manifest)
-        if kind == "onnx" and not art.model_file.is_file():
+        if kind in ("onnx", "trt") and not art.model_file.is_file():
             raise UsageError(f"{p}: manifest names {art.model_file.name} but the file is missing; re-export the artifact")
         return art
     if is_hf_model_dir(p):

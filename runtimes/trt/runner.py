@@ -75,8 +75,9 @@ class TensorRTRunner(Runner):
         named = {s.name: s for s in (*self.artifact.inputs, *self.artifact.outputs)}
         self._inputs = [self._spec(n, named.get(n)) for n in self._input_names]
         self._outputs = [self._spec(n, named.get(n)) for n in self._output_names]
+        dynamic = [n for n in self._input_names if any(int(d) < 0 for d in engine.get_tensor_shape(n))]
         self._profiles = [
-            {n: tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(n, k)) for n in self._input_names}
+            {n: tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(n, k)) for n in dynamic}
             for k in range(engine.num_optimization_profiles)
         ]
         self._stream = torch.cuda.Stream()

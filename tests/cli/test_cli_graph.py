@@ -72,3 +72,22 @@ def test_check_tensorrt_readiness(capsys, tiny_onnx, tmp_path):
     one_line_error(err, "min <= opt <= max")
     code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "nope:1x8,8x16,32x64")
     assert code == 2
+
+
+def test_tensorrt_paths_refuse_in_one_line_without_tensorrt(capsys, tiny_bert, tiny_onnx, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        import pytest
+
+        pytest.skip("TensorRT is installed here; the refusal is for machines without it")
+    code, _, err = run(capsys, "build", str(tiny_onnx), "-o", str(tmp_path / "engine"))
+    assert code == 2
+    one_line_error(err, "TensorRT is not installed: pip install tensorrt")
+    code, _, err = run(capsys, "build", str(tiny_bert), "-o", str(tmp_path / "engine"))
+    assert code == 2
+    one_line_error(err, "build takes an ONNX artifact")
+    code, _, err = run(capsys, "build", str(tiny_onnx), "-o", str(tmp_path / "engine"), "--shapes", "input_ids:8x8,1x16,32x64")
+    assert code == 2
+    one_line_error(err, "MIN <= OPT <= MAX")
+    assert not (tmp_path / "engine").exists()

@@ -93,3 +93,11 @@ def test_torch_cuda_matches_cpu(tiny_bert):
         a = cpu.infer(_feeds())["last_hidden_state"]
         b = gpu.infer(_feeds())["last_hidden_state"]
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_tensorrt_runtime_defaults_to_cuda_and_engines_plan_to_it():
+    from runtimes import default_runtime
+    from runtimes.artifact import Artifact
+
+    assert parse_runtime("tensorrt") == ("tensorrt", "cuda")
+    assert default_runtime(Artifact(__import__("pathlib").Path("e"), "trt", None, {})) == "tensorrt:cuda"

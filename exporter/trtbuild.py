@@ -1,0 +1,340 @@
+"""``build_engine``: an ONNX artifact -> a TensorRT engine artifact (``model.plan`` + manifest).
+
+Precision follows the graph: FP16 weights or Q/DQ nodes build a strongly typed network, which
+keeps the graph's types (TensorRT 11 knows no other kind). An FP32 graph builds FP32, strongly
+typed; on TensorRT 10 only, ``fp16_flag`` lets the builder pick FP16 kernels in a weakly typed
+network instead.
+
+Profiles are derived and validated before TensorRT is imported, so a bad ``--shapes`` is reported
+the same way on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from runtimes.artifact import (
+    Artifact, atomic_output_dir, check_output_free, dir_hash, file_sha256, file_table, load_artifact, write_json_atomic,
+)
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec, specs_to_list
+from runtimes.trt.engine import MODEL_FILE, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major
+
+BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
+# Not in the engine: tokenizer and config files that compare and bench read beside the model.
+_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+         "merges.txt", "vocab.json", "sentencepiece.bpe.model", "added_tokens.json")
+_FP16, _QDQ = 10, {"QuantizeLinear", "DequantizeLinear"}
+FP16_ON_11 = "TensorRT 11 takes precision from the graph: optimize --target tensorrt --fp16"
+
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]
+
+
+# -- profiles ---------------------------------------------------------------------------------
+def derive_profiles(input_specs: Sequence[TensorSpec | Mapping], shapes=None, batches: Sequence[int] = (1, 8, 32),
+                    seqs: Sequence[int] = (1, 128, 512)) -> list[Profile]:
+    """Optimization profiles ``[{input: (min, opt, max)}]`` for the inputs with dynamic dims.
+
+    Without ``shapes``, one profile from the named dims: ``batch_size`` takes ``batches`` and
+    ``sequence_length`` takes ``seqs`` (min, opt, max). ``shapes`` is one profile as a mapping
+    ``{input: (min, opt, max)}`` or as ``(input, (min, opt, max))`` pairs (what ``--shapes`` parses to),
+    or a list of mappings for several profiles. Inputs it leaves out take their dims from the same
+    dim names in the inputs it gives (``input_ids`` fixes ``batch_size`` for ``attention_mask``).
+
+    Raises:
+        UsageError: an unknown input, a rank other than the input's, not 1 <= min <= opt <= max, a fixed
+            dim contradicted, one dim name given two ranges, or a dynamic dim nothing covers.
+    """
+    specs = [s if isinstance(s, TensorSpec) else TensorSpec.from_dict(s) for s in input_specs]
+    if not specs:
+        raise UsageError("the artifact's manifest lists no inputs; re-export it (enginewright export)")
+    for label, values in (("batches", batches), ("seqs", seqs)):
+        if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+            raise UsageError(f"{label} must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(values)}")
+    if shapes is None:
+        return [_fill(specs, {}, {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs)}, hint=True)]
+    return [_fill(specs, *_check_given(specs, p)) for p in _as_profiles(shapes)]
+
+
+def _as_profiles(shapes) -> list[dict]:
+    if isinstance(shapes, Mapping):
+        return [dict(shapes)]
+    items = list(shapes)
+    if items and all(isinstance(p, Mapping) for p in items):
+        return [dict(p) for p in items]
+    if items and all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str) for p in items):
+        names = [n for n, _ in items]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise UsageError(f"--shapes gives input {dup[0]!r} twice; give each input once per profile")
+        return [dict(items)]
+    raise UsageError("shapes must map input names to (min, opt, max) shapes, e.g. {'input_ids': ((1, 8), (8, 128), (32, 512))}")
+
+
+def _check_given(specs: list[TensorSpec], given: dict) -> tuple[dict, dict]:
+    dims = {s.name: s.shape for s in specs}
+    if unknown := sorted(set(given) - set(dims)):
+        raise UsageError(f"--shapes names input {unknown[0]!r}, which the model lacks; its inputs are {sorted(dims)}")
+    named: dict[str, tuple[int, int, int]] = {}
+    out = {}
+    for name, prof in given.items():
+        if not (isinstance(prof, (tuple, list)) and len(prof) == 3 and all(
+                isinstance(s, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in s) for s in prof)):
+            raise UsageError(f"--shapes {name}: needs three shapes MIN,OPT,MAX with dims joined by x, got {prof!r}")
+        mn, op, mx = (tuple(s) for s in prof)
+        if not len(mn) == len(op) == len(mx) == len(dims[name]):
+            raise UsageError(f"--shapes {name}: ranks {len(mn)}/{len(op)}/{len(mx)}, but input {name} has rank {len(dims[name])}")
+        for axis, (a, b, c) in enumerate(zip(mn, op, mx)):
+            if not 1 <= a <= b <= c:
+                raise UsageError(f"--shapes {name} dim {axis}: need 1 <= MIN <= OPT <= MAX, got {a}, {b}, {c}")
+            declared = dims[name][axis]
+            if isinstance(declared, int) and declared > 0 and not a == b == c == declared:
+                raise UsageError(f"--shapes {name} dim {axis}: the model fixes it at {declared}, the profile gives {a}..{c}")
+            if isinstance(declared, str):
+                if named.setdefault(declared, (a, b, c)) != (a, b, c):
+                    raise UsageError(f"--shapes gives dim {declared!r} two ranges ({named[declared]} and {(a, b, c)}); "
+                                     "inputs that share a dim must share its range")
+        out[name] = (mn, op, mx)
+    return out, named
+
+
+def _fill(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False) -> Profile:
+    profile: Profile = {}
+    for spec in specs:
+        if all(isinstance(d, int) and d > 0 for d in spec.shape):
+            continue  # static input: no profile entry
+        if spec.name in given:
+            profile[spec.name] = given[spec.name]
+            continue
+        mom = [[], [], []]
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int) and d > 0:
+                rng = (d, d, d)
+            elif isinstance(d, str) and d in named:
+                rng = named[d]
+            else:
+                what = "pass --shapes NAME:MIN,OPT,MAX for it" if hint else f"add {spec.name}:MIN,OPT,MAX to --shapes"
+                raise UsageError(f"input {spec.name!r} dim {axis} ({d or 'unnamed'}) is dynamic and no profile covers it; {what}")
+            for k in range(3):
+                mom[k].append(rng[k])
+        profile[spec.name] = tuple(tuple(m) for m in mom)
+    return profile
+
+
+# -- graph precision ----------------------------------------------------------------------------
+def graph_precision(path: Path) -> str:
+    """``int8`` for a graph with Q/DQ nodes, ``fp16`` for FP16 weights or casts, else ``fp32``."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [n for n in model.graph.node] + [n for f in model.functions for n in f.node]
+    if any(n.op_type in _QDQ for n in nodes):
+        return "int8"
+    if any(t.data_type == _FP16 for t in model.graph.initializer) or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == _FP16 for a in n.attribute) for n in nodes):
+        return "fp16"
+    return "fp32"
+
+
+def model_files_sha256(art: Artifact) -> str:
+    """One hash over the ONNX graph and its external-data files (by name and content)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in art.path.iterdir() if p.is_file() and Artifact._is_model_file(p.name)):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def engine_cache_key(onnx_sha256: str, profiles: Sequence[Profile], precision: str, builder: Mapping,
+                     trt_version: str, gpu: Mapping) -> str:
+    blob = json.dumps({"onnx": onnx_sha256, "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in profiles],
+                       "precision": precision, "builder": dict(builder), "tensorrt": str(trt_version),
+                       "gpu": gpu["name"], "cc": str(gpu["compute_capability"])}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# -- build ----------------------------------------------------------------------------------------
+def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib: float | None = None,
+                 opt_level: int | None = None, sparsity: bool = False, version_compatible: bool = False,
+                 hardware_compatible: bool = False, fp16_flag: bool = False, force: bool = False,
+                 command: str | None = None, progress: bool = True, cache_dir=None) -> Artifact:
+    """Build ``artifact`` (ONNX) into a TensorRT engine artifact at ``out``; returns it opened.
+
+    With ``cache_dir``, an engine already built there from the same ONNX, profiles, precision,
+    options, TensorRT and GPU is copied instead of rebuilt. ``timing_cache`` is read if it exists and
+    written back after the build.
+
+    Raises:
+        UsageError: not an ONNX artifact; bad shapes or options; output exists without ``force``;
+            TensorRT or a GPU missing; ``fp16_flag`` on TensorRT 11 or on a graph that already sets
+            its precision; the ONNX parser or the builder rejects the model.
+    """
+    art = load_artifact(artifact)
+    if art.kind != "onnx":
+        raise UsageError(f"{art.path}: build takes an ONNX artifact (run enginewright export first); this one is {art.kind!r}")
+    out = Path(out)
+    check_output_free(out, force)
+    inputs, outputs = (art.inputs, art.outputs) if art.inputs else _graph_io(art)
+    profiles = derive_profiles(inputs, shapes)
+    if workspace_gib is not None and not workspace_gib > 0:
+        raise UsageError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
+    if opt_level is not None and opt_level not in range(6):
+        raise UsageError(f"--opt-level must be 0..5 (TensorRT's builder optimization level), got {opt_level}")
+    if timing_cache is not None and not Path(timing_cache).parent.is_dir():
+        raise UsageError(f"--timing-cache {timing_cache}: directory {Path(timing_cache).parent} does not exist")
+    precision = graph_precision(art.model_file)
+    if fp16_flag and precision != "fp32":
+        raise UsageError(f"{art.path}: --fp16 is for FP32 graphs; this graph is already {precision} and builds as it is")
+
+    trt = require_tensorrt()
+    require_cuda()
+    major = trt_major(trt.__version__)
+    if fp16_flag and major >= 11:
+        raise UsageError(FP16_ON_11)
+    gpu = gpu_info()
+    builder_options = {
+        "workspace_gib": workspace_gib, "opt_level": opt_level, "sparsity": bool(sparsity),
+        "version_compatible": bool(version_compatible), "hardware_compatible": bool(hardware_compatible),
+        "fp16_flag": bool(fp16_flag), "strongly_typed": not fp16_flag,
+    }
+    onnx_sha = model_files_sha256(art)
+    key = engine_cache_key(onnx_sha, profiles, "fp16" if fp16_flag else precision, builder_options, trt.__version__, gpu)
+    cached = Path(cache_dir) / f"{key}.plan" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        plan = cached.read_bytes()
+        print(f"engine cache hit: {cached} (same ONNX, profiles, precision, options, TensorRT and GPU); not rebuilt",
+              file=sys.stderr)
+    else:
+        plan = _build(trt, major, art.model_file, profiles, builder_options, timing_cache, progress)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            _write_bytes_atomic(cached, plan)
+    manifest = engine_manifest(
+        tensorrt_version=trt.__version__, gpu=gpu, profiles=profiles, precision="fp16" if fp16_flag else precision,
+        builder_options=builder_options, onnx_sha256=onnx_sha, version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible, inputs=specs_to_list(inputs), outputs=specs_to_list(outputs),
+        task=art.task, command=command, cache_key=key,
+        source={"path": str(art.path.resolve()), "kind": art.kind, "hash": dir_hash(art.path)},
+    )
+    with atomic_output_dir(out, force=force) as tmp:
+        (tmp / MODEL_FILE).write_bytes(plan)
+        for name in _COPY:
+            if (art.path / name).is_file():
+                shutil.copy2(art.path / name, tmp / name)
+        manifest["files"] = file_table(tmp)
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return Artifact(path=out, kind="trt", task=art.task, manifest=manifest)
+
+
+def _graph_io(art: Artifact) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs from the graph itself, for a bare ``model.onnx`` without a manifest."""
+    from exporter.onnx_file import graph_specs
+
+    inputs, outputs, _ = graph_specs(art.model_file)
+    return inputs, outputs
+
+
+def _build(trt, major: int, onnx_path: Path, profiles: list[Profile], opts: dict, timing_cache, progress: bool) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, major, opts["strongly_typed"]))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external data is found beside it
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        for e in errors:
+            print(f"TensorRT ONNX parser: node {e.node_name() or '?'} [{e.node_operator() or '?'}]: {e.desc()}", file=sys.stderr)
+        first = errors[0] if errors else None
+        where = f"node {first.node_name() or '?'} [{first.node_operator() or '?'}]: {first.desc()}" if first else "no detail"
+        raise UsageError(f"{onnx_path}: TensorRT {trt.__version__}'s ONNX parser rejects the model ({len(errors)} error(s); "
+                         f"first: {where}); run enginewright check --target tensorrt")
+    config = builder.create_builder_config()
+    if opts["workspace_gib"] is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts["workspace_gib"] * (1 << 30)))
+    if opts["opt_level"] is not None:
+        config.builder_optimization_level = opts["opt_level"]
+    if opts["sparsity"]:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    if opts["version_compatible"]:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if opts["hardware_compatible"]:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if opts["fp16_flag"]:  # only reached on TensorRT 10 (build_engine refuses it on 11)
+        config.set_flag(trt.BuilderFlag.FP16)
+    for prof in profiles:
+        p = builder.create_optimization_profile()
+        for name, (mn, op, mx) in prof.items():
+            p.set_shape(name, mn, op, mx)
+        config.add_optimization_profile(p)
+    cache = None
+    if timing_cache is not None:
+        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    monitor = _progress_monitor(trt) if progress else None
+    if monitor is not None:
+        config.progress_monitor = monitor  # kept referenced until the build returns
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UsageError(f"{onnx_path}: TensorRT could not build an engine (see the TensorRT errors above); check the "
+                         "profiles (--shapes) against the model and run enginewright check --target tensorrt")
+    if cache is not None:
+        _write_bytes_atomic(Path(timing_cache), bytes(memoryview(cache.serialize())))
+    return bytes(memoryview(plan))
+
+
+def _network_flags(trt, major: int, strongly_typed: bool) -> int:
+    """TensorRT 10: STRONGLY_TYPED keeps the graph's types (without it, builder flags choose).
+    TensorRT 11: every network is strongly typed and the flag is deprecated, so none is passed."""
+    if major >= 11 or not strongly_typed:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _progress_monitor(trt):
+    """A tqdm bar per build phase, through TensorRT's IProgressMonitor (called from builder threads)."""
+    from tqdm.auto import tqdm
+
+    class TqdmProgressMonitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self._bars: dict[str, tqdm] = {}
+            self._lock = threading.Lock()
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            with self._lock:
+                self._bars[phase_name] = tqdm(total=num_steps, desc=phase_name, leave=parent_phase is None,
+                                              unit="step", file=sys.stderr)
+
+        def step_complete(self, phase_name, step):
+            with self._lock:
+                bar = self._bars.get(phase_name)
+                if bar is not None:
+                    bar.update(max(0, step + 1 - bar.n))
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            with self._lock:
+                bar = self._bars.pop(phase_name, None)
+                if bar is not None:
+                    bar.close()
+
+    return TqdmProgressMonitor()
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
