@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.compare import CompareConfig, run_compare
 from benchmarks.data import TextDataset, load_texts
 from benchmarks.parity import Tolerance
-from exporter.manifest import onnx_manifest
+from exporter.manifest import COMPANION_FILES, onnx_manifest
 from exporter.onnx_file import check_onnx
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
@@ -30,8 +30,6 @@ TARGETS = ("cpu", "cuda", "tensorrt")
 # model types ONNX Runtime's transformer optimizer fuses as BERT-style encoders
 _ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert",
                     "electra": "bert", "camembert": "bert", "mpnet": "bert"}
-_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-         "merges.txt", "vocab.json", "sentencepiece.bpe.model", "added_tokens.json")
 DEFAULT_TOLERANCE = {False: Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.9999),
                      True: Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999)}
 
@@ -142,7 +140,7 @@ def optimize(
     tolerance = tolerance or DEFAULT_TOLERANCE[fp16]
     cfg = _config(src)
     with atomic_output_dir(out, force=force) as tmp:
-        for name in _COPY:
+        for name in COMPANION_FILES:
             if (src.path / name).is_file():
                 shutil.copy2(src.path / name, tmp / name)
         dst = tmp / "model.onnx"

@@ -8,6 +8,7 @@ from pathlib import Path
 from benchmarks.data import load_texts, load_tokenizer, tokenize
 from benchmarks.parity import Tolerance
 from exporter.compress.qat import attach, load_scales
+from exporter.manifest import COMPANION_FILES
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
@@ -18,7 +19,6 @@ from runtimes.pyt.loading import as_usage_error, hf_load_errors
 # neighbouring step, and over six layers that moved MiniLM-classifier logits by up to 0.15 (cosine
 # 0.998). The tolerance admits that and still catches a wrong scale or a missing Q/DQ pair.
 QAT_TOLERANCE = Tolerance(atol=0.25, rtol=0.1, min_cosine=0.995)
-_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
 def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bool, force: bool,
@@ -62,7 +62,7 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
         Logits(), example, out, output_names=["logits"], dynamic_axes=axes, opset=max(opset or 17, 13),
         external_data=external_data, dynamo=False, force=force, tolerance=tolerance or QAT_TOLERANCE,
         task=src.task, command=command, source=src,
-        extra_files=[src.path / f for f in _FILES if (src.path / f).is_file()], parity_graph_optimization="disabled",
+        extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()], parity_graph_optimization="disabled",
         extra_manifest={"quantization": {"mode": "qat", "format": "QDQ", "target": "tensorrt",
                                          "activation_scales": scales, "weights": "per-channel symmetric",
                                          "layers": sorted(scales)}},

@@ -32,7 +32,8 @@ from benchmarks.data import TextDataset, feeds_for, load_tokenizer, tokenize
 from benchmarks.machine import describe_machine
 from benchmarks.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
-from exporter.optimize import _COPY, contrib_ops, op_counts
+from exporter.manifest import COMPANION_FILES
+from exporter.optimize import contrib_ops, op_counts
 from runtimes import open_runner
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
@@ -233,13 +234,11 @@ def quantize(
         scorer = _Scorer(Artifact(prepared.parent, "onnx", None, {"model_file": prepared.name}), eval_feeds)
         search = _search(q, scorer, base, config, progress)
         with atomic_output_dir(out, force=force) as tmp:
-            for name in _COPY:
+            for name in COMPANION_FILES:
                 if (src.path / name).is_file():
                     shutil.copy2(src.path / name, tmp / name)
             final = search["quantized_nodes"]
             q.run(final, tmp / "model.onnx")
-            for extra in tmp.glob("model.onnx*.data"):
-                pass  # external data written beside model.onnx by onnxruntime stays with it
             art = Artifact(tmp, "onnx", src.task, {}, alias=out.name)
             parity = _parity(src, art, eval_feeds, scorer)
             manifest = onnx_manifest(

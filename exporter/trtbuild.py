@@ -21,18 +21,16 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from exporter.manifest import COMPANION_FILES
 from runtimes.artifact import (
     Artifact, atomic_output_dir, check_output_free, dir_hash, file_sha256, file_table, load_artifact, write_json_atomic,
 )
+from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, specs_to_list
 from runtimes.trt.engine import MODEL_FILE, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major
 
 BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
-# Not in the engine: tokenizer and config files that compare and bench read beside the model.
-_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-         "merges.txt", "vocab.json", "sentencepiece.bpe.model", "added_tokens.json")
-_FP16, _QDQ = 10, {"QuantizeLinear", "DequantizeLinear"}
 FP16_ON_11 = "TensorRT 11 takes precision from the graph: optimize --target tensorrt --fp16"
 
 Shape = tuple[int, ...]
@@ -130,20 +128,6 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False)
 
 
 # -- graph precision ----------------------------------------------------------------------------
-def graph_precision(path: Path) -> str:
-    """``int8`` for a graph with Q/DQ nodes, ``fp16`` for FP16 weights or casts, else ``fp32``."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    nodes = [n for n in model.graph.node] + [n for f in model.functions for n in f.node]
-    if any(n.op_type in _QDQ for n in nodes):
-        return "int8"
-    if any(t.data_type == _FP16 for t in model.graph.initializer) or any(
-            n.op_type == "Cast" and any(a.name == "to" and a.i == _FP16 for a in n.attribute) for n in nodes):
-        return "fp16"
-    return "fp32"
-
-
 def model_files_sha256(art: Artifact) -> str:
     """One hash over the ONNX graph and its external-data files (by name and content)."""
     h = hashlib.sha256()
@@ -225,7 +209,7 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     )
     with atomic_output_dir(out, force=force) as tmp:
         (tmp / MODEL_FILE).write_bytes(plan)
-        for name in _COPY:
+        for name in COMPANION_FILES:
             if (art.path / name).is_file():
                 shutil.copy2(art.path / name, tmp / name)
         manifest["files"] = file_table(tmp)

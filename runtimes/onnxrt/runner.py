@@ -8,6 +8,7 @@ import numpy as np
 
 from runtimes.base import Runner
 from runtimes.errors import UsageError
+from runtimes.onnx_graph import graph_precision
 from runtimes.specs import TensorSpec
 
 # device -> providers in priority order (ONNX Runtime falls back along the list per node)
@@ -24,6 +25,20 @@ _ORT_DTYPES = {
 }
 
 
+def tensorrt_ep_defaults(path, cache_dir) -> dict:
+    """Options for ONNX Runtime's TensorRT execution provider: engine and timing caches under
+    ``cache_dir`` (keyed by ONNX Runtime itself), and the precision flag the graph needs (INT8 for
+    Q/DQ graphs, FP16 for FP16 ones). Options the user passes override these."""
+    opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)}
+    precision = graph_precision(path)
+    if precision == "int8":
+        opts["trt_int8_enable"] = True
+    elif precision == "fp16":
+        opts["trt_fp16_enable"] = True
+    return opts
+
+
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, (int, str)) else None for d in arg.shape)
     return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), shape)
@@ -34,7 +49,8 @@ class OnnxRuntimeRunner(Runner):
 
     Options: ``threads`` (intra-op; inter-op is 1, execution sequential), ``graph_optimization``
     (``disabled|basic|extended|all``), ``provider_options`` (a dict for the first provider, such as
-    ``{"device_id": 0}`` for CUDA or ``{"trt_fp16_enable": True}`` for TensorRT) and
+    ``{"device_id": 0}`` for CUDA or ``{"trt_profile_min_shapes": "input_ids:1x1"}`` for TensorRT,
+    whose engine/timing caches and precision flag are set by default, see ``tensorrt_ep_defaults``) and
     ``session_options`` (attribute name -> value on ``SessionOptions``).
     """
 
@@ -86,7 +102,16 @@ class OnnxRuntimeRunner(Runner):
             if not hasattr(so, key):
                 raise UsageError(f"onnxruntime session option {key!r} does not exist on SessionOptions")
             setattr(so, key, value)
-        providers = [(wanted[0], self.provider_options)] + [(p, {}) for p in wanted[1:]]
+        first = dict(self.provider_options)
+        if self.device == "tensorrt":
+            import os
+            from pathlib import Path
+
+            cache = Path(os.environ.get("ENGINEWRIGHT_CACHE", Path.home() / ".cache" / "enginewright")) / "ort-tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            first = {**tensorrt_ep_defaults(self.artifact.model_file, cache), **first}
+        self._effective_provider_options = first
+        providers = [(wanted[0], first)] + [(p, {}) for p in wanted[1:]]
         path = self.artifact.model_file
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
@@ -121,6 +146,7 @@ class OnnxRuntimeRunner(Runner):
             "threads": so.intra_op_num_threads if so is not None else self.threads,
             "providers": self._session.get_providers() if self._session is not None else list(PROVIDERS[self.device]),
             "graph_optimization": self.graph_optimization,
-            **({"provider_options": self.provider_options} if self.provider_options else {}),
+            **({"provider_options": self._effective_provider_options}
+               if getattr(self, "_effective_provider_options", None) else {}),
             "onnxruntime": ort.__version__,
         }

@@ -101,3 +101,18 @@ def test_tensorrt_runtime_defaults_to_cuda_and_engines_plan_to_it():
 
     assert parse_runtime("tensorrt") == ("tensorrt", "cuda")
     assert default_runtime(Artifact(__import__("pathlib").Path("e"), "trt", None, {})) == "tensorrt:cuda"
+
+
+def test_tensorrt_ep_defaults_follow_the_graph_precision(tiny_onnx, tmp_path):
+    from benchmarks.data import load_texts
+    from exporter.optimize import optimize
+    from exporter.quantize import QuantizeConfig, quantize
+    from runtimes.onnxrt.runner import tensorrt_ep_defaults
+
+    fp32 = tensorrt_ep_defaults(tiny_onnx / "model.onnx", tmp_path)
+    assert fp32["trt_engine_cache_enable"] and fp32["trt_engine_cache_path"] == str(tmp_path)
+    assert "trt_fp16_enable" not in fp32 and "trt_int8_enable" not in fp32
+    fp16 = optimize(tiny_onnx, tmp_path / "fp16", target="tensorrt", fp16=True, progress=False)
+    assert tensorrt_ep_defaults(fp16.model_file, tmp_path)["trt_fp16_enable"] is True
+    qdq = quantize(tiny_onnx, tmp_path / "qdq", config=QuantizeConfig(target="tensorrt"), calib=load_texts(None), progress=False)
+    assert tensorrt_ep_defaults(qdq.model_file, tmp_path)["trt_int8_enable"] is True
