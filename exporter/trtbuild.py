@@ -27,7 +27,7 @@ from runtimes.artifact import (
 )
 from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
-from runtimes.specs import TensorSpec, specs_to_list
+from runtimes.specs import TensorSpec, check_profile, specs_to_list
 from runtimes.trt.engine import MODEL_FILE, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major
 
 BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
@@ -84,18 +84,9 @@ def _check_given(specs: list[TensorSpec], given: dict) -> tuple[dict, dict]:
     named: dict[str, tuple[int, int, int]] = {}
     out = {}
     for name, prof in given.items():
-        if not (isinstance(prof, (tuple, list)) and len(prof) == 3 and all(
-                isinstance(s, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in s) for s in prof)):
-            raise UsageError(f"--shapes {name}: needs three shapes MIN,OPT,MAX with dims joined by x, got {prof!r}")
-        mn, op, mx = (tuple(s) for s in prof)
-        if not len(mn) == len(op) == len(mx) == len(dims[name]):
-            raise UsageError(f"--shapes {name}: ranks {len(mn)}/{len(op)}/{len(mx)}, but input {name} has rank {len(dims[name])}")
+        mn, op, mx = check_profile(name, prof, dims[name])
         for axis, (a, b, c) in enumerate(zip(mn, op, mx)):
-            if not 1 <= a <= b <= c:
-                raise UsageError(f"--shapes {name} dim {axis}: need 1 <= MIN <= OPT <= MAX, got {a}, {b}, {c}")
             declared = dims[name][axis]
-            if isinstance(declared, int) and declared > 0 and not a == b == c == declared:
-                raise UsageError(f"--shapes {name} dim {axis}: the model fixes it at {declared}, the profile gives {a}..{c}")
             if isinstance(declared, str):
                 if named.setdefault(declared, (a, b, c)) != (a, b, c):
                     raise UsageError(f"--shapes gives dim {declared!r} two ranges ({named[declared]} and {(a, b, c)}); "

@@ -74,3 +74,28 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec],
                 raise UsageError(
                     f"{where}: input {name!r} has size {got} on axis {axis}; expected {spec.describe()}"
                 )
+
+
+Shape = tuple[int, ...]
+
+
+def check_profile(name: str, prof, dims: Sequence[Dim]) -> tuple[Shape, Shape, Shape]:
+    """Validate one input's optimization profile ``(min, opt, max)`` against its declared dims.
+
+    Raises:
+        UsageError: not three int shapes, a rank other than the input's, a dim outside
+            ``1 <= MIN <= OPT <= MAX``, or a fixed dim the profile does not keep.
+    """
+    if not (isinstance(prof, (tuple, list)) and len(prof) == 3 and all(
+            isinstance(s, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in s) for s in prof)):
+        raise UsageError(f"--shapes {name}: needs three shapes MIN,OPT,MAX with dims joined by x, got {prof!r}")
+    mn, op, mx = (tuple(s) for s in prof)
+    if not len(mn) == len(op) == len(mx) == len(dims):
+        raise UsageError(f"--shapes {name}: ranks {len(mn)}/{len(op)}/{len(mx)}, but input {name} has rank {len(dims)}")
+    for axis, (a, b, c) in enumerate(zip(mn, op, mx)):
+        if not 1 <= a <= b <= c:
+            raise UsageError(f"--shapes {name} dim {axis}: need 1 <= MIN <= OPT <= MAX, got {a}, {b}, {c}")
+        declared = dims[axis]
+        if isinstance(declared, int) and declared > 0 and not a == b == c == declared:
+            raise UsageError(f"--shapes {name} dim {axis}: the model fixes it at {declared}, the profile gives {a}..{c}")
+    return mn, op, mx

@@ -16,6 +16,7 @@ from pathlib import Path
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
 from runtimes.artifact import Artifact, load_artifact
 from runtimes.errors import UsageError
+from runtimes.specs import check_profile
 
 SEVERITIES = ("error", "warning", "info")
 CONTRIB_FIX = "optimize with --target tensorrt (standard ops) instead of --target cpu/cuda"
@@ -317,17 +318,7 @@ def _validate_shapes(shapes, dims: dict, path: Path) -> dict:
         raise UsageError(f"shapes names inputs {unknown} that {path} lacks; its inputs are {sorted(dims)}")
     out = {}
     for name, prof in shapes.items():
-        if not (isinstance(prof, (tuple, list)) and len(prof) == 3 and all(
-                isinstance(s, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in s) for s in prof)):
-            raise UsageError(f"shapes[{name!r}] must be three int tuples (min, opt, max), got {prof!r}")
-        mn, op, mx = (tuple(s) for s in prof)
-        if not len(mn) == len(op) == len(mx) == len(dims[name]):
-            raise UsageError(f"shapes[{name!r}] has ranks {len(mn)}/{len(op)}/{len(mx)}; input {name} has rank {len(dims[name])}")
-        for d, (a, b, c) in enumerate(zip(mn, op, mx)):
-            if not 1 <= a <= b <= c:
-                raise UsageError(f"shapes[{name!r}] dim {d}: need 1 <= min <= opt <= max, got {a}, {b}, {c}")
-            if isinstance(fixed := dims[name][d], int) and not a == b == c == fixed:
-                raise UsageError(f"shapes[{name!r}] dim {d}: the model fixes it at {fixed}, the profile gives {a}..{c}")
+        mn, op, mx = check_profile(name, prof, dims[name])
         out[name] = (mn, op, mx)
     return out
 

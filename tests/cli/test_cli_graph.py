@@ -69,7 +69,7 @@ def test_check_tensorrt_readiness(capsys, tiny_onnx, tmp_path):
     assert code == 1 and "com.microsoft::Attention" in out and "--target tensorrt" in out
     code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "input_ids:8x8,1x16,32x64")
     assert code == 2
-    one_line_error(err, "min <= opt <= max")
+    one_line_error(err, "MIN <= OPT <= MAX")
     code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "nope:1x8,8x16,32x64")
     assert code == 2
 

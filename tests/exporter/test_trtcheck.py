@@ -233,11 +233,11 @@ def test_inconsistent_shared_dim_warns(tmp_path):
 
 
 @pytest.mark.parametrize("shapes, match", [
-    ({"a": ((1, 4), (2, 4), (8, 4)), "b": ((4, 4), (2, 4), (8, 4))}, r"min <= opt <= max"),
+    ({"a": ((1, 4), (2, 4), (8, 4)), "b": ((4, 4), (2, 4), (8, 4))}, r"MIN <= OPT <= MAX"),
     ({"a": ((1, 4), (2, 4), (8, 4)), "nope": ((1, 4), (2, 4), (8, 4))}, r"lacks.*\['a', 'b'\]"),
     ({"a": ((1,), (2,), (8,))}, r"rank"),
     ({"b": ((1, 3), (2, 3), (8, 3))}, r"fixes it at 4"),
-    ({"a": ((1, 4), (8, 4))}, r"three int tuples"),
+    ({"a": ((1, 4), (8, 4))}, r"needs three shapes MIN,OPT,MAX"),
 ])
 def test_bad_profiles_raise_usage_error(tmp_path, shapes, match):
     with pytest.raises(UsageError, match=match) as e:
