@@ -123,10 +123,12 @@ def compress(
             order = epoch_order(len(data.train), recovery.seed if recovery else 0, 0)
             bs = recovery.batch_size if recovery else 32
             batches = [collate(data.train, order[i:i + bs], pad_id) for i in range(0, min(len(order), t.calib_batches * bs), bs)]
-            act_scales = calibrate(model, batches, device)
+            act_scales = calibrate(model, batches, device, percentile=t.act_percentile)
             attach(model, act_scales)
             applied.append({"technique": "qat", "layers": len(act_scales), "calib_batches": len(batches),
-                            "activation": "per-tensor symmetric INT8, calibrated max|x|/127, held fixed",
+                            "activation": "per-tensor symmetric INT8, calibrated "
+                                          + (f"{t.act_percentile} percentile of |x|" if t.act_percentile else "max|x|")
+                                          + "/127, held fixed",
                             "weights": "per-channel symmetric INT8, max|w|/127 of the current weights"})
         elif isinstance(t, DistillConfig):
             applied.append({"technique": "distillation", **asdict(t),

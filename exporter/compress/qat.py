@@ -28,11 +28,17 @@ SCALES_FILE = "qat_scales.json"
 
 @dataclass(frozen=True)
 class QATConfig:
+    """``act_percentile``: activation scales from that percentile of |x| (averaged over the
+    calibration batches) instead of the maximum, which clips rare outliers for finer steps."""
+
     calib_batches: int = 16
+    act_percentile: float | None = None
 
     def __post_init__(self):
         if self.calib_batches < 1:
             raise UsageError(f"QAT calibration batches must be >= 1, got {self.calib_batches}")
+        if self.act_percentile is not None and not 90 <= self.act_percentile < 100:
+            raise UsageError(f"QAT activation percentile must be within [90, 100), got {self.act_percentile}")
 
 
 def qat_filter(module, fqn: str) -> bool:
@@ -77,16 +83,23 @@ def attach(model, act_scales: dict[str, float], *, freeze_weights: bool = False)
     return sorted(act_scales)
 
 
-def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter) -> dict[str, float]:
-    """Per-tensor symmetric activation scales of the selected Linear layers' inputs."""
+def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percentile: float | None = None) -> dict[str, float]:
+    """Per-tensor symmetric activation scales of the selected Linear layers' inputs: max |x| over
+    the batches, or the mean over batches of the ``percentile`` of |x|."""
     import torch
 
     maxima: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
     hooks = []
     for name, m in model.named_modules():
         if filter_fn(m, name):
             def hook(mod, inp, name=name):
-                maxima[name] = max(maxima.get(name, 0.0), float(inp[0].detach().abs().max()))
+                x = inp[0].detach().abs().flatten().float()
+                if percentile is None:
+                    maxima[name] = max(maxima.get(name, 0.0), float(x.max()))
+                else:
+                    k = max(1, int(round(x.numel() * percentile / 100)))
+                    seen.setdefault(name, []).append(float(x.kthvalue(k).values))
             hooks.append(m.register_forward_pre_hook(hook))
     if not hooks:
         raise UsageError(f"{type(model).__name__}: no Linear layer to quantize under 'encoder.layer'")
@@ -98,6 +111,8 @@ def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter) -> dict
     finally:
         for h in hooks:
             h.remove()
+    if percentile is not None:
+        maxima = {k: sum(v) / len(v) for k, v in seen.items()}
     return {k: max(v, 1e-8) / QMAX for k, v in maxima.items()}
 
 

@@ -162,3 +162,21 @@ def test_qat_exports_qdq_with_the_trained_scales(classifier, splits, tmp_path):
     # the Q/DQ graph runs on ONNX Runtime CPU and agrees with the fake-quantized PyTorch model
     with open_runner(onnx_art) as r:
         assert [s.name for s in r.output_specs()] == ["logits"]
+
+
+def test_qat_percentile_calibration_clips_below_the_maximum(classifier, splits):
+    from benchmarks.data import load_tokenizer
+    from exporter.compress import QATConfig
+    from exporter.compress.qat import calibrate
+    from exporter.finetune import prepare_text_classification
+    from exporter.training import collate
+
+    with pytest.raises(UsageError, match="percentile"):
+        QATConfig(act_percentile=80)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(classifier))
+    data = prepare_text_classification(load_tokenizer(classifier), splits / "train.jsonl", splits / "eval.jsonl", 32,
+                                       names=sorted(LABELS))
+    batches = [collate(data.train, list(range(i, i + 8))) for i in (0, 8)]
+    full, clipped = calibrate(model, batches), calibrate(model, batches, percentile=99.0)
+    assert full.keys() == clipped.keys() and len(full) == 12
+    assert all(clipped[k] <= full[k] for k in full) and any(clipped[k] < full[k] for k in full)
