@@ -170,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--qat", action="store_true",
                    help="quantization-aware training (INT8 fake quantization of the encoder's Linear layers); "
                         "export then writes Q/DQ pairs in the --target tensorrt placement")
+    g.add_argument("--qat-percentile", type=float, default=None, metavar="P",
+                   help="with --qat: activation scales from the P-th percentile of |x| (e.g. 99.99) instead of the maximum")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
     g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
     g.add_argument("--temperature", type=float, default=2.0)
@@ -495,7 +497,9 @@ def cmd_compress(args, command: str) -> int:
     if args.sparse_2_4:
         techniques.append(Sparse24Config())
     if args.qat:
-        techniques.append(QATConfig())
+        techniques.append(QATConfig(act_percentile=args.qat_percentile))
+    elif args.qat_percentile is not None:
+        raise CliError("--qat-percentile needs --qat")
     if args.distill:
         techniques.append(DistillConfig(temperature=args.temperature, alpha=args.alpha, hidden_weight=args.hidden_loss))
     if not techniques:
