@@ -265,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("inspect", help="what an artifact is, where it came from and what was measured")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser("env", help="library versions, ONNX Runtime providers, CUDA, TensorRT and CPU features")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     p = sub.add_parser("compare", help="padding-aware parity of candidates against a reference on real texts",
                        description="Run the same texts through REF and every CANDIDATE; report per-output errors "
                                    "(padded positions excluded), cosine, top-1 agreement and the task metric "
@@ -399,6 +406,26 @@ def cmd_build(args, command: str) -> int:
     return 0
 
 
+def cmd_inspect(args, command: str) -> int:
+    import json
+
+    from benchmarks.inspect_env import artifact_text, describe_artifact
+
+    info = describe_artifact(args.artifact)
+    print(json.dumps(info, indent=2) if args.json else artifact_text(info))
+    return 0
+
+
+def cmd_env(args, command: str) -> int:
+    import json
+
+    from benchmarks.inspect_env import describe_env, env_text
+
+    env = describe_env()
+    print(json.dumps(env, indent=2) if args.json else env_text(env))
+    return 0
+
+
 def cmd_check(args, command: str) -> int:
     from exporter.trtcheck import check_tensorrt
     from runtimes.artifact import write_json_atomic
@@ -522,7 +549,7 @@ def _headline(report: dict) -> float:
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
-            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "compare": cmd_compare, "bench": cmd_bench}
+            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

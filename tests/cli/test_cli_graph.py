@@ -91,3 +91,21 @@ def test_tensorrt_paths_refuse_in_one_line_without_tensorrt(capsys, tiny_bert, t
     assert code == 2
     one_line_error(err, "MIN <= OPT <= MAX")
     assert not (tmp_path / "engine").exists()
+
+
+def test_inspect_and_env(capsys, tiny_bert, tiny_onnx, tmp_path):
+    code, out, _ = run(capsys, "inspect", str(tiny_onnx))
+    assert code == 0 and "onnx artifact, task feature-extraction" in out and "made from:" in out
+    assert "last_hidden_state: float32[batch_size,sequence_length,32]" in out
+    code, out, _ = run(capsys, "inspect", str(tiny_onnx), "--json")
+    info = json.loads(out)
+    assert info["kind"] == "onnx" and info["parity"]["passed"] is True and info["source"]["kind"] == "hf"
+    code, out, _ = run(capsys, "inspect", str(tiny_bert))
+    assert code == 0 and "hf artifact" in out and "num_hidden_layers=2" in out
+    code, _, err = run(capsys, "inspect", str(tmp_path / "nope"))
+    assert code == 2
+    one_line_error(err, "no such directory")
+    code, out, _ = run(capsys, "env", "--json")
+    env = json.loads(out)
+    assert code == 0 and "CPUExecutionProvider" in env["onnxruntime_providers"]
+    assert {"torch", "onnxruntime"} <= set(env["versions"]) and "cpu_features" in env["machine"]

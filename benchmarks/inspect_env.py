@@ -1,0 +1,103 @@
+"""``inspect`` (what an artifact is, where it came from, what was measured) and ``env`` (what this
+machine will run fast), as text for people and as JSON for tools."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from benchmarks.machine import describe_machine, machine_line
+from runtimes import load_artifact
+from runtimes.artifact import library_versions
+
+
+def describe_artifact(path) -> dict:
+    """Kind, task, specs, sizes, lineage and measurements of an artifact (manifest-less HF dirs too)."""
+    art = load_artifact(path)
+    m = art.manifest
+    info = {"path": str(art.path), "kind": art.kind, "task": art.task, "model_bytes": art.size_bytes(),
+            "inputs": [s.describe() for s in art.inputs], "outputs": [s.describe() for s in art.outputs],
+            "source": m.get("source"), "command": m.get("command"), "created": m.get("created"),
+            "versions": m.get("versions")}
+    if (art.path / "config.json").is_file():
+        cfg = json.loads((art.path / "config.json").read_text(encoding="utf-8"))
+        info["config"] = {k: cfg.get(k) for k in ("architectures", "model_type", "num_hidden_layers", "num_attention_heads",
+                                                  "hidden_size", "intermediate_size", "pruned_heads") if k in cfg}
+    parity = m.get("parity") or {}
+    if parity.get("outputs"):
+        info["parity"] = {"reference": parity.get("reference"), "passed": parity.get("passed"),
+                          "outputs": {o["name"]: {"max_abs": o["max_abs"], "cos_min": o["cos_min"]} for o in parity["outputs"]}}
+    elif "mean_cosine" in parity:
+        info["parity"] = {"reference": parity.get("reference"), "mean_cosine": parity["mean_cosine"]}
+    for key in ("eval", "before", "after", "compression", "sparsity", "qat", "optimization", "precision", "profiles",
+                "tensorrt", "gpu"):
+        if m.get(key) is not None:
+            info[key] = m[key]
+    if "quantization" in m:
+        q = m["quantization"]
+        info["quantization"] = {k: q.get(k) for k in ("mode", "target", "format", "method", "per_channel", "reduce_range",
+                                                       "cosine_loss", "float_nodes", "calibration") if k in q}
+    return info
+
+
+def artifact_text(info: dict) -> str:
+    lines = [f"{info['path']}: {info['kind']} artifact, task {info['task']}, model {info['model_bytes'] / 2**20:.1f} MiB"]
+    for key in ("inputs", "outputs"):
+        if info[key]:
+            lines.append(f"  {key}: " + "; ".join(info[key]))
+    if info.get("config"):
+        lines.append("  config: " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
+    if info.get("source"):
+        src = info["source"]
+        lines.append(f"  made from: {src.get('path')} ({src.get('kind')}, {src.get('hash')})")
+    if info.get("command"):
+        lines.append(f"  by: {info['command']}  ({info.get('created')})")
+    if info.get("parity"):
+        lines.append(f"  parity: {json.dumps(info['parity'])}")
+    for key in ("quantization", "optimization", "sparsity", "qat", "precision", "profiles", "tensorrt", "gpu"):
+        if info.get(key) is not None:
+            value = info[key]
+            if key == "optimization":
+                value = {k: value.get(k) for k in ("target", "fp16", "fused", "contrib_ops")}
+            lines.append(f"  {key}: {json.dumps(value)}")
+    for key in ("before", "after"):
+        if info.get(key):
+            e = info[key]["eval"]
+            head = e.get("accuracy", e.get("entity_micro_f1"))
+            lines.append(f"  {key}: {e['metric']} {head:.4f}, params {info[key]['params']:,}, "
+                         f"encoder FLOPs (seq 128) {info[key]['encoder_flops_seq128']:,}")
+    if info.get("eval") and not info.get("after"):
+        e = info["eval"]
+        lines.append(f"  eval: {e['metric']} {e.get('accuracy', e.get('entity_micro_f1')):.4f}")
+    return "\n".join(lines)
+
+
+def describe_env() -> dict:
+    """Library versions, ONNX Runtime providers, CUDA and TensorRT availability, CPU features."""
+    env = {"machine": describe_machine(), "versions": library_versions()}
+    import onnxruntime as ort
+
+    env["onnxruntime_providers"] = ort.get_available_providers()
+    import torch
+
+    env["torch_cuda"] = {"available": torch.cuda.is_available(), "cuda": torch.version.cuda,
+                         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    env["tensorrt_installed"] = importlib.util.find_spec("tensorrt") is not None
+    return env
+
+
+def env_text(env: dict) -> str:
+    m = env["machine"]
+    feats = set(m["cpu_features"])
+    int8 = ("VNNI present: INT8 matrix products run fast" if feats & {"avx512_vnni", "avx_vnni", "amx_int8"}
+            else "no VNNI: INT8 gains are smaller; quantize turns on reduce_range")
+    lines = [
+        f"machine: {machine_line(m)}",
+        f"  CPU features: {', '.join(m['cpu_features']) or 'none of AVX2/AVX-512/VNNI/AMX'} ({int8})",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        f"onnxruntime providers: {', '.join(env['onnxruntime_providers'])}",
+        f"torch CUDA: {'available' if env['torch_cuda']['available'] else 'not available'}"
+        + (f" (CUDA {env['torch_cuda']['cuda']}, {', '.join(env['torch_cuda']['devices'])})" if env["torch_cuda"]["available"] else ""),
+        f"TensorRT: {'installed' if env['tensorrt_installed'] else 'not installed (GPU machines only; README, GPU install)'}",
+    ]
+    return "\n".join(lines)
