@@ -78,6 +78,11 @@ def _provider_options(items) -> dict[str, dict[str, str]]:
     return out
 
 
+def _add_force_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--data", metavar="FILE", required=required,
                    help="texts: .txt (one per line), .jsonl or .csv with columns text[, text_pair, label] "
@@ -97,8 +102,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider-option", action="append", type=_provider_option, default=[], metavar="DEVICE:KEY=VALUE",
                    help="onnxruntime provider option, repeatable, e.g. cuda:device_id=1 or tensorrt:trt_fp16_enable=True")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR", help="write report.json and report.md here")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_force_quiet(p)
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -193,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-4, help="parity tolerance, relative (default 1e-4)")
     p.add_argument("--max-length", type=int, default=128, metavar="N", help="sequence length cap for the parity texts")
     _add_data_args(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_force_quiet(p)
 
     p = sub.add_parser("optimize", help="fuse an ONNX artifact's graph for a target (ONNX Runtime CPU/CUDA, TensorRT)",
                        description="cpu/cuda: ONNX Runtime's transformer fusions (contrib ops, ONNX Runtime only); "
@@ -206,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="FP16 weights and compute (inputs/outputs stay FP32)")
     p.add_argument("--fp16-io", action="store_true", help="with --fp16: FP16 inputs and outputs too")
     _add_data_args(p)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_force_quiet(p)
 
     p = sub.add_parser("quantize", help="INT8 post-training quantization (static QDQ or dynamic) with accuracy-driven exclusion",
                        description="Quantize an ONNX artifact with ONNX Runtime's tools. --target tensorrt gives "
@@ -232,8 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the costliest nodes in float until 1 - mean pooled cosine <= X (exit 1 if not reachable)")
     p.add_argument("--max-float-nodes", type=int, default=None, metavar="N", help="at most N nodes kept in float by the search")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_force_quiet(p)
 
     p = sub.add_parser("check", help="readiness of an ONNX artifact for TensorRT, without a GPU",
                        description="Check operators, types, Q/DQ placement and profile coverage against TensorRT's "
@@ -262,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions too")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere or newer GPU")
     p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_force_quiet(p)
 
     p = sub.add_parser("inspect", help="what an artifact is, where it came from and what was measured")
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
