@@ -265,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph")
     _add_force_quiet(p)
 
+    p = sub.add_parser("triton", help="write a Triton Inference Server model repository from ONNX/TensorRT artifacts",
+                       description="One model per artifact: config.pbtxt (validated with Triton's ModelConfig schema) "
+                                   "and the model file in version folder 1.")
+    p.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL_REPOSITORY")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--no-dynamic-batching", action="store_true")
+    p.add_argument("--max-queue-delay-us", type=int, default=100)
+    p.add_argument("--instances", type=int, default=1, help="instances per model (instance_group count)")
+    p.add_argument("--device", choices=("gpu", "cpu"), default="gpu")
+    p.add_argument("--tensorrt-accelerator", action="store_true", help="ONNX models: ONNX Runtime's TensorRT EP in Triton")
+    p.add_argument("--fp16-accelerator", action="store_true", help="with --tensorrt-accelerator: FP16 precision mode")
+    p.add_argument("--cuda-graphs", action="store_true", help="TensorRT engines: CUDA graphs in Triton")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+
     p = sub.add_parser("inspect", help="what an artifact is, where it came from and what was measured")
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -403,6 +418,20 @@ def cmd_build(args, command: str) -> int:
     m = art.manifest
     print(f"engine {art.model_file} ({m['precision']}) for TensorRT {m['tensorrt']['version']} on "
           f"{m['gpu']['name']} (compute capability {m['gpu']['compute_capability']}); profiles: {m['profiles']}")
+    return 0
+
+
+def cmd_triton(args, command: str) -> int:
+    from exporter.triton import TritonConfig, write_repository
+
+    cfg = TritonConfig(max_batch_size=args.max_batch_size, dynamic_batching=not args.no_dynamic_batching,
+                       max_queue_delay_us=args.max_queue_delay_us, instance_count=args.instances, device=args.device,
+                       tensorrt_accelerator=args.tensorrt_accelerator, fp16_accelerator=args.fp16_accelerator,
+                       cuda_graphs=args.cuda_graphs)
+    repo = write_repository(args.artifacts, args.output, config=cfg, force=args.force)
+    for d in sorted(p for p in repo.iterdir() if p.is_dir()):
+        print(f"{d}/config.pbtxt, {d}/1/{next((d / '1').iterdir()).name}")
+    print(f"serve with: tritonserver --model-repository={repo.resolve()}")
     return 0
 
 
@@ -549,7 +578,7 @@ def _headline(report: dict) -> float:
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
-            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
+            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "triton": cmd_triton, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

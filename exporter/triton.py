@@ -1,0 +1,123 @@
+"""``triton``: a Triton Inference Server model repository from ONNX and TensorRT artifacts.
+
+Each model gets ``<name>/config.pbtxt`` and ``<name>/1/`` with its model file. The configuration is
+built as Triton's own ``ModelConfig`` protobuf (the schema ``tritonclient`` ships), written in text
+format and parsed back, so a field Triton does not know cannot reach the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from runtimes.artifact import Artifact, atomic_output_dir, load_artifact
+from runtimes.errors import UsageError
+
+_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
+          "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+_PLATFORM = {"onnx": ("onnxruntime_onnx", "model.onnx"), "trt": ("tensorrt_plan", "model.plan")}
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """``max_batch_size`` 0 turns batching off (dims then include the batch axis)."""
+
+    max_batch_size: int = 32
+    dynamic_batching: bool = True
+    max_queue_delay_us: int = 100
+    instance_count: int = 1
+    device: str = "gpu"  # gpu | cpu
+    tensorrt_accelerator: bool = False  # onnx models: ONNX Runtime's TensorRT EP inside Triton
+    fp16_accelerator: bool = False
+    cuda_graphs: bool = False  # tensorrt_plan models
+
+    def __post_init__(self):
+        if self.max_batch_size < 0 or self.instance_count < 1 or self.max_queue_delay_us < 0:
+            raise UsageError("--max-batch-size must be >= 0, --instances >= 1 and --max-queue-delay-us >= 0")
+        if self.device not in ("gpu", "cpu"):
+            raise UsageError(f"--device {self.device!r}: choose gpu or cpu")
+        if (self.tensorrt_accelerator or self.cuda_graphs) and self.device != "gpu":
+            raise UsageError("the TensorRT accelerator and CUDA graphs need --device gpu")
+
+
+def model_name(art: Artifact) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", art.path.resolve().name)
+
+
+def model_config(art: Artifact, name: str, cfg: TritonConfig):
+    """Triton's ``ModelConfig`` message for one artifact.
+
+    Raises:
+        UsageError: an artifact Triton cannot serve directly, or specs Triton cannot express.
+    """
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    if art.kind not in _PLATFORM:
+        raise UsageError(f"{art.path}: Triton serves ONNX or TensorRT artifacts; run enginewright export (and build) first")
+    platform, _ = _PLATFORM[art.kind]
+    if art.kind == "trt" and cfg.tensorrt_accelerator:
+        raise UsageError(f"{art.path}: a TensorRT engine needs no TensorRT accelerator; drop --tensorrt-accelerator")
+    if not art.inputs or not art.outputs:
+        raise UsageError(f"{art.path}: the manifest has no input/output specs; re-export the artifact")
+    c = mc.ModelConfig(name=name, platform=platform, max_batch_size=cfg.max_batch_size)
+    for specs, field in ((art.inputs, c.input), (art.outputs, c.output)):
+        for s in specs:
+            if s.dtype not in _TYPES:
+                raise UsageError(f"{art.path}: tensor {s.name!r} has dtype {s.dtype}, which this writer does not map to Triton")
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in s.shape]
+            if cfg.max_batch_size > 0:
+                if not dims or dims[0] != -1:
+                    raise UsageError(f"{art.path}: tensor {s.name!r} has no dynamic batch axis; pass --max-batch-size 0")
+                dims = dims[1:]
+            field.add(name=s.name, data_type=getattr(mc.DataType, _TYPES[s.dtype]), dims=dims)
+    if cfg.max_batch_size > 0 and cfg.dynamic_batching:
+        c.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
+    kind = mc.ModelInstanceGroup.Kind.KIND_GPU if cfg.device == "gpu" else mc.ModelInstanceGroup.Kind.KIND_CPU
+    c.instance_group.add(count=cfg.instance_count, kind=kind)
+    if cfg.tensorrt_accelerator:
+        acc = c.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = "FP16" if cfg.fp16_accelerator else "FP32"
+    if cfg.cuda_graphs:
+        c.optimization.cuda.graphs = True
+    return c
+
+
+def config_text(config) -> str:
+    """Text format, validated by parsing it back with Triton's schema."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    text = text_format.MessageToString(config)
+    text_format.Parse(text, mc.ModelConfig())
+    return text
+
+
+def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: TritonConfig = TritonConfig(),
+                     force: bool = False) -> Path:
+    """Write a model repository with one model per artifact (version 1).
+
+    Raises:
+        UsageError: bad artifacts or settings, two artifacts with one name, output exists without ``force``.
+    """
+    arts = [load_artifact(a) for a in artifacts]
+    if not arts:
+        raise UsageError("triton needs at least one ONNX or TensorRT artifact")
+    names = [model_name(a) for a in arts]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two artifacts share the directory name {sorted({n for n in names if names.count(n) > 1})}; "
+                         "Triton model names must differ")
+    configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
+    with atomic_output_dir(out, force=force) as tmp:
+        for art, name, text in zip(arts, names, configs):
+            version = tmp / name / "1"
+            version.mkdir(parents=True)
+            (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
+            model_file = _PLATFORM[art.kind][1]
+            shutil.copy2(art.model_file, version / model_file)
+            for extra in art.path.glob(art.model_file.name + "*data"):  # ONNX external data beside model.onnx
+                shutil.copy2(extra, version / extra.name)
+    return Path(out)
