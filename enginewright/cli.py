@@ -63,6 +63,16 @@ def _shape_arg(text: str) -> tuple[str, tuple[tuple[int, ...], ...]]:
     return name, dims
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-regression takes a percentage like 5% or a fraction like 0.05, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"--max-regression must be within [0%, 100%), got {text!r}")
+    return value
+
+
 def _provider_option(text: str) -> tuple[str, str, str]:
     device, _, kv = text.partition(":")
     key, sep, value = kv.partition("=")
@@ -301,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("--min-cosine", "lowest row cosine (default 0.999)"), ("--min-top1", "lowest top-1 agreement for logits (default: not checked)")):
         p.add_argument(flag, action="append", type=_tolerance_arg(flag), default=[], metavar="[OUTPUT=]X",
                        help=helptext + "; repeat with OUTPUT=X for one output")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write each parity check as a JUnit test case")
     _add_run_args(p)
 
     p = sub.add_parser("bench", help="latency and throughput of artifacts on runtimes, interleaved",
@@ -317,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed seconds per runner and cell when --iters is not given (default 3)")
     p.add_argument("--warmup", type=int, default=3, metavar="N")
     p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds per cell (default 5)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="REPORT",
+                   help="a previous bench report.json: exit 1 when throughput falls more than --max-regression")
+    p.add_argument("--max-regression", type=_percent, default=0.05, metavar="PCT", help="allowed throughput drop (default 5%%)")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write each throughput check as a JUnit test case")
     _add_run_args(p)
     return parser
 
@@ -487,6 +502,10 @@ def cmd_compare(args, command: str) -> int:
     if args.output is not None:
         write_report(args.output, outcome.report, md, force=args.force)
         print(f"report: {args.output / 'report.md'}")
+    if args.junit is not None:
+        from benchmarks.gates import parity_checks, write_junit
+
+        write_junit(args.junit, parity_checks(outcome.report), "compare")
     if not outcome.passed:
         print("parity check FAILED:", file=sys.stderr)
         for r in outcome.results:
@@ -503,6 +522,11 @@ def cmd_bench(args, command: str) -> int:
 
     if args.output is not None:
         check_output_free(args.output, args.force)
+    baseline = None
+    if args.baseline is not None:
+        from benchmarks.gates import load_baseline
+
+        baseline = load_baseline(args.baseline)
     config = BenchConfig(batches=args.batch, seqs=args.seq, warmup=args.warmup, iters=args.iters,
                          time_budget=args.time_budget, rounds=args.rounds, threads=args.threads or _usable_cores(),
                          natural=args.natural, provider_options=_provider_options(args.provider_option))
@@ -513,7 +537,18 @@ def cmd_bench(args, command: str) -> int:
     if args.output is not None:
         write_report(args.output, report, md, force=args.force)
         print(f"report: {args.output / 'report.md'}")
-    return 0
+    if baseline is None:
+        return 0
+    from benchmarks.gates import regression_checks, summary, write_junit
+
+    checks = regression_checks(report, baseline, args.max_regression)
+    if args.junit is not None:
+        write_junit(args.junit, checks, "bench")
+    print(f"throughput against {args.baseline}: {summary(checks)}")
+    for c in checks:
+        if c.skipped:
+            print(f"  skipped {c.name}: {c.message}")
+    return 0 if all(c.passed for c in checks) else 1
 
 
 def cmd_finetune(args, command: str) -> int:

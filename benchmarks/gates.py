@@ -1,0 +1,113 @@
+"""Gates for CI: throughput against a baseline report, and JUnit XML so CI systems show each check."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.report import REPORT_SCHEMA_VERSION
+from runtimes.artifact import write_text_atomic
+from runtimes.errors import UsageError
+
+
+@dataclass
+class Check:
+    suite: str
+    name: str
+    passed: bool
+    message: str = ""
+    skipped: bool = False
+
+
+def load_baseline(path: str | os.PathLike) -> dict:
+    """A bench ``report.json`` to compare against.
+
+    Raises:
+        UsageError: missing, not JSON, not a bench report, or another schema version.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise UsageError(f"{p}: baseline report not found; pass a bench report.json or its directory")
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{p}: baseline is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(report, dict) or report.get("kind") != "bench":
+        raise UsageError(f"{p}: not a bench report (kind {report.get('kind') if isinstance(report, dict) else None!r})")
+    if report.get("schema_version") != REPORT_SCHEMA_VERSION:
+        raise UsageError(f"{p}: baseline has schema_version {report.get('schema_version')!r}, this tool writes "
+                         f"{REPORT_SCHEMA_VERSION}; re-run the baseline with this version")
+    return report
+
+
+def _key(row: dict) -> tuple:
+    return (Path(row["artifact"]).name, row["runtime"], row["batch"], str(row["seq"]))
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    keys = ("cpu", "usable_cores", "gpus")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def regression_checks(report: dict, baseline: dict, max_regression: float) -> list[Check]:
+    """One check per result row found in the baseline (matched by artifact name, runtime, batch and
+    sequence): throughput may fall by at most ``max_regression`` (a fraction). A baseline from
+    another machine is not compared: every row is reported as skipped, saying why."""
+    base = {_key(r): r for r in baseline["results"]}
+    other = not same_machine(report["machine"], baseline["machine"])
+    checks = []
+    for row in report["results"]:
+        name = f"{row['label']} b{row['batch']} s{row['seq']}"
+        old = base.get(_key(row))
+        if old is None:
+            checks.append(Check("throughput", name, True, "not in the baseline", skipped=True))
+        elif other:
+            checks.append(Check("throughput", name, True, "baseline is from another machine "
+                                f"({baseline['machine'].get('cpu')}, {baseline['machine'].get('usable_cores')} cores); not compared",
+                                skipped=True))
+        else:
+            change = row["samples_per_s"] / old["samples_per_s"] - 1
+            ok = change >= -max_regression
+            checks.append(Check("throughput", name, ok, f"{old['samples_per_s']:.4g} -> {row['samples_per_s']:.4g} samples/s "
+                                f"({change:+.1%}; budget -{max_regression:.0%})"))
+    return checks
+
+
+def parity_checks(report: dict) -> list[Check]:
+    checks = []
+    for c in report["candidates"]:
+        for o in c["outputs"]:
+            checks.append(Check("parity", f"{c['label']} {o['name']}", o["passed"],
+                                "; ".join(o["reasons"]) or f"max abs {o['max_abs']:.3g}, min cos {o['cos_min']:.6f}"))
+        for m in c["missing_outputs"]:
+            checks.append(Check("parity", f"{c['label']} {m}", False, "missing from the candidate's outputs"))
+    return checks
+
+
+def write_junit(path: str | os.PathLike, checks: list[Check], suite_name: str) -> None:
+    """JUnit XML: one testcase per check, failures and skips with their message."""
+    suite = ET.Element("testsuite", name=suite_name, tests=str(len(checks)),
+                       failures=str(sum(not c.passed for c in checks)), skipped=str(sum(c.skipped for c in checks)))
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"enginewright.{c.suite}", name=c.name)
+        if c.skipped:
+            ET.SubElement(case, "skipped", message=c.message)
+        elif not c.passed:
+            ET.SubElement(case, "failure", message=c.message).text = c.message
+        else:
+            ET.SubElement(case, "system-out").text = c.message
+    root = ET.Element("testsuites")
+    root.append(suite)
+    write_text_atomic(Path(path), ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def summary(checks: list[Check]) -> str:
+    failed = [c for c in checks if not c.passed]
+    lines = [f"{len(checks) - len(failed)} passed, {len(failed)} failed"]
+    lines += [f"  FAIL {c.suite}: {c.name}: {c.message}" for c in failed]
+    return "\n".join(lines)
