@@ -61,9 +61,9 @@ def encode_batches(tokenizer, data: TextDataset, cfg: CompareConfig) -> list[dic
 
 
 def run_plan(plan: RunnerPlan, encoded: Sequence[dict[str, np.ndarray]], cfg: CompareConfig,
-             progress: bool = True) -> RunOutputs:
+             progress: bool = True, torch_options: dict | None = None) -> RunOutputs:
     """Run every batch through one runner; keep the valid (unpadded) rows of every output."""
-    with plan.open(threads=cfg.threads, provider_options=cfg.provider_options) as runner:
+    with plan.open(threads=cfg.threads, provider_options=cfg.provider_options, torch_options=torch_options) as runner:
         rows = RowCollector(runner.output_specs())
         for enc in tqdm(encoded, desc=plan.label, unit="batch", disable=not progress, leave=False):
             rows.add(runner.infer(feeds_for(enc, runner.input_specs(), runner.label)), enc.get("attention_mask"))
@@ -105,11 +105,14 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     tok_art = tokenizer_source([ref_art, *cand_arts])
     encoded = encode_batches(load_tokenizer(tok_art.path), data, config)
 
-    ref_out = run_plan(ref_plan, encoded, config, progress)
+    # an embedding export with pooling in its graph is compared with the same pooling in PyTorch
+    pooling = next((c.manifest["pooling"] for c in cand_arts if c.manifest.get("pooling")), None)
+    torch_options = {"pooling": pooling["mode"], "normalize": pooling["normalize"]} if pooling else None
+    ref_out = run_plan(ref_plan, encoded, config, progress, torch_options)
     ref_metric = _task_metric(ref_art, ref_out.rows, data)
     results, cands = [], []
     for plan in cand_plans:
-        out = run_plan(plan, encoded, config, progress)
+        out = run_plan(plan, encoded, config, progress, torch_options)
         res = compare_collected(ref_plan.label, plan.label, ref_out.rows, out.rows, config.per_output, config.tolerance)
         results.append(res)
         metric = _task_metric(ref_art, out.rows, data) if ref_metric is not None else None

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
     p.add_argument("--task", choices=TASK_CHOICES, default=None, help="default: from config.json 'architectures'")
     p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: optimum's for the model)")
+    p.add_argument("--pooling", choices=("mean", "cls"), default=None,
+                   help="feature-extraction: put pooling into the graph; the output is sentence_embedding")
+    p.add_argument("--normalize", action="store_true", help="with --pooling: L2-normalise the embedding")
     p.add_argument("--external-data", action="store_true",
                    help="store weights in model.onnx_data beside model.onnx (always done above 2 GB)")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance, absolute (default 1e-4)")
@@ -370,13 +373,14 @@ def cmd_export(args, command: str) -> int:
     data = _load_data(args)
     art = export_hf(args.model_dir, args.output, task=args.task, opset=args.opset, external_data=args.external_data,
                     force=args.force, tolerance=Tolerance(atol=args.atol, rtol=args.rtol), data=data,
-                    max_length=args.max_length, command=command, progress=not args.quiet)
+                    max_length=args.max_length, command=command, progress=not args.quiet, pooling=args.pooling,
+                    normalize=args.normalize)
     m = art.manifest
     out = m["parity"]["outputs"]
     print(f"exported {args.model_dir} -> {art.model_file} (task {m['task']}, opset {m['opset']}, "
           f"external data {'yes' if m['external_data'] else 'no'})")
     for o in out:
-        print(f"  parity {o['name']} vs {m['parity']['reference']}: max abs {o['max_abs']:.3g}, "
+        print(f"  parity {o['name']} vs {m['parity'].get('reference', 'PyTorch')}: max abs {o['max_abs']:.3g}, "
               f"min cos {o['cos_min']:.6f} over {o['rows']} rows (padding excluded): ok")
     return 0
 

@@ -49,12 +49,15 @@ def export_hf(
     max_length: int = 128,
     command: str | None = None,
     progress: bool = True,
+    pooling: str | None = None,
+    normalize: bool = False,
 ) -> Artifact:
     """Export ``model_dir`` for ``task`` to ``out`` (``model.onnx``, tokenizer, config, manifest).
 
     Batch and sequence axes are dynamic; output names follow transformers' model classes. After
     export: ``onnx.checker`` (full), strict shape inference, and the same inputs through PyTorch and
-    ONNX Runtime; the measured parity goes into the manifest.
+    ONNX Runtime; the measured parity goes into the manifest. With ``pooling`` (``mean`` or ``cls``,
+    feature-extraction only) the graph ends in ``sentence_embedding``, L2-normalised with ``normalize``.
 
     Raises:
         UsageError: not a Hugging Face model, unknown task, output exists without ``force``.
@@ -73,6 +76,17 @@ def export_hf(
     out = Path(out)
     check_output_free(out, force)
     src = Artifact(src.path, "hf", task, src.manifest)
+    if pooling is not None:
+        if pooling not in ("mean", "cls"):
+            raise UsageError(f"--pooling {pooling!r}: choose mean or cls")
+        if task != "feature-extraction":
+            raise UsageError(f"--pooling needs --task feature-extraction, not {task}")
+        from exporter.pooled_export import export_pooled
+
+        return export_pooled(src, out, pooling=pooling, normalize=normalize, opset=opset, external_data=external_data,
+                             force=force, tolerance=tolerance, command=command)
+    if normalize:
+        raise UsageError("--normalize needs --pooling mean|cls")
     if src.manifest.get("qat"):
         from exporter.qat_export import export_qat
 

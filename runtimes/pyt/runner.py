@@ -30,6 +30,19 @@ def hf_output_specs(task: str, config) -> list[TensorSpec]:
     raise UsageError(f"unknown task {task!r}; choose one of {sorted(_AUTO_CLASS)}")
 
 
+def pool(hidden, mask, mode: str, normalize: bool):
+    """Sentence embeddings from token states: masked mean (sentence-transformers' mean pooling) or
+    the first ([CLS]) token, optionally L2-normalised. Shared by the runner and the pooled export."""
+    import torch
+
+    if mode == "cls":
+        emb = hidden[:, 0]
+    else:
+        m = (mask if mask is not None else torch.ones(hidden.shape[:2], device=hidden.device)).unsqueeze(-1).to(hidden.dtype)
+        emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(emb, p=2, dim=-1) if normalize else emb
+
+
 class TorchRunner(Runner):
     """Eager PyTorch in inference mode, pinned to be a fair baseline.
 
@@ -42,8 +55,14 @@ class TorchRunner(Runner):
     accepts = ("hf",)
     devices = ("cpu", "cuda")
 
-    def __init__(self, artifact, *, device="cpu", threads=None, attn_implementation: str = "sdpa"):
+    def __init__(self, artifact, *, device="cpu", threads=None, attn_implementation: str = "sdpa",
+                 pooling: str | None = None, normalize: bool = False):
         super().__init__(artifact, device=device, threads=threads)
+        if pooling not in (None, "mean", "cls"):
+            raise UsageError(f"pooling {pooling!r}: choose mean or cls")
+        if pooling and artifact.task != "feature-extraction":
+            raise UsageError(f"{artifact.path}: pooling applies to feature-extraction models, this one is {artifact.task!r}")
+        self.pooling, self.normalize = pooling, normalize
         if artifact.task is None:
             raise UsageError(
                 f"{artifact.path}: cannot tell the task from config.json 'architectures'; pass --task "
@@ -83,6 +102,8 @@ class TorchRunner(Runner):
             TensorSpec(n, "int64", ("batch_size", "sequence_length")) for n in params if n in _TEXT_INPUTS and n != "position_ids"
         ]
         self._outputs = hf_output_specs(self.artifact.task, model.config)
+        if self.pooling:
+            self._outputs = [TensorSpec("sentence_embedding", "float32", ("batch_size", model.config.hidden_size))]
 
     def deactivate_impl(self) -> None:
         self._model = None
@@ -103,6 +124,9 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feeds.items()}
             out = self._model(**tensors, return_dict=True)
+            if self.pooling:
+                emb = pool(out["last_hidden_state"], tensors.get("attention_mask"), self.pooling, self.normalize)
+                return {"sentence_embedding": emb.detach().float().cpu().numpy()}
             return {s.name: out[s.name].detach().float().cpu().numpy() for s in self._outputs}
 
     def describe(self) -> dict:
@@ -112,6 +136,7 @@ class TorchRunner(Runner):
             **super().describe(),
             "threads": torch.get_num_threads() if self.device == "cpu" else self.threads,
             "attn_implementation": self.attn_implementation,
+            **({"pooling": self.pooling, "normalize": self.normalize} if self.pooling else {}),
             "mode": "eager, torch.inference_mode, fp32",
             "torch": torch.__version__,
         }

@@ -133,3 +133,20 @@ def test_export_without_token_type_ids_still_compares(tiny_bert, tmp_path):
     assert [s.name for s in art.inputs] == ["input_ids", "attention_mask"]
     outcome = run_compare(tiny_bert, [load_artifact(art.path)], load_texts(None), progress=False)
     assert outcome.passed, outcome.markdown()
+
+
+def test_pooled_embedding_export(tiny_bert, tiny_classifier, tmp_path):
+    art = export_hf(tiny_bert, tmp_path / "pooled", pooling="mean", normalize=True, progress=False)
+    assert [o.name for o in art.outputs] == ["sentence_embedding"] and art.manifest["pooling"] == {"mode": "mean", "normalize": True}
+    with open_runner(art) as r:
+        emb = r.infer({s.name: np.ones((3, 5), np.int64) for s in r.input_specs()})["sentence_embedding"]
+    assert emb.shape == (3, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    outcome = run_compare(tiny_bert, [art], load_texts(None), progress=False)  # PyTorch side pools the same way
+    assert outcome.passed and outcome.report["reference"]["settings"]["pooling"] == "mean"
+    cls = export_hf(tiny_bert, tmp_path / "cls", pooling="cls", progress=False)
+    assert run_compare(tiny_bert, [cls], load_texts(None), progress=False).passed
+    with pytest.raises(UsageError, match="--pooling needs --task feature-extraction"):
+        export_hf(tiny_classifier, tmp_path / "x", pooling="mean", progress=False)
+    with pytest.raises(UsageError, match="--normalize needs --pooling"):
+        export_hf(tiny_bert, tmp_path / "x", normalize=True, progress=False)
+    assert not (tmp_path / "x").exists()
