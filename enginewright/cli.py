@@ -278,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph")
     _add_force_quiet(p)
 
+    p = sub.add_parser("run", help="run a pipeline file (stages, options, data, gates) with step caching",
+                       description="Validate PIPELINE.yaml, then run its stages in order; unchanged stages are reused "
+                                   "from the run directory, a changed one reruns with everything after it.")
+    p.add_argument("pipeline", type=Path, metavar="PIPELINE.yaml")
+    p.add_argument("--from", dest="start", default=None, metavar="STAGE", help="rerun from this stage on")
+    p.add_argument("--to", dest="stop", default=None, metavar="STAGE", help="stop after this stage")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("triton", help="write a Triton Inference Server model repository from ONNX/TensorRT artifacts",
                        description="One model per artifact: config.pbtxt (validated with Triton's ModelConfig schema) "
                                    "and the model file in version folder 1.")
@@ -437,6 +446,15 @@ def cmd_build(args, command: str) -> int:
     m = art.manifest
     print(f"engine {art.model_file} ({m['precision']}) for TensorRT {m['tensorrt']['version']} on "
           f"{m['gpu']['name']} (compute capability {m['gpu']['compute_capability']}); profiles: {m['profiles']}")
+    return 0
+
+
+def cmd_run(args, command: str) -> int:
+    from enginewright.pipeline import load_pipeline, run_pipeline
+
+    pipe = load_pipeline(args.pipeline)
+    results = run_pipeline(pipe, start=args.start, stop=args.stop, force=args.force, progress=not args.quiet)
+    print(f"pipeline {args.pipeline}: done ({', '.join(results)}); run directory {pipe.run_dir}")
     return 0
 
 
@@ -617,7 +635,7 @@ def _headline(report: dict) -> float:
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
-            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "triton": cmd_triton, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
+            "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "run": cmd_run, "triton": cmd_triton, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

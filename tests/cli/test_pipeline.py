@@ -1,0 +1,66 @@
+"""enginewright run PIPELINE.yaml: validation with line numbers, step caching, gates."""
+
+from tests.cli.test_cli import one_line_error, run
+
+STAGES = """\
+stages:
+  - export: {{task: feature-extraction}}
+  - optimize: {{target: tensorrt}}
+  - quantize: {{mode: dynamic, per_channel: {pc}}}
+  - compare: {{data: builtin:samples, atol: 10, rtol: 0, min_cosine: 0.5}}
+  - bench: {{data: builtin:samples, batch: [1], seq: [8], iters: 2}}
+"""
+
+
+def _write(tmp_path, model, pc="true", stages=STAGES):
+    p = tmp_path / "pipe.yaml"
+    p.write_text(f"model: {model}\nrun_dir: runs\n" + stages.format(pc=pc))
+    return p
+
+
+def _lines(out):
+    return [line for line in out.splitlines() if line.startswith("[")]
+
+
+def test_stages_are_cached_and_a_change_reruns_what_follows(capsys, tiny_bert, tmp_path):
+    pipe = _write(tmp_path, tiny_bert)
+    code, out, _ = run(capsys, "run", str(pipe), "-q")
+    assert code == 0 and all("running" in line for line in _lines(out))
+    code, out, _ = run(capsys, "run", str(pipe), "-q")
+    lines = _lines(out)
+    assert code == 0 and [("reused" in line) for line in lines[:3]] == [True, True, True]
+    _write(tmp_path, tiny_bert, pc="false")
+    code, out, _ = run(capsys, "run", str(pipe), "-q", "--to", "quantize")
+    lines = _lines(out)
+    assert code == 0 and "reused" in lines[0] and "reused" in lines[1] and "running" in lines[2] and len(lines) == 3
+    code, out, _ = run(capsys, "run", str(pipe), "-q", "--from", "optimize", "--to", "quantize")
+    lines = _lines(out)
+    assert "reused" in lines[0] and "running" in lines[1] and "running" in lines[2]
+    assert len(list((tmp_path / "runs").iterdir())) == 4  # export, optimize, quantize x2
+
+
+def test_pipeline_file_errors_name_file_and_line(capsys, tiny_bert, tmp_path):
+    cases = [
+        ("stages:\n  - exprot: {}\n", "pipe.yaml:4: unknown stage 'exprot'"),
+        ("stages:\n  - export: {task: feature-extraction}\n  - quantize: {mode: dynamic, per_chanel: true}\n",
+         "pipe.yaml:5: unknown option 'per_chanel' for quantize"),
+        ("stages:\n  - export: {}\n  - compare: {data: nope.jsonl}\n", "pipe.yaml:5: compare.data: data file 'nope.jsonl' not found"),
+    ]
+    for stages, words in cases:
+        p = tmp_path / "pipe.yaml"
+        p.write_text(f"model: {tiny_bert}\nrun_dir: runs\n" + stages)
+        code, _, err = run(capsys, "run", str(p))
+        assert code == 2, err
+        one_line_error(err, words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_gate_exits_1(capsys, tiny_bert, tmp_path):
+    stages = """\
+stages:
+  - export: {{}}
+  - quantize: {{mode: dynamic}}
+  - compare: {{data: builtin:samples, atol: 0, rtol: 0, min_cosine: 1.0}}
+"""
+    code, _, err = run(capsys, "run", str(_write(tmp_path, tiny_bert, stages=stages)), "-q")
+    assert code == 1 and "compare failed" in err
