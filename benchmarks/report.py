@@ -32,10 +32,16 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def write_report(out: str | os.PathLike, report: dict, markdown: str, *, force: bool = False) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``out`` atomically (``force`` to replace)."""
+    """Write ``report.json``, ``report.md`` and ``report.html`` (with plots where the report has
+    them) into ``out`` atomically (``force`` to replace)."""
+    from benchmarks.plots import latency_plot, markdown_to_html
+
     with atomic_output_dir(out, force=force) as tmp:
         write_json_atomic(tmp / "report.json", report)
+        if report.get("kind") == "bench" and latency_plot(report, tmp / "latency.png"):
+            markdown += "\n## Latency against batch size\n\n![latency against batch size](latency.png)\n"
         write_text_atomic(tmp / "report.md", markdown)
+        write_text_atomic(tmp / "report.html", markdown_to_html(markdown, f"enginewright {report.get('kind')} report"))
     return Path(out)
 
 

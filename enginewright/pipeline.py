@@ -147,7 +147,7 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
     first = names.index(start) if start else 0
     last = names.index(stop) if stop else len(names) - 1
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
-    current, made, results = pipe.model, [], {}
+    current, made, results, reports = pipe.model, [], {}, {}
     rerun = force
     for i, stage in enumerate(pipe.stages):
         if i > last:
@@ -168,7 +168,10 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             results[stage.name] = str(out)
         elif i >= first:
             say(f"[{i + 1}/{len(pipe.stages)}] {stage.name}: running")
-            results[stage.name] = _run_check_stage(stage, pipe, made, progress, say)
+            results[stage.name] = _run_check_stage(stage, pipe, made, progress, say, reports)
+    if "compare" in reports and "bench" in reports:
+        results["summary"] = str(write_summary(pipe.run_dir, reports["compare"], reports["bench"]))
+        say(f"summary: {results['summary']} (trade-off plot: {pipe.run_dir / 'tradeoff.png'})")
     return results
 
 
@@ -233,7 +236,7 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
                      version_compatible=bool(o.get("version_compatible")), force=True, command=command, progress=progress)
 
 
-def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: bool, say) -> dict:
+def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: bool, say, reports: dict) -> dict:
     from benchmarks.data import load_texts
 
     from runtimes import load_artifact
@@ -258,6 +261,7 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
             batch_size=o.get("batch_size", 16), max_length=o.get("max_length", 128), tolerance=tol, threads=threads),
             progress=progress)
         say(outcome.markdown())
+        reports["compare"] = outcome.report
         if not outcome.passed:
             raise CheckFailed(f"{pipe.path}:{stage.line}: compare failed: " + " | ".join(str(r).splitlines()[0] for r in outcome.results if not r))
         return {"passed": True}
@@ -267,4 +271,37 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
                       time_budget=o.get("time", 3.0), iters=o.get("iters"), natural=bool(o.get("natural")), threads=threads)
     report = run_bench([ref, *cands], data, config=cfg, progress=progress)
     say(bench_markdown(report))
+    reports["bench"] = report
     return {"results": len(report["results"])}
+
+
+def write_summary(run_dir: Path, compare: dict, bench: dict) -> Path:
+    """``summary.md``/``summary.html`` and ``tradeoff.png``: each artifact's accuracy (task metric, else
+    mean pooled or row cosine against the reference) against its throughput at the largest batch."""
+    from benchmarks.plots import markdown_to_html, tradeoff_plot
+    from benchmarks.report import fmt, md_table
+    from runtimes.artifact import write_text_atomic
+
+    big = max(r["batch"] for r in bench["results"])
+    speed = {r["label"]: r["samples_per_s"] for r in bench["results"] if r["batch"] == big}
+    metric = "accuracy" if compare["reference"].get("task_metric") else "cosine"
+    points, rows = [], []
+    ref = compare["reference"]
+    entries = [(ref["label"], ref.get("task_metric"), None)] + [(c["label"], c.get("task_metric"), c) for c in compare["candidates"]]
+    for label, task, cand in entries:
+        if metric == "accuracy":
+            y = task["accuracy"]
+        elif cand is None:
+            y = 1.0
+        else:
+            o = cand["outputs"][0]
+            y = o["pooled_cos_mean"] if o.get("pooled_cos_mean") is not None else o["cos_mean"]
+        if label in speed:
+            points.append((label, speed[label], y))
+        rows.append([label, fmt(speed.get(label)), f"{y:.4f}"])
+    tradeoff_plot(points, metric, run_dir / "tradeoff.png")
+    md = "\n".join(["# Pipeline summary", "", f"- throughput at batch {big}; {metric} against `{ref['label']}`", "",
+                     md_table(["artifact", "samples/s", metric], rows), "", "![trade-off](tradeoff.png)", ""])
+    write_text_atomic(run_dir / "summary.md", md)
+    write_text_atomic(run_dir / "summary.html", markdown_to_html(md, "enginewright pipeline summary"))
+    return run_dir / "summary.md"

@@ -82,3 +82,13 @@ def test_onnx_without_tokenizer_borrows_the_references(tiny_bert, tiny_onnx, tmp
     assert outcome.passed
     with pytest.raises(UsageError, match="holds tokenizer files"):
         run_bench([bare], load_texts(None), config=BenchConfig(iters=1), progress=False)
+
+
+def test_bench_report_has_a_latency_plot_and_html(tiny_onnx, tmp_path):
+    cfg = BenchConfig(batches=(1, 2), seqs=(8,), iters=2, rounds=1, warmup=0)
+    report = run_bench([tiny_onnx], load_texts(None), config=cfg, progress=False)
+    out = write_report(tmp_path / "b", report, bench_markdown(report))
+    assert (out / "latency.png").stat().st_size > 1000
+    assert "![latency against batch size](latency.png)" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and '<img alt="latency against batch size" src="latency.png">' in page

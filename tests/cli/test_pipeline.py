@@ -36,7 +36,7 @@ def test_stages_are_cached_and_a_change_reruns_what_follows(capsys, tiny_bert, t
     code, out, _ = run(capsys, "run", str(pipe), "-q", "--from", "optimize", "--to", "quantize")
     lines = _lines(out)
     assert "reused" in lines[0] and "running" in lines[1] and "running" in lines[2]
-    assert len(list((tmp_path / "runs").iterdir())) == 4  # export, optimize, quantize x2
+    assert len([d for d in (tmp_path / "runs").iterdir() if d.is_dir()]) == 4  # export, optimize, quantize x2
 
 
 def test_pipeline_file_errors_name_file_and_line(capsys, tiny_bert, tmp_path):
@@ -64,3 +64,12 @@ stages:
 """
     code, _, err = run(capsys, "run", str(_write(tmp_path, tiny_bert, stages=stages)), "-q")
     assert code == 1 and "compare failed" in err
+
+
+def test_summary_and_plots(capsys, tiny_bert, tmp_path):
+    pipe = _write(tmp_path, tiny_bert)
+    code, out, _ = run(capsys, "run", str(pipe), "-q")
+    assert code == 0 and "summary:" in out
+    runs = tmp_path / "runs"
+    assert (runs / "tradeoff.png").stat().st_size > 1000 and "<table>" in (runs / "summary.html").read_text()
+    assert "| artifact" in (runs / "summary.md").read_text()
