@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="start", default=None, metavar="STAGE", help="rerun from this stage on")
     p.add_argument("--to", dest="stop", default=None, metavar="STAGE", help="stop after this stage")
     p.add_argument("--force", action="store_true", help="rerun every stage")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write the compare stage's checks as JUnit XML")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("triton", help="write a Triton Inference Server model repository from ONNX/TensorRT artifacts",
@@ -453,7 +454,8 @@ def cmd_run(args, command: str) -> int:
     from enginewright.pipeline import load_pipeline, run_pipeline
 
     pipe = load_pipeline(args.pipeline)
-    results = run_pipeline(pipe, start=args.start, stop=args.stop, force=args.force, progress=not args.quiet)
+    results = run_pipeline(pipe, start=args.start, stop=args.stop, force=args.force, progress=not args.quiet,
+                           junit=args.junit)
     print(f"pipeline {args.pipeline}: done ({', '.join(results)}); run directory {pipe.run_dir}")
     return 0
 

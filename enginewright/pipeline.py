@@ -133,8 +133,9 @@ def stage_key(stage: Stage, input_hash: str) -> str:
 
 
 def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None = None, force: bool = False,
-                 progress: bool = True, say=print) -> dict:
-    """Run the stages in order; returns ``{stage: output path or result}``.
+                 progress: bool = True, say=print, junit: str | os.PathLike | None = None) -> dict:
+    """Run the stages in order; returns ``{stage: output path or result}``. With ``junit``, the
+    compare stage's parity checks are written there as JUnit test cases (also when they fail).
 
     Raises:
         UsageError: a stage's input is bad; ``start``/``stop`` name no stage of the file.
@@ -168,7 +169,13 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             results[stage.name] = str(out)
         elif i >= first:
             say(f"[{i + 1}/{len(pipe.stages)}] {stage.name}: running")
-            results[stage.name] = _run_check_stage(stage, pipe, made, progress, say, reports)
+            try:
+                results[stage.name] = _run_check_stage(stage, pipe, made, progress, say, reports)
+            finally:
+                if junit is not None and stage.name == "compare" and "compare" in reports:
+                    from benchmarks.gates import parity_checks, write_junit
+
+                    write_junit(junit, parity_checks(reports["compare"]), f"pipeline {pipe.path.name}")
     if "compare" in reports and "bench" in reports:
         results["summary"] = str(write_summary(pipe.run_dir, reports["compare"], reports["bench"]))
         say(f"summary: {results['summary']} (trade-off plot: {pipe.run_dir / 'tradeoff.png'})")

@@ -62,8 +62,12 @@ stages:
   - quantize: {{mode: dynamic}}
   - compare: {{data: builtin:samples, atol: 0, rtol: 0, min_cosine: 1.0}}
 """
-    code, _, err = run(capsys, "run", str(_write(tmp_path, tiny_bert, stages=stages)), "-q")
+    code, _, err = run(capsys, "run", str(_write(tmp_path, tiny_bert, stages=stages)), "-q", "--junit", str(tmp_path / "j.xml"))
     assert code == 1 and "compare failed" in err
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert int(suite.get("failures")) >= 1 and suite.find("testcase/failure") is not None
 
 
 def test_summary_and_plots(capsys, tiny_bert, tmp_path):
