@@ -89,6 +89,24 @@ def parity_checks(report: dict) -> list[Check]:
     return checks
 
 
+def metric_checks(report: dict, max_drop_points: float) -> list[Check]:
+    """Task-metric gate: each candidate's accuracy may trail the reference's by at most
+    ``max_drop_points`` (percentage points). Nothing to check when the data had no labels."""
+    ref = report["reference"].get("task_metric")
+    if not ref:
+        return []
+    checks = []
+    for c in report["candidates"]:
+        m = c.get("task_metric")
+        if not m:
+            continue
+        drop = 100 * (ref["accuracy"] - m["accuracy"])
+        checks.append(Check("accuracy", c["label"], drop <= max_drop_points,
+                            f"accuracy {m['accuracy']:.4f} vs reference {ref['accuracy']:.4f} "
+                            f"({-drop:+.2f} points; budget -{max_drop_points:g})"))
+    return checks
+
+
 def write_junit(path: str | os.PathLike, checks: list[Check], suite_name: str) -> None:
     """JUnit XML: one testcase per check, failures and skips with their message."""
     suite = ET.Element("testsuite", name=suite_name, tests=str(len(checks)),

@@ -324,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
                            ("--min-cosine", "lowest row cosine (default 0.999)"), ("--min-top1", "lowest top-1 agreement for logits (default: not checked)")):
         p.add_argument(flag, action="append", type=_tolerance_arg(flag), default=[], metavar="[OUTPUT=]X",
                        help=helptext + "; repeat with OUTPUT=X for one output")
-    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write each parity check as a JUnit test case")
+    p.add_argument("--fail-on", default="parity,accuracy", metavar="CHECKS",
+                   help="which checks set exit 1: comma-separated from parity, accuracy, or none (default parity,accuracy)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy gate: candidates may trail the reference by this many points (default 1)")
+    p.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write each check as a JUnit test case")
     _add_run_args(p)
 
     p = sub.add_parser("bench", help="latency and throughput of artifacts on runtimes, interleaved",
@@ -513,6 +517,9 @@ def cmd_compare(args, command: str) -> int:
     from benchmarks.report import write_report
     from runtimes.artifact import check_output_free
 
+    fail_on = {x.strip() for x in args.fail_on.split(",") if x.strip()}
+    if not fail_on <= {"parity", "accuracy", "none"} or ("none" in fail_on and len(fail_on) > 1):
+        raise CliError(f"--fail-on {args.fail_on!r}: give parity, accuracy (comma-separated) or none")
     if args.output is not None:
         check_output_free(args.output, args.force)
     default, per_output = _tolerances(args)
@@ -526,15 +533,16 @@ def cmd_compare(args, command: str) -> int:
     if args.output is not None:
         write_report(args.output, outcome.report, md, force=args.force)
         print(f"report: {args.output / 'report.md'}")
-    if args.junit is not None:
-        from benchmarks.gates import parity_checks, write_junit
+    from benchmarks.gates import metric_checks, parity_checks, summary, write_junit
 
-        write_junit(args.junit, parity_checks(outcome.report), "compare")
-    if not outcome.passed:
-        print("parity check FAILED:", file=sys.stderr)
-        for r in outcome.results:
-            if not r:
-                print(str(r), file=sys.stderr)
+    checks = {"parity": parity_checks(outcome.report), "accuracy": metric_checks(outcome.report, args.max_accuracy_drop)}
+    if args.junit is not None:
+        write_junit(args.junit, checks["parity"] + checks["accuracy"], "compare")
+    gated = [c for kind in fail_on - {"none"} for c in checks[kind]]
+    if checks["accuracy"]:
+        print(f"accuracy gate (max drop {args.max_accuracy_drop:g} points): {summary(checks['accuracy'])}")
+    if any(not c.passed for c in gated):
+        print(f"compare FAILED ({', '.join(sorted(fail_on))}): {summary(gated)}", file=sys.stderr)
         return 1
     return 0
 

@@ -49,7 +49,7 @@ def test_parity_failure_exits_1(capsys, tiny_bert, tmp_path):
 
     other = make_tiny_bert(tmp_path / "other", seed=7)
     code, out, err = run(capsys, "compare", str(tiny_bert), str(other), "-q", "-o", str(tmp_path / "r"))
-    assert code == 1 and "FAIL" in out and "parity check FAILED" in err
+    assert code == 1 and "FAIL" in out and "compare FAILED" in err and "FAIL parity" in err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is False
 
 

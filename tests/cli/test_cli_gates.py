@@ -46,3 +46,20 @@ def test_compare_writes_junit(capsys, tiny_bert, tiny_onnx, tmp_path):
     suite = ET.parse(tmp_path / "p.xml").getroot().find("testsuite")
     assert suite.get("tests") == "1" and suite.get("failures") == "0"
     assert suite.find("testcase").get("name").endswith("last_hidden_state")
+
+
+def test_compare_fail_on_chooses_the_gating_checks(capsys, tiny_classifier, tmp_path, labelled_jsonl):
+    from tests.conftest import make_tiny_bert
+
+    other = make_tiny_bert(tmp_path / "other", task="text-classification", seed=5)
+    argv = ["compare", str(tiny_classifier), str(other), "--data", str(labelled_jsonl), "-q"]
+    code, out, err = run(capsys, *argv)  # different weights: parity fails
+    assert code == 1 and "FAIL parity" in err
+    assert run(capsys, *argv, "--fail-on", "none")[0] == 0
+    code, out, _ = run(capsys, *argv, "--fail-on", "accuracy", "--max-accuracy-drop", "100", "--junit", str(tmp_path / "j.xml"))
+    assert code == 0 and "accuracy gate" in out
+    classes = {c.get("classname") for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")}
+    assert classes == {"enginewright.parity", "enginewright.accuracy"}
+    code, _, err = run(capsys, *argv, "--fail-on", "speed")
+    assert code == 2
+    one_line_error(err, "--fail-on 'speed'")
