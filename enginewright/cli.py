@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorrt-accelerator", action="store_true", help="ONNX models: ONNX Runtime's TensorRT EP in Triton")
     p.add_argument("--fp16-accelerator", action="store_true", help="with --tensorrt-accelerator: FP16 precision mode")
     p.add_argument("--cuda-graphs", action="store_true", help="TensorRT engines: CUDA graphs in Triton")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also write NAME_tokenizer (Python backend) and NAME_ensemble: raw texts in, model outputs out")
+    p.add_argument("--ensemble-max-length", type=int, default=128, metavar="N", help="tokens per text in the ensemble")
     p.add_argument("--force", action="store_true", help="replace an existing output")
 
     p = sub.add_parser("inspect", help="what an artifact is, where it came from and what was measured")
@@ -470,10 +473,10 @@ def cmd_triton(args, command: str) -> int:
     cfg = TritonConfig(max_batch_size=args.max_batch_size, dynamic_batching=not args.no_dynamic_batching,
                        max_queue_delay_us=args.max_queue_delay_us, instance_count=args.instances, device=args.device,
                        tensorrt_accelerator=args.tensorrt_accelerator, fp16_accelerator=args.fp16_accelerator,
-                       cuda_graphs=args.cuda_graphs)
+                       cuda_graphs=args.cuda_graphs, ensemble=args.ensemble, ensemble_max_length=args.ensemble_max_length)
     repo = write_repository(args.artifacts, args.output, config=cfg, force=args.force)
     for d in sorted(p for p in repo.iterdir() if p.is_dir()):
-        print(f"{d}/config.pbtxt, {d}/1/{next((d / '1').iterdir()).name}")
+        print(f"{d}/config.pbtxt, {d}/1/{next((d / '1').iterdir(), Path('(ensemble: no model file)')).name}")
     print(f"serve with: tritonserver --model-repository={repo.resolve()}")
     return 0
 

@@ -34,12 +34,16 @@ class TritonConfig:
     tensorrt_accelerator: bool = False  # onnx models: ONNX Runtime's TensorRT EP inside Triton
     fp16_accelerator: bool = False
     cuda_graphs: bool = False  # tensorrt_plan models
+    ensemble: bool = False  # put the tokenizer (Python backend) in front of each model
+    ensemble_max_length: int = 128
 
     def __post_init__(self):
         if self.max_batch_size < 0 or self.instance_count < 1 or self.max_queue_delay_us < 0:
             raise UsageError("--max-batch-size must be >= 0, --instances >= 1 and --max-queue-delay-us >= 0")
         if self.device not in ("gpu", "cpu"):
             raise UsageError(f"--device {self.device!r}: choose gpu or cpu")
+        if self.ensemble and (self.max_batch_size < 1 or self.ensemble_max_length < 2):
+            raise UsageError("--ensemble needs --max-batch-size >= 1 and --ensemble-max-length >= 2")
         if (self.tensorrt_accelerator or self.cuda_graphs) and self.device != "gpu":
             raise UsageError("the TensorRT accelerator and CUDA graphs need --device gpu")
 
@@ -96,6 +100,50 @@ def config_text(config) -> str:
     return text
 
 
+def ensemble_configs(art: Artifact, name: str, cfg: TritonConfig):
+    """The tokenizer (Python backend) model's and the ensemble's ``ModelConfig`` messages."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    tok = mc.ModelConfig(name=f"{name}_tokenizer", backend="python", max_batch_size=cfg.max_batch_size)
+    tok.input.add(name="TEXT", data_type=mc.DataType.TYPE_STRING, dims=[1])
+    for s in art.inputs:
+        tok.output.add(name=s.name, data_type=mc.DataType.TYPE_INT64, dims=[cfg.ensemble_max_length])
+    tok.instance_group.add(count=cfg.instance_count, kind=mc.ModelInstanceGroup.Kind.KIND_CPU)
+    ens = mc.ModelConfig(name=f"{name}_ensemble", platform="ensemble", max_batch_size=cfg.max_batch_size)
+    ens.input.add(name="TEXT", data_type=mc.DataType.TYPE_STRING, dims=[1])
+    for s in art.outputs:
+        dims = [d if isinstance(d, int) and d > 0 else -1 for d in s.shape][1:]
+        ens.output.add(name=s.name, data_type=getattr(mc.DataType, _TYPES[s.dtype]), dims=dims)
+    step = ens.ensemble_scheduling.step.add(model_name=tok.name, model_version=-1)
+    step.input_map["TEXT"] = "TEXT"
+    for s in art.inputs:
+        step.output_map[s.name] = f"tok_{s.name}"
+    step = ens.ensemble_scheduling.step.add(model_name=name, model_version=-1)
+    for s in art.inputs:
+        step.input_map[s.name] = f"tok_{s.name}"
+    for s in art.outputs:
+        step.output_map[s.name] = s.name
+    return tok, ens
+
+
+def _write_tokenizer_model(art: Artifact, root: Path, tok_config, cfg: TritonConfig) -> None:
+    import json
+
+    from exporter.manifest import COMPANION_FILES
+
+    version = root / tok_config.name / "1"
+    (version / "tokenizer").mkdir(parents=True)
+    shutil.copy2(Path(__file__).resolve().parent / "triton_assets" / "tokenizer_model.py", version / "model.py")
+    files = [f for f in COMPANION_FILES if f != "config.json" and (art.path / f).is_file()]
+    if not files:
+        raise UsageError(f"{art.path}: no tokenizer files to put in front of the model; --ensemble needs them")
+    for f in files:
+        shutil.copy2(art.path / f, version / "tokenizer" / f)
+    (version / "settings.json").write_text(json.dumps({"input_names": [s.name for s in art.inputs],
+                                                        "max_length": cfg.ensemble_max_length}))
+    (root / tok_config.name / "config.pbtxt").write_text(config_text(tok_config), encoding="utf-8")
+
+
 def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: TritonConfig = TritonConfig(),
                      force: bool = False) -> Path:
     """Write a model repository with one model per artifact (version 1).
@@ -111,7 +159,12 @@ def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: Tri
         raise UsageError(f"two artifacts share the directory name {sorted({n for n in names if names.count(n) > 1})}; "
                          "Triton model names must differ")
     configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
+    ensembles = [ensemble_configs(a, n, config) for a, n in zip(arts, names)] if config.ensemble else []
     with atomic_output_dir(out, force=force) as tmp:
+        for art, (tok, ens) in zip(arts, ensembles):
+            _write_tokenizer_model(art, tmp, tok, config)
+            (tmp / ens.name / "1").mkdir(parents=True)  # ensembles have a version folder but no model file
+            (tmp / ens.name / "config.pbtxt").write_text(config_text(ens), encoding="utf-8")
         for art, name, text in zip(arts, names, configs):
             version = tmp / name / "1"
             version.mkdir(parents=True)

@@ -54,3 +54,29 @@ def test_bad_repository_requests(tiny_bert, tiny_onnx, tmp_path):
     with pytest.raises(UsageError, match="--force"):
         write_repository([tiny_onnx], tmp_path / "taken")
     assert not (tmp_path / "r").exists()
+
+
+def test_tokenizer_ensemble(tiny_onnx, tmp_path):
+    import importlib.util
+
+    repo = write_repository([tiny_onnx], tmp_path / "repo", config=TritonConfig(ensemble=True, ensemble_max_length=16))
+    tok = _parse(repo / "onnx_tokenizer" / "config.pbtxt")
+    ens = _parse(repo / "onnx_ensemble" / "config.pbtxt")
+    assert tok.backend == "python" and [o.name for o in tok.output] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert ens.platform == "ensemble" and [o.name for o in ens.output] == ["last_hidden_state"]
+    first, second = ens.ensemble_scheduling.step
+    assert first.model_name == "onnx_tokenizer" and second.model_name == "onnx"
+    wiring = {n: f"tok_{n}" for n in ("input_ids", "attention_mask", "token_type_ids")}
+    assert dict(first.output_map) == wiring and dict(second.input_map) == wiring
+    # the Python backend's tokenization, run here without Triton
+    version = repo / "onnx_tokenizer" / "1"
+    spec = importlib.util.spec_from_file_location("tok_model", version / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from transformers import AutoTokenizer
+
+    settings = module.load_settings(version)
+    arrays = module.encode(AutoTokenizer.from_pretrained(str(version / "tokenizer")), ["The build finished.", "Coffee first."],
+                           settings["input_names"], settings["max_length"])
+    assert {k: v.shape for k, v in arrays.items()} == {n: (2, 16) for n in settings["input_names"]}
+    assert arrays["attention_mask"][1].sum() < arrays["attention_mask"][0].sum() <= 16
