@@ -77,3 +77,14 @@ def test_summary_and_plots(capsys, tiny_bert, tmp_path):
     runs = tmp_path / "runs"
     assert (runs / "tradeoff.png").stat().st_size > 1000 and "<table>" in (runs / "summary.html").read_text()
     assert "| artifact" in (runs / "summary.md").read_text()
+
+
+def test_example_pipelines_validate():
+    from pathlib import Path
+
+    from enginewright.pipeline import load_pipeline
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) == 3
+    for f in examples:
+        assert load_pipeline(f).stages  # file, stages, options and data paths all check out
