@@ -115,3 +115,52 @@ def _as_dict(ref, output_names: Sequence[str]) -> dict[str, np.ndarray]:
     if len(values) != len(output_names):
         raise UsageError(f"export_module: the module returns {len(values)} outputs but {len(output_names)} names were given")
     return {n: v.detach().float().cpu().numpy() for n, v in zip(output_names, values)}
+
+
+def load_eager(src: Artifact, auto_class):
+    """``auto_class.from_pretrained`` on ``src`` with eager attention (the form the TorchScript
+    exporter traces), in eval mode; a directory transformers cannot load is a one-line UsageError."""
+    from runtimes.pyt.loading import as_usage_error, hf_load_errors
+
+    try:
+        return auto_class.from_pretrained(str(src.path), local_files_only=True, trust_remote_code=False,
+                                          attn_implementation="eager").eval()
+    except hf_load_errors() as e:
+        raise as_usage_error(src.path, e) from None
+
+
+def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, output_axes: Mapping[int, str],
+                   opset: int | None, external_data: bool, force: bool, tolerance: Tolerance, task: str | None,
+                   command: str | None, extra_manifest: Mapping, parity_graph_optimization: str = "all",
+                   min_opset: int = 14) -> Artifact:
+    """Export a loaded transformers ``model`` with ``head(model_output, attention_mask)`` on top as
+    one graph output (TorchScript exporter, which also writes fake quantization as Q/DQ), with the
+    source artifact's tokenizer and config beside it and ``src`` recorded as its origin."""
+    import torch
+
+    from benchmarks.data import load_texts, load_tokenizer, tokenize
+    from exporter.manifest import COMPANION_FILES
+    from runtimes.pyt.runner import text_input_names
+
+    names = text_input_names(model)
+    enc = tokenize(load_tokenizer(src.path), load_texts(None).take(4), max_length=32)
+    zeros = torch.zeros_like(torch.from_numpy(enc["input_ids"]))
+    example = {n: torch.from_numpy(enc[n]) if n in enc else zeros for n in names}
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            given = {"attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            return head(self.model(input_ids=input_ids, **{k: v for k, v in given.items() if k in names}), attention_mask)
+
+    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    axes[output_name] = dict(output_axes)
+    return export_module(
+        Head(), example, out, output_names=[output_name], dynamic_axes=axes, opset=max(opset or 17, min_opset),
+        external_data=external_data, dynamo=False, force=force, tolerance=tolerance, task=task, command=command,
+        source=src, extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()],
+        extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization,
+    )

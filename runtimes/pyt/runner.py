@@ -11,12 +11,17 @@ from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.specs import TensorSpec
 
-_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _AUTO_CLASS = {
     "feature-extraction": "AutoModel",
     "text-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
 }
+
+
+def text_input_names(model) -> list[str]:
+    """The tokenizer inputs a transformers model's ``forward`` takes, in its order."""
+    return [n for n in inspect.signature(model.forward).parameters if n in TEXT_INPUTS]
 
 
 def hf_output_specs(task: str, config) -> list[TensorSpec]:
@@ -97,10 +102,7 @@ class TorchRunner(Runner):
             raise as_usage_error(self.artifact.path, e) from None
         self._model = model.eval().to(self.device)
         self._config = model.config
-        params = inspect.signature(model.forward).parameters
-        self._inputs = [
-            TensorSpec(n, "int64", ("batch_size", "sequence_length")) for n in params if n in _TEXT_INPUTS and n != "position_ids"
-        ]
+        self._inputs = [TensorSpec(n, "int64", ("batch_size", "sequence_length")) for n in text_input_names(model)]
         self._outputs = hf_output_specs(self.artifact.task, model.config)
         if self.pooling:
             self._outputs = [TensorSpec("sentence_embedding", "float32", ("batch_size", model.config.hidden_size))]
