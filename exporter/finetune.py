@@ -42,7 +42,6 @@ class TaskData:
     labels: list[str]
     train: Encoded
     eval: Encoded
-    eval_source: TextDataset | object
     fingerprints: dict
 
 
@@ -96,7 +95,7 @@ def prepare_text_classification(tokenizer, train_path, eval_path, max_length: in
         enc = tokenizer(list(ds.texts), list(ds.pairs) if ds.pairs else None, truncation=True, max_length=max_length)
         return Encoded({k: list(v) for k, v in enc.items()}, [ids[str(x)] for x in ds.labels])
 
-    return TaskData("text-classification", names, encode(train_ds), encode(eval_ds), eval_ds,
+    return TaskData("text-classification", names, encode(train_ds), encode(eval_ds),
                     {"train": train_ds.describe(), "eval": eval_ds.describe()})
 
 
@@ -120,7 +119,7 @@ def prepare_token_classification(tokenizer, train_path, eval_path, max_length: i
     def describe(ds) -> dict:
         return {"source": ds.source, "rows": len(ds), "hash": ds.fingerprint()}
 
-    return TaskData("token-classification", names, encode(train_ds), encode(eval_ds), eval_ds,
+    return TaskData("token-classification", names, encode(train_ds), encode(eval_ds),
                     {"train": describe(train_ds), "eval": describe(eval_ds)})
 
 
