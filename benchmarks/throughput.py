@@ -166,6 +166,7 @@ def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchCon
     samples = [0] * len(runners)
     tokens = [0] * len(runners)
     computed = [0] * len(runners)
+    by_round = [[] for _ in runners]  # samples/s of each runner in each round, for paired comparisons
     order = []
     rnd = 0
     while any(len(times[i]) < targets[i] for i in range(len(runners))):
@@ -177,6 +178,7 @@ def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchCon
             if n <= 0:
                 continue
             t, s, comp, tok = _time_runner(runners[i], feeds[i], len(times[i]), n)
+            by_round[i].append(s / max(sum(t), 1e-12))
             times[i] += t
             samples[i] += s
             computed[i] += comp
@@ -194,6 +196,7 @@ def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchCon
             "samples_per_s": samples[i] / total,
             "tokens_per_s": computed[i] / total,  # tokens computed, padding included
             "real_tokens_per_s": tokens[i] / total,  # tokens under the attention mask
+            "samples_per_s_by_round": by_round[i],
         })
     return out, order
 

@@ -186,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "export then writes Q/DQ pairs in the --target tensorrt placement")
     g.add_argument("--qat-percentile", type=float, default=None, metavar="P",
                    help="with --qat: activation scales from the P-th percentile of |x| (e.g. 99.99) instead of the maximum")
+    g.add_argument("--qat-float-layers", type=int, default=None, metavar="N",
+                   help="with --qat: keep the N layers whose quantization alone moves the logits most (on calibration "
+                        "batches) in float (default 0)")
+    g.add_argument("--qat-dropout", action="store_true",
+                   help="with --qat: keep dropout on during the QAT fine-tune (off by default)")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
     g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
     g.add_argument("--temperature", type=float, default=2.0)
@@ -623,9 +628,13 @@ def cmd_compress(args, command: str) -> int:
     if args.sparse_2_4:
         techniques.append(Sparse24Config())
     if args.qat:
-        techniques.append(QATConfig(act_percentile=args.qat_percentile))
-    elif args.qat_percentile is not None:
-        raise CliError("--qat-percentile needs --qat")
+        techniques.append(QATConfig(act_percentile=args.qat_percentile, float_layers=args.qat_float_layers or 0,
+                                    dropout=args.qat_dropout))
+    else:
+        given = [f for f, v in (("--qat-percentile", args.qat_percentile), ("--qat-float-layers", args.qat_float_layers),
+                                ("--qat-dropout", args.qat_dropout or None)) if v is not None]
+        if given:
+            raise CliError(f"{given[0]} needs --qat")
     if args.distill:
         techniques.append(DistillConfig(temperature=args.temperature, alpha=args.alpha, hidden_weight=args.hidden_loss))
     if not techniques:

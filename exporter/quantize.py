@@ -131,7 +131,7 @@ class _Quantizer:
         self.method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}[cfg.method]
         self.QuantFormat, self.QuantType = QuantFormat, QuantType
-        has_attention = "Attention" in op_counts(float_path)
+        has_attention = "com.microsoft::Attention" in op_counts(float_path)
         if cfg.mode == "dynamic":
             self.op_types = ["MatMul", "Gemm"] + (["Attention"] if has_attention else [])
         else:
@@ -156,8 +156,10 @@ class _Quantizer:
         common = dict(nodes_to_quantize=list(quantize_nodes), op_types_to_quantize=self.op_types,
                       per_channel=self.cfg.per_channel or self.cfg.target == "tensorrt")
         if self.cfg.mode == "dynamic":
+            # MatMulConstBOnly: onnxruntime's dynamic default skips activation x activation MatMuls
             quantize_dynamic(str(self.float_path), str(out), weight_type=self.QuantType.QInt8,
-                             reduce_range=self.reduce_range, **common)
+                             reduce_range=self.reduce_range, extra_options={"MatMulConstBOnly": self.cfg.weight_only},
+                             **common)
         elif self.cfg.target == "tensorrt":
             quantize_static(str(self.float_path), str(out), _Reader(self.calib), quant_format=self.QuantFormat.QDQ,
                             activation_type=self.QuantType.QInt8, weight_type=self.QuantType.QInt8,

@@ -18,7 +18,7 @@ from typing import Sequence
 from benchmarks.data import load_tokenizer
 from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
 from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
-from exporter.compress.qat import QATConfig, attach, calibrate, save_scales
+from exporter.compress.qat import QATConfig, attach, calibrate, disable_dropout, layer_sensitivity, save_scales
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
@@ -124,8 +124,16 @@ def compress(
             bs = recovery.batch_size if recovery else 32
             batches = [collate(data.train, order[i:i + bs], pad_id) for i in range(0, min(len(order), t.calib_batches * bs), bs)]
             act_scales = calibrate(model, batches, device, percentile=t.act_percentile)
+            float_layers, cost = [], {}
+            if t.float_layers:
+                cost = layer_sensitivity(model, act_scales, batches[:t.sensitivity_batches], device, progress)
+                float_layers = sorted(cost, key=cost.get, reverse=True)[:t.float_layers]
+                act_scales = {k: v for k, v in act_scales.items() if k not in float_layers}
             attach(model, act_scales)
+            dropouts_off = 0 if t.dropout else disable_dropout(model)
             applied.append({"technique": "qat", "layers": len(act_scales), "calib_batches": len(batches),
+                            "float_layers": float_layers, "dropout_disabled": dropouts_off,
+                            "sensitivity": {k: cost[k] for k in sorted(cost, key=cost.get, reverse=True)[:10]},
                             "activation": "per-tensor symmetric INT8, calibrated "
                                           + (f"{t.act_percentile} percentile of |x|" if t.act_percentile else "max|x|")
                                           + "/127, held fixed",
@@ -156,7 +164,7 @@ def compress(
         model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if qat:
-            save_scales(tmp, act_scales)
+            save_scales(tmp, act_scales, qat["float_layers"])
         write_json_atomic(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION, "kind": "hf", "task": src.task, "labels": names,
             "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},

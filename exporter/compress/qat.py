@@ -29,12 +29,24 @@ SCALES_FILE = "qat_scales.json"
 @dataclass(frozen=True)
 class QATConfig:
     """``act_percentile``: activation scales from that percentile of |x| (averaged over the
-    calibration batches) instead of the maximum, which clips rare outliers for finer steps."""
+    calibration batches) instead of the maximum, which clips rare outliers for finer steps.
+    ``float_layers``: keep that many of the costliest layers in float, ranked on the first
+    ``sensitivity_batches`` calibration batches (see ``layer_sensitivity``).
+    ``dropout``: keep dropout on during the QAT fine-tune. Off by default: the model is already
+    fine-tuned, and on the quotes-topics classifier dropout's noise made the short fine-tune drift
+    away from the float model (agreement 96.2% with it, 98.4% without)."""
 
     calib_batches: int = 16
     act_percentile: float | None = None
+    float_layers: int = 0
+    sensitivity_batches: int = 4
+    dropout: bool = False
 
     def __post_init__(self):
+        if self.float_layers < 0:
+            raise UsageError(f"QAT float layers must be >= 0, got {self.float_layers}")
+        if self.sensitivity_batches < 1:
+            raise UsageError(f"QAT sensitivity batches must be >= 1, got {self.sensitivity_batches}")
         if self.calib_batches < 1:
             raise UsageError(f"QAT calibration batches must be >= 1, got {self.calib_batches}")
         if self.act_percentile is not None and not 90 <= self.act_percentile < 100:
@@ -53,15 +65,29 @@ def weight_scales(weight):
     return (weight.detach().abs().amax(dim=1) / QMAX).clamp(min=1e-8).float()
 
 
+def onnx_fake_quant(x, scale):
+    """Quantize-dequantize exactly as ONNX's QuantizeLinear/DequantizeLinear do (divide by the
+    scale, round half to even, saturate to INT8). PyTorch's fake-quantize ops multiply by 1/scale
+    instead, which rounds values on a step boundary to the neighbouring step."""
+    import torch
+
+    return torch.clamp(torch.round(x / scale), -QMAX - 1, QMAX) * scale
+
+
 def _qat_forward(self, x):
     import torch
     import torch.nn.functional as F
 
     s = torch.tensor(self._ew_act_scale, dtype=torch.float32, device=x.device)
-    xq = torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
     ws = self._ew_w_scale if self._ew_w_scale is not None else weight_scales(self.weight)
-    zp = torch.zeros_like(ws, dtype=torch.int32)
-    wq = torch.fake_quantize_per_channel_affine(self.weight, ws, zp, 0, -QMAX - 1, QMAX)
+    if self.training or torch.onnx.is_in_onnx_export():
+        # training: the fused ops with their straight-through gradients; export: they become Q/DQ
+        xq = torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
+        zp = torch.zeros_like(ws, dtype=torch.int32)
+        wq = torch.fake_quantize_per_channel_affine(self.weight, ws, zp, 0, -QMAX - 1, QMAX)
+    else:  # evaluation, and the reference the exported graph is checked against
+        xq = onnx_fake_quant(x, s)
+        wq = onnx_fake_quant(self.weight, ws[:, None])
     return F.linear(xq, wq, self.bias)
 
 
@@ -81,6 +107,64 @@ def attach(model, act_scales: dict[str, float], *, freeze_weights: bool = False)
         m._ew_w_scale = weight_scales(m.weight) if freeze_weights else None
         m.forward = types.MethodType(_qat_forward, m)
     return sorted(act_scales)
+
+
+def disable_dropout(model) -> int:
+    """Set every dropout in ``model`` to 0 (``nn.Dropout`` modules and the attention-probability
+    dropout that SDPA attention modules keep as ``dropout_prob``); returns how many were on."""
+    import torch
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            m.p, n = 0.0, n + 1
+        if isinstance(getattr(m, "dropout_prob", None), float) and m.dropout_prob > 0:
+            m.dropout_prob, n = 0.0, n + 1
+    return n
+
+
+def detach(model, names) -> None:
+    """Undo ``attach`` for the named layers (their class ``forward`` is used again)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        m = modules[name]
+        if "forward" in vars(m):
+            del m.forward
+        for attr in ("_ew_act_scale", "_ew_w_scale"):
+            if hasattr(m, attr):
+                delattr(m, attr)
+
+
+def _logit_error(logits, ref, mask) -> float:
+    """Relative squared error of the logits, sum((logits - ref)^2) / sum(ref^2), over the rows
+    (sequence classifiers) or the real tokens (token classifiers)."""
+    if logits.dim() == 3:  # token classification: keep the real tokens only
+        keep = mask.bool()
+        logits, ref = logits[keep], ref[keep]
+    logits, ref = logits.float(), ref.float()
+    return float(((logits - ref) ** 2).sum() / (ref ** 2).sum().clamp(min=1e-12))
+
+
+def layer_sensitivity(model, act_scales: dict[str, float], batches, device: str = "cpu",
+                      progress: bool = True) -> dict[str, float]:
+    """Each layer's cost when it alone is fake-quantized: the relative squared error of the logits
+    against the float model's, averaged over ``batches``. Higher means keep it float first."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.to(device).eval()
+    feeds = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    cost = {}
+    with torch.inference_mode():
+        ref = [model(**f).logits for f in feeds]
+        for name in tqdm(sorted(act_scales), desc="QAT sensitivity", unit="layer", disable=not progress):
+            attach(model, {name: act_scales[name]})
+            try:
+                cost[name] = sum(_logit_error(model(**f).logits, r, f["attention_mask"])
+                                 for f, r in zip(feeds, ref)) / len(feeds)
+            finally:
+                detach(model, [name])
+    return cost
 
 
 def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percentile: float | None = None) -> dict[str, float]:
@@ -116,9 +200,10 @@ def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percent
     return {k: max(v, 1e-8) / QMAX for k, v in maxima.items()}
 
 
-def save_scales(path: Path, act_scales: dict[str, float]) -> None:
+def save_scales(path: Path, act_scales: dict[str, float], float_layers: list[str] = ()) -> None:
     (path / SCALES_FILE).write_text(json.dumps({"activation_scales": act_scales, "qmax": QMAX,
-                                                "weights": "per-channel symmetric, max|w|/127 of the saved weights"}, indent=2))
+                                                "weights": "per-channel symmetric, max|w|/127 of the saved weights",
+                                                "float_layers": list(float_layers)}, indent=2))
 
 
 def load_scales(path: Path) -> dict[str, float]:

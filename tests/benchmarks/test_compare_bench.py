@@ -92,3 +92,24 @@ def test_bench_report_has_a_latency_plot_and_html(tiny_onnx, tmp_path):
     assert "![latency against batch size](latency.png)" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert "<table>" in page and '<img alt="latency against batch size" src="latency.png">' in page
+
+
+def test_head_to_head_pairs_rounds_and_respects_cosine():
+    from benchmarks.quantization import head_to_head
+
+    def row(name, rate, cos, rounds):
+        return {"variant": name, "samples_per_s": rate, "cosine": cos, "by_round": rounds}
+
+    rows = [row("PyTorch eager FP32 (baseline)", 40, 1.0, [40, 40, 40]),
+            row("fast but loose (ours)", 200, 0.95, [200, 200, 200]),
+            row("steady (ours)", 105, 0.992, [104, 108, 103]),
+            row("optimum a", 100, 0.991, [100, 101, 104]),
+            row("optimum b", 90, 0.999, [90, 90, 90])]
+    h = head_to_head(rows)
+    # the looser artifact is not allowed to win on speed: it is below Optimum's cosine
+    assert h["ours"] == "steady (ours)" and h["optimum"] == "optimum a"
+    assert h["rounds_ahead"] == 2 and h["rounds"] == 3 and h["verdict"] == "not separable (mixed rounds)"
+    rows[2]["by_round"] = [110, 110, 110]
+    assert head_to_head(rows)["verdict"] == "ahead"
+    rows[2]["cosine"] = 0.98
+    assert head_to_head(rows)["ours"] is None

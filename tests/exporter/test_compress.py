@@ -180,3 +180,47 @@ def test_qat_percentile_calibration_clips_below_the_maximum(classifier, splits):
     full, clipped = calibrate(model, batches), calibrate(model, batches, percentile=99.0)
     assert full.keys() == clipped.keys() and len(full) == 12
     assert all(clipped[k] <= full[k] for k in full) and any(clipped[k] < full[k] for k in full)
+
+
+def test_qat_keeps_a_planted_outlier_layer_in_float(classifier, splits, tmp_path):
+    """One FFN channel held at 1000 makes the next Linear's per-tensor input scale useless for the
+    other channels: the sensitivity ranking must put that layer first and keep it in float."""
+    import shutil
+
+    import onnx
+
+    from exporter.compress import QATConfig
+    from exporter.compress.qat import load_scales
+
+    planted = tmp_path / "planted"
+    shutil.copytree(classifier, planted)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(planted))
+    layer = model.bert.encoder.layer[1]
+    with torch.no_grad():
+        layer.intermediate.dense.weight[3] = 0
+        layer.intermediate.dense.bias[3] = 1000  # GELU(1000) = 1000 on every token
+        layer.output.dense.weight[:, 3] /= 1000
+    model.save_pretrained(str(planted), safe_serialization=True)
+    target = "bert.encoder.layer.1.output.dense"
+
+    art = compress(planted, tmp_path / "qat", [QATConfig(calib_batches=2, float_layers=1, sensitivity_batches=2)], **_kw(splits))
+    qat = art.manifest["qat"]
+    assert qat["float_layers"] == [target] and next(iter(qat["sensitivity"])) == target
+    assert qat["layers"] == 11 and target not in load_scales(art.path)
+    assert qat["dropout_disabled"] > 0  # the QAT fine-tune ran without dropout
+    onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
+    m = onnx.load(str(onnx_art.model_file))
+    matmul = next(n for n in m.graph.node if n.op_type == "MatMul" and "layer.1/output/dense" in n.name)
+    producers = {o: n.op_type for n in m.graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in matmul.input), "the float layer got Q/DQ"
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) > 0
+
+
+def test_disable_dropout_turns_every_dropout_off(classifier):
+    from exporter.compress.qat import disable_dropout
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(classifier), attn_implementation="sdpa")
+    assert disable_dropout(model) > 0
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "dropout_prob", 0.0) == 0 for m in model.modules())
+    assert disable_dropout(model) == 0

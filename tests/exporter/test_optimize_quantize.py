@@ -146,3 +146,15 @@ def test_quantize_works_on_a_fused_artifact(tiny_onnx, tmp_path):
     for mode in ("dynamic", "static"):
         art = quantize(fused, tmp_path / mode, config=QuantizeConfig(mode=mode), calib=load_texts(None), progress=False)
         assert art.manifest["parity"]["mean_cosine"] > 0.9
+        if mode == "dynamic":  # the fused Attention's QKV projection is quantized too, not left in float
+            ops = op_counts(art.model_file)
+            assert ops.get("com.microsoft::QAttention") == 2 and "com.microsoft::Attention" not in ops
+
+
+def test_dynamic_all_matmuls_quantizes_the_attention_products(tiny_onnx, tmp_path):
+    """weight_only=False: the activation x activation MatMuls (Q.K^T, P.V) become MatMulInteger as well."""
+    weights = quantize(tiny_onnx, tmp_path / "w", config=QuantizeConfig(mode="dynamic"), progress=False)
+    every = quantize(tiny_onnx, tmp_path / "a", config=QuantizeConfig(mode="dynamic", weight_only=False), progress=False)
+    w_ops, a_ops = op_counts(weights.model_file), op_counts(every.model_file)
+    assert a_ops["MatMulInteger"] == w_ops["MatMulInteger"] + 4 and "MatMul" not in a_ops
+    assert every.manifest["parity"]["mean_cosine"] > 0.9
