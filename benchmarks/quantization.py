@@ -110,14 +110,16 @@ def part_embeddings(args, work: Path, model_dir: Path, sentences: TextDataset, c
     return {"rows": rows, "notes": notes, "bench": bench, "head_to_head": head_to_head(rows)}
 
 
-def head_to_head(rows: list[dict]) -> dict | None:
-    """The fastest Optimum recipe against our fastest artifact at equal or better cosine, paired by
-    round: both ran in every round of the interleaved timing, so the per-round throughput ratio
-    cancels slow drifts of the machine, and its spread shows how far the verdict can be trusted."""
+def head_to_head(rows: list[dict], min_cosine: float = 0.99) -> dict | None:
+    """Optimum's best recipe (the fastest that reaches ``min_cosine``, or the fastest of all when
+    none does) against our fastest artifact at equal or better cosine, paired by round: both ran in
+    every round of the interleaved timing, so the per-round throughput ratio cancels slow drifts of
+    the machine, and its spread shows how far the verdict can be trusted."""
     opt = [r for r in rows if r["variant"].startswith("optimum")]
     if not opt:
         return None
-    best_opt = max(opt, key=lambda r: r["samples_per_s"])
+    good = [r for r in opt if r["cosine"] >= min_cosine]
+    best_opt = max(good or opt, key=lambda r: r["samples_per_s"])
     ours = [r for r in rows if "(ours)" in r["variant"] and r["cosine"] >= best_opt["cosine"]]
     if not ours:
         return {"optimum": best_opt["variant"], "ours": None, "verdict": "no artifact of ours reaches Optimum's cosine"}
@@ -169,7 +171,7 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
         # dropout (QATConfig's default), so that the fine-tune corrects the rounding instead of drifting
         qat = compress(clf, work / "qat", [QATConfig(float_layers=args.qat_float_layers), DistillConfig(temperature=1.0, alpha=1.0)],
                        train_data=tr, eval_data=va,
-                       recovery=TrainConfig(epochs=args.qat_epochs, lr=1e-5, max_length=64, seed=args.seed, patience=None))
+                       recovery=TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, max_length=64, seed=args.seed, patience=None))
         variants["INT8 QDQ (QAT)"] = export_hf(qat.path, work / "qat-onnx", progress=False).path
     tok = load_tokenizer(clf)
     gold = np.array([labels.index(str(x)) for x in test_ds.labels])
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clf-max-cosine-loss", type=float, default=0.002, help="classifier search target (logit cosine loss)")
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--qat-float-layers", type=int, default=2, help="QAT: the costliest layers kept in float")
+    ap.add_argument("--qat-lr", type=float, default=5e-6, help="QAT fine-tune learning rate")
     ap.add_argument("--skip-qat", action="store_true")
     ap.add_argument("--skip-embeddings", action="store_true")
     ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "batches) in float (default 0)")
     g.add_argument("--qat-dropout", action="store_true",
                    help="with --qat: keep dropout on during the QAT fine-tune (off by default)")
+    g.add_argument("--qat-attention", action="store_true",
+                   help="with --qat: fake-quantize the attention's activation x activation MatMuls too (Q.K^T, P.V)")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
     g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
     g.add_argument("--temperature", type=float, default=2.0)
@@ -629,10 +631,11 @@ def cmd_compress(args, command: str) -> int:
         techniques.append(Sparse24Config())
     if args.qat:
         techniques.append(QATConfig(act_percentile=args.qat_percentile, float_layers=args.qat_float_layers or 0,
-                                    dropout=args.qat_dropout))
+                                    dropout=args.qat_dropout, attention=args.qat_attention))
     else:
         given = [f for f, v in (("--qat-percentile", args.qat_percentile), ("--qat-float-layers", args.qat_float_layers),
-                                ("--qat-dropout", args.qat_dropout or None)) if v is not None]
+                                ("--qat-dropout", args.qat_dropout or None),
+                                ("--qat-attention", args.qat_attention or None)) if v is not None]
         if given:
             raise CliError(f"{given[0]} needs --qat")
     if args.distill:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.parity import Tolerance
-from exporter.compress.qat import attach, load_scales
+from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales
 from exporter.module import export_hf_head, load_eager
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
@@ -32,6 +32,9 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
     model = load_eager(src, auto)
     scales = load_scales(src.path)
     attach(model, scales, freeze_weights=True)
+    attention = load_attention_scales(src.path)
+    if attention:
+        attach_attention(model, attention)
     seq_out = src.task == "token-classification"
     return export_hf_head(
         src, model, lambda out, mask: out.logits, out, output_name="logits",
@@ -40,5 +43,5 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
         command=command, parity_graph_optimization="disabled", min_opset=13,
         extra_manifest={"quantization": {"mode": "qat", "format": "QDQ", "target": "tensorrt",
                                          "activation_scales": scales, "weights": "per-channel symmetric",
-                                         "layers": sorted(scales)}},
+                                         "layers": sorted(scales), "attention_matmuls": 2 * len(attention)}},
     )

@@ -18,7 +18,9 @@ from typing import Sequence
 from benchmarks.data import load_tokenizer
 from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
 from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
-from exporter.compress.qat import QATConfig, attach, calibrate, disable_dropout, layer_sensitivity, save_scales
+from exporter.compress.qat import (
+    QATConfig, attach, calibrate, calibrate_attention, disable_dropout, layer_sensitivity, save_scales,
+)
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
@@ -32,12 +34,12 @@ from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 
 
-def _load_classifier(path: Path, task: str):
+def _load_classifier(path: Path, task: str, attention: str = "sdpa"):
     import transformers
 
     auto = transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModelForTokenClassification
     try:
-        return auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, attn_implementation="sdpa")
+        return auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, attn_implementation=attention)
     except hf_load_errors() as e:
         raise as_usage_error(path, e) from None
 
@@ -84,7 +86,9 @@ def compress(
     out = Path(out)
     check_output_free(out, force)
     device = _device(device)
-    model = _load_classifier(src.path, src.task)
+    # QAT of the attention MatMuls sees them only in the eager attention (SDPA fuses them)
+    qat_attention = any(isinstance(t, QATConfig) and t.attention for t in techniques)
+    model = _load_classifier(src.path, src.task, "eager" if qat_attention else "sdpa")
     names = _labels_of(model)
     distill = next((t for t in techniques if isinstance(t, DistillConfig)), None)
     teacher_model = None
@@ -130,9 +134,11 @@ def compress(
                 float_layers = sorted(cost, key=cost.get, reverse=True)[:t.float_layers]
                 act_scales = {k: v for k, v in act_scales.items() if k not in float_layers}
             attach(model, act_scales)
+            attn_scales = calibrate_attention(model, batches, device) if t.attention else {}
             dropouts_off = 0 if t.dropout else disable_dropout(model)
             applied.append({"technique": "qat", "layers": len(act_scales), "calib_batches": len(batches),
                             "float_layers": float_layers, "dropout_disabled": dropouts_off,
+                            "attention_matmuls": 2 * len(attn_scales),
                             "sensitivity": {k: cost[k] for k in sorted(cost, key=cost.get, reverse=True)[:10]},
                             "activation": "per-tensor symmetric INT8, calibrated "
                                           + (f"{t.act_percentile} percentile of |x|" if t.act_percentile else "max|x|")
@@ -164,7 +170,7 @@ def compress(
         model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if qat:
-            save_scales(tmp, act_scales, qat["float_layers"])
+            save_scales(tmp, act_scales, qat["float_layers"], attn_scales)
         write_json_atomic(tmp / "manifest.json", {
             "schema_version": SCHEMA_VERSION, "kind": "hf", "task": src.task, "labels": names,
             "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},

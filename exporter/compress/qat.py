@@ -34,13 +34,16 @@ class QATConfig:
     ``sensitivity_batches`` calibration batches (see ``layer_sensitivity``).
     ``dropout``: keep dropout on during the QAT fine-tune. Off by default: the model is already
     fine-tuned, and on the quotes-topics classifier dropout's noise made the short fine-tune drift
-    away from the float model (agreement 96.2% with it, 98.4% without)."""
+    away from the float model (agreement 96.2% with it, 98.4% without).
+    ``attention``: fake-quantize the attention's activation x activation MatMuls too (Q.K^T and
+    P.V, both operands per tensor), as ``quantize --target tensorrt`` does; needs eager attention."""
 
     calib_batches: int = 16
     act_percentile: float | None = None
     float_layers: int = 0
     sensitivity_batches: int = 4
     dropout: bool = False
+    attention: bool = False
 
     def __post_init__(self):
         if self.float_layers < 0:
@@ -107,6 +110,93 @@ def attach(model, act_scales: dict[str, float], *, freeze_weights: bool = False)
         m._ew_w_scale = weight_scales(m.weight) if freeze_weights else None
         m.forward = types.MethodType(_qat_forward, m)
     return sorted(act_scales)
+
+
+def _fake_quant(x, scale: float, training: bool):
+    """Per-tensor symmetric INT8 fake quantization: the fused op (straight-through gradient, and
+    Q/DQ in export) in training and export, ONNX's rounding in evaluation."""
+    import torch
+
+    if training or torch.onnx.is_in_onnx_export():
+        s = torch.tensor(scale, dtype=torch.float32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
+    return onnx_fake_quant(x, scale)
+
+
+def attention_modules(model) -> list[str]:
+    """The eager self-attention modules (BERT family: ``*SelfAttention`` classes, which compute the
+    scores and the context with ``torch.matmul``)."""
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        raise UsageError("QAT of the attention MatMuls needs the model loaded with attn_implementation='eager'")
+    names = [n for n, m in model.named_modules() if type(m).__name__.endswith("SelfAttention")]
+    if not names:
+        raise UsageError(f"{type(model).__name__}: no BERT-style self-attention module to quantize the attention MatMuls of")
+    return names
+
+
+def _matmul_mode(module):
+    """A TorchFunctionMode that hands the first two ``torch.matmul`` calls of one attention forward
+    (scores = Q.K^T, context = P.V) to ``module._ew_attn_quant``; everything else runs as is."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class _Mode(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.matmul and self.calls < 2:
+                i, self.calls = self.calls, self.calls + 1
+                a, b = module._ew_attn_quant(i, args[0], args[1])
+                return func(a, b, *args[2:], **kwargs)
+            return func(*args, **kwargs)
+
+    return _Mode()
+
+
+def _attn_forward(self, *args, **kwargs):
+    with _matmul_mode(self):
+        return type(self).forward(self, *args, **kwargs)
+
+
+def _attn_quant(self, i: int, a, b):
+    if self._ew_attn_scales is None:  # calibration: record max |x| of both operands
+        seen = self._ew_attn_max
+        seen[2 * i] = max(seen[2 * i], float(a.detach().abs().max()))
+        seen[2 * i + 1] = max(seen[2 * i + 1], float(b.detach().abs().max()))
+        return a, b
+    sa, sb = self._ew_attn_scales[2 * i], self._ew_attn_scales[2 * i + 1]
+    return _fake_quant(a, sa, self.training), _fake_quant(b, sb, self.training)
+
+
+def attach_attention(model, scales: dict[str, list[float]] | None = None) -> list[str]:
+    """Fake-quantize both operands of the attention's two activation x activation MatMuls
+    (per tensor, symmetric) in every self-attention module, with ``scales[name] = [q, k, probs, v]``;
+    with ``scales=None`` the modules only record the operands' maxima (see ``calibrate_attention``)."""
+    names = attention_modules(model)
+    modules = dict(model.named_modules())
+    if scales is not None and sorted(scales) != sorted(names):
+        raise UsageError(f"QAT attention scales name {sorted(scales)[:2]}..., the model has {names[:2]}...; the artifact is inconsistent")
+    for name in names:
+        m = modules[name]
+        m._ew_attn_scales = None if scales is None else [float(v) for v in scales[name]]
+        m._ew_attn_max = [0.0] * 4
+        m._ew_attn_quant = types.MethodType(_attn_quant, m)
+        m.forward = types.MethodType(_attn_forward, m)
+    return names
+
+
+def calibrate_attention(model, batches, device: str = "cpu") -> dict[str, list[float]]:
+    """Scales (max |x| / 127 over ``batches``) of Q, K, the attention probabilities and V."""
+    import torch
+
+    names = attach_attention(model, None)
+    model.to(device).eval()
+    with torch.inference_mode():
+        for batch in batches:
+            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+    modules = dict(model.named_modules())
+    return {n: [max(v, 1e-8) / QMAX for v in modules[n]._ew_attn_max] for n in names}
 
 
 def disable_dropout(model) -> int:
@@ -200,10 +290,14 @@ def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percent
     return {k: max(v, 1e-8) / QMAX for k, v in maxima.items()}
 
 
-def save_scales(path: Path, act_scales: dict[str, float], float_layers: list[str] = ()) -> None:
+def save_scales(path: Path, act_scales: dict[str, float], float_layers: list[str] = (),
+                attention_scales: dict[str, list[float]] | None = None) -> None:
     (path / SCALES_FILE).write_text(json.dumps({"activation_scales": act_scales, "qmax": QMAX,
                                                 "weights": "per-channel symmetric, max|w|/127 of the saved weights",
-                                                "float_layers": list(float_layers)}, indent=2))
+                                                "float_layers": list(float_layers),
+                                                "attention_scales": attention_scales or {},
+                                                "attention_scales_order": ["query", "key", "probabilities", "value"]},
+                                               indent=2))
 
 
 def load_scales(path: Path) -> dict[str, float]:
@@ -212,3 +306,9 @@ def load_scales(path: Path) -> dict[str, float]:
         raise UsageError(f"{path}: manifest says QAT but {SCALES_FILE} is missing; re-run compress --qat")
     return {k: float(v) for k, v in json.loads(f.read_text())["activation_scales"].items()}
 
+
+
+def load_attention_scales(path: Path) -> dict[str, list[float]]:
+    """The attention MatMul scales of a QAT artifact ({} when its attention stayed float)."""
+    data = json.loads((path / SCALES_FILE).read_text())
+    return {k: [float(x) for x in v] for k, v in (data.get("attention_scales") or {}).items()}

@@ -104,9 +104,10 @@ def test_head_to_head_pairs_rounds_and_respects_cosine():
             row("fast but loose (ours)", 200, 0.95, [200, 200, 200]),
             row("steady (ours)", 105, 0.992, [104, 108, 103]),
             row("optimum a", 100, 0.991, [100, 101, 104]),
-            row("optimum b", 90, 0.999, [90, 90, 90])]
+            row("optimum b", 90, 0.999, [90, 90, 90]),
+            row("optimum fast but loose", 150, 0.95, [150, 150, 150])]
     h = head_to_head(rows)
-    # the looser artifact is not allowed to win on speed: it is below Optimum's cosine
+    # loose artifacts win nothing on speed: Optimum's below the 0.99 goal, ours below Optimum's cosine
     assert h["ours"] == "steady (ours)" and h["optimum"] == "optimum a"
     assert h["rounds_ahead"] == 2 and h["rounds"] == 3 and h["verdict"] == "not separable (mixed rounds)"
     rows[2]["by_round"] = [110, 110, 110]

@@ -224,3 +224,41 @@ def test_disable_dropout_turns_every_dropout_off(classifier):
     assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     assert all(getattr(m, "dropout_prob", 0.0) == 0 for m in model.modules())
     assert disable_dropout(model) == 0
+
+
+def test_qat_attention_puts_qdq_on_both_operands_of_the_attention_matmuls(classifier, splits, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.compress import QATConfig
+    from exporter.compress.qat import load_attention_scales
+
+    art = compress(classifier, tmp_path / "qat", [QATConfig(calib_batches=2, attention=True)], **_kw(splits))
+    assert art.manifest["qat"]["attention_matmuls"] == 4
+    attn = load_attention_scales(art.path)
+    assert len(attn) == 2 and all(len(v) == 4 for v in attn.values())
+    # the probabilities' scale is max(P)/127 with max(P) <= 1
+    assert all(0 < v[2] <= 1 / 127 + 1e-9 for v in attn.values())
+    onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
+    assert onnx_art.manifest["parity"]["passed"] and onnx_art.manifest["quantization"]["attention_matmuls"] == 4
+    m = onnx.load(str(onnx_art.model_file))
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def dq_input(name):  # through a Transpose/Reshape between DequantizeLinear and the MatMul, if any
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Transpose", "Reshape"):
+            node = producer.get(node.input[0])
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    # the scores and context MatMuls (the projections are named .../self/query/MatMul and so on)
+    act_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and "/attention/self/MatMul" in n.name]
+    assert len(act_matmuls) == 4
+    values = {**{i.name: numpy_helper.to_array(i) for i in m.graph.initializer},
+              **{o: numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node if n.op_type == "Constant" for o in n.output}}
+    scales = set()
+    for mm in act_matmuls:
+        dqs = [dq_input(i) for i in mm.input]
+        assert all(dqs), f"{mm.name}: an operand without Q/DQ"
+        scales |= {float(values[d.input[1]]) for d in dqs}
+    assert np.allclose(sorted(scales), sorted({float(np.float32(x)) for v in attn.values() for x in v}), rtol=1e-6)
