@@ -166,13 +166,15 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
         from exporter.training import TrainConfig
 
         tr, va = split_train(train, work, 0.1, args.seed)
-        # distillation from the FP32 model keeps the QAT model's predictions close to FP32's
         # the float model's logits are the only target (alpha 1), at a low learning rate and without
         # dropout (QATConfig's default), so that the fine-tune corrects the rounding instead of drifting
-        qat = compress(clf, work / "qat", [QATConfig(float_layers=args.qat_float_layers), DistillConfig(temperature=1.0, alpha=1.0)],
-                       train_data=tr, eval_data=va,
-                       recovery=TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, max_length=64, seed=args.seed, patience=None))
-        variants["INT8 QDQ (QAT)"] = export_hf(qat.path, work / "qat-onnx", progress=False).path
+        runs = {"INT8 QDQ (QAT)": False, **({"INT8 QDQ (QAT, attention MatMuls too)": True} if args.qat_attention else {})}
+        for i, (name, attention) in enumerate(runs.items()):
+            qat = compress(clf, work / f"qat{i}", [QATConfig(float_layers=args.qat_float_layers, attention=attention),
+                                                   DistillConfig(temperature=1.0, alpha=1.0)],
+                           train_data=tr, eval_data=va,
+                           recovery=TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, max_length=64, seed=args.seed, patience=None))
+            variants[name] = export_hf(qat.path, work / f"qat{i}-onnx", progress=False).path
     tok = load_tokenizer(clf)
     gold = np.array([labels.index(str(x)) for x in test_ds.labels])
     preds = {n: np.concatenate(outputs(p, test_ds, tok, 64)).argmax(-1) for n, p in variants.items()}
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--qat-float-layers", type=int, default=2, help="QAT: the costliest layers kept in float")
     ap.add_argument("--qat-lr", type=float, default=5e-6, help="QAT fine-tune learning rate")
+    ap.add_argument("--qat-attention", action="store_true", help="add a QAT row that also quantizes the attention MatMuls")
     ap.add_argument("--skip-qat", action="store_true")
     ap.add_argument("--skip-embeddings", action="store_true")
     ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")

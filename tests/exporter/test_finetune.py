@@ -139,10 +139,12 @@ def test_finetune_and_compress_on_cuda_with_mixed_precision(tiny_bert, splits, t
                    config=cfg, device="cuda", progress=False)
     assert art.manifest["options"]["device"] == "cuda"
     assert all(np.isfinite(h["loss"]) for h in art.manifest["training"]["history"])
-    small = compress(art.path, tmp_path / "small", [PruneConfig(heads=0.5, ffn=0.5), QATConfig(calib_batches=2)],
+    qat = QATConfig(calib_batches=2, float_layers=1, sensitivity_batches=1, attention=True)
+    small = compress(art.path, tmp_path / "small", [PruneConfig(heads=0.5, ffn=0.5), qat],
                      train_data=splits / "train.jsonl", eval_data=splits / "eval.jsonl", recovery=cfg, device="cuda",
                      progress=False)
-    assert small.manifest["qat"]["layers"] == 12 and small.manifest["after"]["params"] < small.manifest["before"]["params"]
+    assert small.manifest["qat"]["layers"] == 11 and small.manifest["qat"]["attention_matmuls"] == 4
+    assert small.manifest["after"]["params"] < small.manifest["before"]["params"]
     from exporter import export_hf
 
     assert export_hf(small.path, tmp_path / "onnx", progress=False).manifest["parity"]["passed"]
