@@ -32,10 +32,12 @@ from runtimes.errors import CheckFailed, UsageError
 STAGES: dict[str, set[str]] = {
     "finetune": {"train", "eval", "task", "epochs", "batch_size", "lr", "max_length", "seed", "patience"},
     "compress": {"train", "eval", "prune_heads", "prune_ffn", "flop_target", "importance", "distill", "sparse_2_4",
-                 "qat", "student_layers", "epochs", "lr", "max_length", "seed"},
+                 "qat", "qat_float_layers", "qat_attention", "qat_dropout", "alpha", "temperature", "student_layers",
+                 "epochs", "lr", "max_length", "seed"},
     "export": {"task", "opset", "external_data", "pooling", "normalize"},
     "optimize": {"target", "fp16"},
-    "quantize": {"mode", "target", "calib", "method", "per_channel", "max_cosine_loss", "max_float_nodes", "calib_rows"},
+    "quantize": {"mode", "target", "calib", "method", "per_channel", "all_matmuls", "max_cosine_loss", "max_float_nodes",
+                 "calib_rows"},
     "build": {"shapes", "timing_cache", "workspace", "opt_level", "sparsity", "version_compatible"},
     "compare": {"data", "atol", "rtol", "min_cosine", "batch_size", "max_length", "limit"},
     "bench": {"data", "batch", "seq", "time", "iters", "natural", "limit"},
@@ -210,9 +212,10 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
         if o.get("sparse_2_4"):
             t.append(Sparse24Config())
         if o.get("qat"):
-            t.append(QATConfig())
+            t.append(QATConfig(float_layers=o.get("qat_float_layers") or 0, attention=bool(o.get("qat_attention")),
+                               dropout=bool(o.get("qat_dropout"))))
         if o.get("distill"):
-            t.append(DistillConfig())
+            t.append(DistillConfig(**{k: o[k] for k in ("alpha", "temperature") if k in o}))
         compress(src, out, t, train_data=o["train"], eval_data=o["eval"], recovery=_train_config(o), force=True,
                  command=command, progress=progress)
     elif stage.name == "export":
@@ -231,7 +234,7 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
         from exporter.quantize import QuantizeConfig, quantize
 
         keys = {"mode", "target", "method", "per_channel", "max_cosine_loss", "max_float_nodes", "calib_rows"}
-        cfg = QuantizeConfig(**{k: v for k, v in o.items() if k in keys})
+        cfg = QuantizeConfig(**{k: v for k, v in o.items() if k in keys}, weight_only=not o.get("all_matmuls"))
         calib = load_texts(o["calib"]) if o.get("calib") else None
         quantize(src, out, config=cfg, calib=calib, force=True, command=command, progress=progress)
     elif stage.name == "build":
