@@ -12,6 +12,7 @@ test accuracy and agreement with FP32 of every INT8 variant (PTQ, and QAT where 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -98,7 +99,7 @@ def part_embeddings(args, work: Path, model_dir: Path, sentences: TextDataset, c
     ref = np.concatenate(outputs(model_dir, sentences, tok, args.max_length))
     cos = {name: mean_row_cosine(ref, np.concatenate(outputs(p, sentences, tok, args.max_length))) for name, p in variants.items()}
     bench = run_bench([model_dir, *variants.values()], sentences,
-                      config=BenchConfig(batches=(8,), seqs=(128,), time_budget=args.bench_time, rounds=6))
+                      config=BenchConfig(batches=(8,), seqs=(128,), time_budget=args.bench_time, rounds=args.rounds))
     by_path = {r["artifact"]: r for r in bench["results"]}
     base = by_path[str(model_dir)]
     rows = [{"variant": "PyTorch eager FP32 (baseline)", "p50_ms": base["p50_ms"], "samples_per_s": base["samples_per_s"],
@@ -125,12 +126,16 @@ def head_to_head(rows: list[dict], min_cosine: float = 0.99) -> dict | None:
         return {"optimum": best_opt["variant"], "ours": None, "verdict": "no artifact of ours reaches Optimum's cosine"}
     best = max(ours, key=lambda r: r["samples_per_s"])
     ratios = [a / b for a, b in zip(best["by_round"], best_opt["by_round"])]
-    ahead = sum(x > 1 for x in ratios)
+    ahead, n = sum(x > 1 for x in ratios), len(ratios)
+    # one-sided sign tests: how likely this many rounds ahead (or behind) would be from a coin toss
+    p_ahead = sum(math.comb(n, k) for k in range(ahead, n + 1)) / 2 ** n
+    p_behind = sum(math.comb(n, k) for k in range(0, ahead + 1)) / 2 ** n
+    verdict = "ahead" if p_ahead < 0.05 else "behind" if p_behind < 0.05 else "not separable"
     return {"optimum": best_opt["variant"], "optimum_cosine": best_opt["cosine"], "ours": best["variant"],
             "ours_cosine": best["cosine"], "ratio": best["samples_per_s"] / best_opt["samples_per_s"],
             "round_ratios": ratios, "round_ratio_median": float(np.median(ratios)),
-            "rounds_ahead": ahead, "rounds": len(ratios),
-            "verdict": "ahead" if ahead == len(ratios) else "behind" if ahead == 0 else "not separable (mixed rounds)"}
+            "rounds_ahead": ahead, "rounds": n, "sign_test_p_ahead": p_ahead, "sign_test_p_behind": p_behind,
+            "verdict": verdict}
 
 
 def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, calib: TextDataset) -> dict:
@@ -205,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-embeddings", action="store_true")
     ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")
     ap.add_argument("--bench-time", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds (paired for the head to head)")
     ap.add_argument("--skip-classifier", action="store_true")
     ap.add_argument("-o", "--output", type=Path, default=Path("runs/quantization"))
     ap.add_argument("--force", action="store_true")
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"- head to head: {h2h['ours']} (cosine {h2h['ours_cosine']:.4f}) against {h2h['optimum']} "
                       f"(cosine {h2h['optimum_cosine']:.4f}): throughput ratio {h2h['ratio']:.3f}, per round "
                       f"{min(h2h['round_ratios']):.3f} to {max(h2h['round_ratios']):.3f}, ahead in {h2h['rounds_ahead']} "
-                      f"of {h2h['rounds']} rounds: {h2h['verdict']}"]
+                      f"of {h2h['rounds']} rounds (sign test p = {h2h['sign_test_p_ahead']:.3f}): {h2h['verdict']}"]
     elif h2h:
         lines += ["", f"- head to head: {h2h['verdict']}"]
     if clf:
