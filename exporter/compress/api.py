@@ -129,6 +129,9 @@ def compress(
             batches = [collate(data.train, order[i:i + bs], pad_id) for i in range(0, min(len(order), t.calib_batches * bs), bs)]
             act_scales = calibrate(model, batches, device, percentile=t.act_percentile)
             float_layers, cost = [], {}
+            if t.float_layers >= len(act_scales):
+                raise UsageError(f"--qat-float-layers {t.float_layers} leaves nothing to quantize: the model has "
+                                 f"{len(act_scales)} quantizable Linear layers")
             if t.float_layers:
                 cost = layer_sensitivity(model, act_scales, batches[:t.sensitivity_batches], device, progress)
                 float_layers = sorted(cost, key=cost.get, reverse=True)[:t.float_layers]

@@ -42,6 +42,7 @@ def test_bad_training_input_exits_2_and_writes_nothing(capsys, tiny_bert, tiny_c
         (["compress", str(tiny_bert), "--train", t, "--eval", e, "--prune-heads", "0.5"], "run enginewright finetune first"),
         (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat-float-layers", "2", "--distill"], "--qat-float-layers needs --qat"),
         (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat", "--qat-float-layers", "-1"], "float layers must be >= 0"),
+        (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat", "--qat-float-layers", "12"], "leaves nothing to quantize"),
     ]
     for argv, words in cases:
         code, _, err = run(capsys, *argv, "-o", str(tmp_path / "out"), "-q")
