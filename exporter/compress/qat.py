@@ -15,6 +15,7 @@ exactly these scales.
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 from dataclasses import dataclass
@@ -134,28 +135,32 @@ def attention_modules(model) -> list[str]:
     return names
 
 
-def _matmul_mode(module):
+@functools.cache
+def _matmul_mode_class():
     """A TorchFunctionMode that hands the first two ``torch.matmul`` calls of one attention forward
-    (scores = Q.K^T, context = P.V) to ``module._ew_attn_quant``; everything else runs as is."""
+    (scores = Q.K^T, context = P.V) to ``module._ew_attn_quant``; everything else runs as is.
+    Built on first use, so that importing this module does not import torch."""
     import torch
     from torch.overrides import TorchFunctionMode
 
-    class _Mode(TorchFunctionMode):
-        calls = 0
+    class MatMulFakeQuant(TorchFunctionMode):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             if func is torch.matmul and self.calls < 2:
                 i, self.calls = self.calls, self.calls + 1
-                a, b = module._ew_attn_quant(i, args[0], args[1])
+                a, b = self.module._ew_attn_quant(i, args[0], args[1])
                 return func(a, b, *args[2:], **kwargs)
             return func(*args, **kwargs)
 
-    return _Mode()
+    return MatMulFakeQuant
 
 
 def _attn_forward(self, *args, **kwargs):
-    with _matmul_mode(self):
+    with _matmul_mode_class()(self):
         return type(self).forward(self, *args, **kwargs)
 
 
