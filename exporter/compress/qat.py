@@ -192,7 +192,8 @@ def attach_attention(model, scales: dict[str, list[float]] | None = None) -> lis
 
 
 def calibrate_attention(model, batches, device: str = "cpu") -> dict[str, list[float]]:
-    """Scales (max |x| / 127 over ``batches``) of Q, K, the attention probabilities and V."""
+    """Scales (max |x| / 127 over ``batches``) of Q, K, the attention probabilities and V; the
+    attention modules are left fake-quantized with them, ready for the QAT fine-tune."""
     import torch
 
     names = attach_attention(model, None)
@@ -201,7 +202,9 @@ def calibrate_attention(model, batches, device: str = "cpu") -> dict[str, list[f
         for batch in batches:
             model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
     modules = dict(model.named_modules())
-    return {n: [max(v, 1e-8) / QMAX for v in modules[n]._ew_attn_max] for n in names}
+    scales = {n: [max(v, 1e-8) / QMAX for v in modules[n]._ew_attn_max] for n in names}
+    attach_attention(model, scales)
+    return scales
 
 
 def disable_dropout(model) -> int:

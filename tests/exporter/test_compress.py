@@ -262,3 +262,27 @@ def test_qat_attention_puts_qdq_on_both_operands_of_the_attention_matmuls(classi
         assert all(dqs), f"{mm.name}: an operand without Q/DQ"
         scales |= {float(values[d.input[1]]) for d in dqs}
     assert np.allclose(sorted(scales), sorted({float(np.float32(x)) for v in attn.values() for x in v}), rtol=1e-6)
+
+
+def test_calibrate_attention_leaves_the_attention_fake_quantized(classifier, splits):
+    """The QAT fine-tune must see the attention MatMuls quantized, not merely observed."""
+    from benchmarks.data import load_tokenizer
+    from exporter.compress.qat import calibrate_attention
+    from exporter.finetune import prepare_text_classification
+    from exporter.training import collate
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(classifier), attn_implementation="eager").eval()
+    data = prepare_text_classification(load_tokenizer(classifier), splits / "train.jsonl", splits / "eval.jsonl", 32,
+                                       names=sorted(LABELS))
+    batch = {k: v for k, v in collate(data.train, list(range(8))).items() if k != "labels"}
+    with torch.inference_mode():
+        before = model(**batch).logits
+    scales = calibrate_attention(model, [batch])
+    modules = dict(model.named_modules())
+    assert all(modules[n]._ew_attn_scales == scales[n] for n in scales)
+    # a coarse probability scale makes the quantization visible in the logits
+    for n in scales:
+        modules[n]._ew_attn_scales[2] = 0.25
+    with torch.inference_mode():
+        after = model(**batch).logits
+    assert not torch.allclose(before, after)
