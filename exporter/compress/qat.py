@@ -78,19 +78,28 @@ def onnx_fake_quant(x, scale):
     return torch.clamp(torch.round(x / scale), -QMAX - 1, QMAX) * scale
 
 
+def _fake_quant(x, scale: float, training: bool):
+    """Per-tensor symmetric INT8 fake quantization: the fused op (straight-through gradient, and
+    Q/DQ in export) in training and export, ONNX's rounding in evaluation."""
+    import torch
+
+    if training or torch.onnx.is_in_onnx_export():
+        s = torch.tensor(scale, dtype=torch.float32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
+    return onnx_fake_quant(x, scale)
+
+
 def _qat_forward(self, x):
     import torch
     import torch.nn.functional as F
 
-    s = torch.tensor(self._ew_act_scale, dtype=torch.float32, device=x.device)
+    xq = _fake_quant(x, self._ew_act_scale, self.training)
     ws = self._ew_w_scale if self._ew_w_scale is not None else weight_scales(self.weight)
     if self.training or torch.onnx.is_in_onnx_export():
-        # training: the fused ops with their straight-through gradients; export: they become Q/DQ
-        xq = torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
+        # training: the fused op with its straight-through gradient; export: it becomes Q/DQ
         zp = torch.zeros_like(ws, dtype=torch.int32)
         wq = torch.fake_quantize_per_channel_affine(self.weight, ws, zp, 0, -QMAX - 1, QMAX)
     else:  # evaluation, and the reference the exported graph is checked against
-        xq = onnx_fake_quant(x, s)
         wq = onnx_fake_quant(self.weight, ws[:, None])
     return F.linear(xq, wq, self.bias)
 
@@ -111,17 +120,6 @@ def attach(model, act_scales: dict[str, float], *, freeze_weights: bool = False)
         m._ew_w_scale = weight_scales(m.weight) if freeze_weights else None
         m.forward = types.MethodType(_qat_forward, m)
     return sorted(act_scales)
-
-
-def _fake_quant(x, scale: float, training: bool):
-    """Per-tensor symmetric INT8 fake quantization: the fused op (straight-through gradient, and
-    Q/DQ in export) in training and export, ONNX's rounding in evaluation."""
-    import torch
-
-    if training or torch.onnx.is_in_onnx_export():
-        s = torch.tensor(scale, dtype=torch.float32, device=x.device)
-        return torch.fake_quantize_per_tensor_affine(x, s, 0, -QMAX - 1, QMAX)
-    return onnx_fake_quant(x, scale)
 
 
 def attention_modules(model) -> list[str]:
@@ -308,15 +306,17 @@ def save_scales(path: Path, act_scales: dict[str, float], float_layers: list[str
                                                indent=2))
 
 
-def load_scales(path: Path) -> dict[str, float]:
+def _read_scales(path: Path) -> dict:
     f = path / SCALES_FILE
     if not f.is_file():
         raise UsageError(f"{path}: manifest says QAT but {SCALES_FILE} is missing; re-run compress --qat")
-    return {k: float(v) for k, v in json.loads(f.read_text())["activation_scales"].items()}
+    return json.loads(f.read_text())
 
+
+def load_scales(path: Path) -> dict[str, float]:
+    return {k: float(v) for k, v in _read_scales(path)["activation_scales"].items()}
 
 
 def load_attention_scales(path: Path) -> dict[str, list[float]]:
     """The attention MatMul scales of a QAT artifact ({} when its attention stayed float)."""
-    data = json.loads((path / SCALES_FILE).read_text())
-    return {k: [float(x) for x in v] for k, v in (data.get("attention_scales") or {}).items()}
+    return {k: [float(x) for x in v] for k, v in (_read_scales(path).get("attention_scales") or {}).items()}
