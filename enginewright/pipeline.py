@@ -42,6 +42,29 @@ STAGES: dict[str, set[str]] = {
     "compare": {"data", "atol", "rtol", "min_cosine", "batch_size", "max_length", "limit"},
     "bench": {"data", "batch", "seq", "time", "iters", "natural", "limit"},
 }
+# option -> the YAML value kinds it takes (null is always accepted); options not listed (shapes,
+# batch, seq) are checked where they are used
+_INT, _NUM, _BOOL, _STR = "an integer", "a number", "true or false", "a string"
+OPTION_KINDS: dict[str, str] = {
+    **dict.fromkeys(("epochs", "batch_size", "max_length", "seed", "patience", "qat_float_layers", "student_layers",
+                     "opset", "max_float_nodes", "calib_rows", "opt_level", "iters", "limit"), _INT),
+    **dict.fromkeys(("lr", "prune_heads", "prune_ffn", "flop_target", "alpha", "temperature", "max_cosine_loss",
+                     "atol", "rtol", "min_cosine", "time", "workspace"), _NUM),
+    **dict.fromkeys(("distill", "sparse_2_4", "qat", "qat_attention", "qat_dropout", "external_data", "normalize",
+                     "fp16", "per_channel", "all_matmuls", "sparsity", "version_compatible", "natural"), _BOOL),
+    **dict.fromkeys(("train", "eval", "calib", "data", "task", "importance", "pooling", "target", "mode", "method",
+                     "timing_cache"), _STR),
+}
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # YAML's true is not a number here
+        return False
+    return isinstance(value, {_INT: int, _NUM: (int, float), _STR: str}[kind])
+
+
 ARTIFACT_STAGES = ("finetune", "compress", "export", "optimize", "quantize", "build")
 DATA_OPTIONS = ("train", "eval", "calib", "data")
 
@@ -117,6 +140,10 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             if opt not in STAGES[name]:
                 raise UsageError(f"{_where(p, opt_nodes.get(opt, key_node))}: unknown option {opt!r} for {name}; "
                                  f"options are {', '.join(sorted(STAGES[name]))}")
+            kind = OPTION_KINDS.get(opt)
+            if kind and options[opt] is not None and not _is_kind(options[opt], kind):
+                raise UsageError(f"{_where(p, opt_nodes.get(opt, key_node))}: {name}.{opt} must be {kind}, "
+                                 f"got {options[opt]!r}")
         for opt in DATA_OPTIONS:
             value = options.get(opt)
             if value is not None and value != "builtin:samples":

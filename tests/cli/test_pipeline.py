@@ -45,6 +45,9 @@ def test_pipeline_file_errors_name_file_and_line(capsys, tiny_bert, tmp_path):
         ("stages:\n  - export: {task: feature-extraction}\n  - quantize: {mode: dynamic, per_chanel: true}\n",
          "pipe.yaml:5: unknown option 'per_chanel' for quantize"),
         ("stages:\n  - export: {}\n  - compare: {data: nope.jsonl}\n", "pipe.yaml:5: compare.data: data file 'nope.jsonl' not found"),
+        ("stages:\n  - export: {}\n  - quantize: {mode: dynamic,\n      max_float_nodes: many}\n",
+         "pipe.yaml:6: quantize.max_float_nodes must be an integer, got 'many'"),
+        ("stages:\n  - export: {}\n  - quantize: {mode: dynamic, per_channel: 1}\n", "quantize.per_channel must be true or false"),
     ]
     for stages, words in cases:
         p = tmp_path / "pipe.yaml"
