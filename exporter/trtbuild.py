@@ -23,12 +23,15 @@ from pathlib import Path
 
 from exporter.manifest import COMPANION_FILES
 from runtimes.artifact import (
-    Artifact, atomic_output_dir, check_output_free, dir_hash, file_sha256, file_table, load_artifact, write_json_atomic,
+    Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, load_artifact, model_files_sha256,
+    write_json_atomic,
 )
 from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, check_profile, specs_to_list
-from runtimes.trt.engine import MODEL_FILE, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major
+from runtimes.trt.engine import (
+    AMPERE, MODEL_FILE, cc_tuple, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major,
+)
 
 BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
 FP16_ON_11 = "TensorRT 11 takes precision from the graph: optimize --target tensorrt --fp16"
@@ -119,14 +122,6 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False)
 
 
 # -- graph precision ----------------------------------------------------------------------------
-def model_files_sha256(art: Artifact) -> str:
-    """One hash over the ONNX graph and its external-data files (by name and content)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in art.path.iterdir() if p.is_file() and Artifact._is_model_file(p.name)):
-        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
-    return h.hexdigest()
-
-
 def engine_cache_key(onnx_sha256: str, profiles: Sequence[Profile], precision: str, builder: Mapping,
                      trt_version: str, gpu: Mapping) -> str:
     blob = json.dumps({"onnx": onnx_sha256, "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in profiles],
@@ -174,6 +169,9 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     if fp16_flag and major >= 11:
         raise UsageError(FP16_ON_11)
     gpu = gpu_info()
+    if hardware_compatible and cc_tuple(gpu["compute_capability"]) < AMPERE:
+        raise UsageError(f"--hardware-compatible builds for Ampere and newer GPUs; this GPU ({gpu['name']}) has compute "
+                         f"capability {gpu['compute_capability']}: build without it")
     builder_options = {
         "workspace_gib": workspace_gib, "opt_level": opt_level, "sparsity": bool(sparsity),
         "version_compatible": bool(version_compatible), "hardware_compatible": bool(hardware_compatible),
@@ -250,8 +248,17 @@ def _build(trt, major: int, onnx_path: Path, profiles: list[Profile], opts: dict
     cache = None
     if timing_cache is not None:
         blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception:  # a corrupt file: TensorRT's bindings raise rather than return None
+            cache = None
+        # set_timing_cache returns False for a cache from another GPU or TensorRT version
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+            print(f"warning: --timing-cache {timing_cache}: TensorRT {trt.__version__} cannot use it on this GPU (made "
+                  "on another GPU or TensorRT version, or damaged); building with a new one, which replaces it",
+                  file=sys.stderr)
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, ignore_mismatch=False)
     monitor = _progress_monitor(trt) if progress else None
     if monitor is not None:
         config.progress_monitor = monitor  # kept referenced until the build returns

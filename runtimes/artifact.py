@@ -153,6 +153,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def model_files_sha256(art: Artifact) -> str:
+    """One hash over the model files (ONNX graph and its external data, or engine) by name and content."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in art.path.iterdir() if p.is_file() and Artifact._is_model_file(p.name)):
+        h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
 def dir_hash(path: Path) -> str:
     """A content hash of a directory: relative paths and file bytes, ``manifest.json`` excluded."""
     h = hashlib.sha256()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -25,13 +26,19 @@ _ORT_DTYPES = {
 }
 
 
-def tensorrt_ep_defaults(path, cache_dir) -> dict:
-    """Options for ONNX Runtime's TensorRT execution provider: engine and timing caches under
-    ``cache_dir`` (keyed by ONNX Runtime itself), and the precision flag the graph needs (INT8 for
-    Q/DQ graphs, FP16 for FP16 ones). Options the user passes override these."""
-    opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+def tensorrt_ep_defaults(artifact, cache_dir) -> dict:
+    """Options for ONNX Runtime's TensorRT execution provider: an engine cache of the artifact's own,
+    ``cache_dir/engines/<hash of its model files>`` (ONNX Runtime keys its cached engines on graph,
+    tensor and node names and library versions, not on weight values, so a shared directory would
+    hand a re-trained model of the same architecture the old engine), a timing cache in
+    ``cache_dir`` shared by all (timing caches are meant to be), and the precision flag the graph
+    needs (INT8 for Q/DQ graphs, FP16 for FP16 ones). Options the user passes override these."""
+    from runtimes.artifact import model_files_sha256
+
+    engines = Path(cache_dir) / "engines" / model_files_sha256(artifact)[:16]
+    opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)}
-    precision = graph_precision(path)
+    precision = graph_precision(artifact.model_file)
     if precision == "int8":
         opts["trt_int8_enable"] = True
     elif precision == "fp16":
@@ -105,11 +112,11 @@ class OnnxRuntimeRunner(Runner):
         first = dict(self.provider_options)
         if self.device == "tensorrt":
             import os
-            from pathlib import Path
 
             cache = Path(os.environ.get("ENGINEWRIGHT_CACHE", Path.home() / ".cache" / "enginewright")) / "ort-tensorrt"
-            cache.mkdir(parents=True, exist_ok=True)
-            first = {**tensorrt_ep_defaults(self.artifact.model_file, cache), **first}
+            first = {**tensorrt_ep_defaults(self.artifact, cache), **first}
+            Path(first["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+            Path(first["trt_timing_cache_path"]).mkdir(parents=True, exist_ok=True)
         self._effective_provider_options = first
         providers = [(wanted[0], first)] + [(p, {}) for p in wanted[1:]]
         path = self.artifact.model_file
@@ -121,6 +128,15 @@ class OnnxRuntimeRunner(Runner):
                 first = str(e).strip().splitlines()[0][:300]
                 raise UsageError(f"{path}: onnxruntime cannot load this model ({kind}: {first}); re-export the artifact") from None
             raise
+        active = self._session.get_providers()
+        if active[0] != wanted[0]:
+            # onnxruntime falls back to the next provider, with a warning only, when one is compiled
+            # in but cannot start (its CUDA, cuDNN or TensorRT libraries missing or of another major)
+            self._session = None
+            raise UsageError(
+                f"runtime onnxruntime:{self.device}: onnxruntime has {wanted[0]} but could not start it and fell back to "
+                f"{active[0]}; install the CUDA{', cuDNN and TensorRT' if self.device == 'tensorrt' else ' and cuDNN'} "
+                f"libraries this onnxruntime-gpu was built for (README, 'GPU install')")
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
 

@@ -56,12 +56,13 @@ def trt_major(version: str) -> int:
     return int(str(version).split(".")[0])
 
 
-def _major_minor(version: str) -> tuple[int, int]:
-    parts = [int(p) for p in str(version).split(".")[:2]]
-    return parts[0], parts[1] if len(parts) > 1 else 0
+def _version(version: str) -> tuple[int, ...]:
+    """``"10.8.0.43"`` -> ``(10, 8, 0, 43)``, padded to four parts."""
+    parts = tuple(int(p) for p in str(version).split(".")[:4] if p.isdigit())
+    return parts + (0,) * (4 - len(parts))
 
 
-def _cc(value) -> tuple[int, int]:
+def cc_tuple(value) -> tuple[int, int]:
     if isinstance(value, str):
         major, _, minor = value.partition(".")
         return int(major), int(minor or 0)
@@ -111,7 +112,8 @@ def engine_manifest(*, tensorrt_version: str, gpu: Mapping, profiles: Sequence[P
 def check_engine_compat(manifest: Mapping, trt_version: str, gpu_name: str, compute_capability) -> str | None:
     """Why an engine described by ``manifest`` cannot run here, in one line, or None when it can.
 
-    TensorRT runs an engine only under the TensorRT major.minor that built it, unless it was built
+    TensorRT runs an engine only under the TensorRT version that built it, down to the patch and build
+    number ("expecting library version 10.0.1.6 got 10.0.0.6"), unless it was built
     version-compatible (then any runtime at least as new), and only on the compute capability it was
     built for, unless it was built hardware-compatible (Ampere+: then any Ampere or newer GPU).
     ``compute_capability`` is ``(major, minor)`` or ``"major.minor"``.
@@ -121,15 +123,15 @@ def check_engine_compat(manifest: Mapping, trt_version: str, gpu_name: str, comp
     gpu = manifest.get("gpu") or {}
     if not built or not gpu.get("compute_capability"):
         return "the manifest lacks the TensorRT version or GPU it was built for; rebuild the engine with enginewright build"
-    want, have = _major_minor(built), _major_minor(trt_version)
+    want, have = _version(built), _version(trt_version)
     if want != have:
         if not trt_info.get("version_compatible"):
             return (f"the engine was built with TensorRT {built} and this is TensorRT {trt_version}; engines run only "
-                    f"under the TensorRT major.minor that built them: rebuild it here (or build with --version-compatible)")
+                    f"under the exact TensorRT version that built them: rebuild it here (or build with --version-compatible)")
         if have < want:
             return (f"the engine was built version-compatible with TensorRT {built}, which runs on that version or "
                     f"newer; this is TensorRT {trt_version}: upgrade TensorRT or rebuild the engine here")
-    built_cc, here_cc = _cc(gpu["compute_capability"]), _cc(compute_capability)
+    built_cc, here_cc = cc_tuple(gpu["compute_capability"]), cc_tuple(compute_capability)
     if built_cc != here_cc:
         level = trt_info.get("hardware_compatibility", "none")
         if level == "ampere_plus":

@@ -74,6 +74,29 @@ def test_missing_gpu_providers_are_refused_clearly(tiny_onnx):
         open_runner(tiny_onnx, "onnxruntime:cuda").activate()
 
 
+def test_a_provider_that_falls_back_is_refused(tiny_onnx, monkeypatch):
+    """onnxruntime lists a GPU provider it cannot start and quietly runs on the next one; the
+    runner must refuse rather than report CPU numbers under the CUDA or TensorRT name."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def falls_back(path, sess_options=None, providers=None):  # what onnxruntime does when the EP fails to start
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                                 "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", falls_back)
+    monkeypatch.setenv("ENGINEWRIGHT_CACHE", str(tiny_onnx.parent / "cache"))
+    for device in ("cuda", "tensorrt"):
+        runner = open_runner(tiny_onnx, f"onnxruntime:{device}")
+        with pytest.raises(UsageError, match="could not start it and fell back to CPUExecutionProvider"):
+            runner.activate()
+    cpu = open_runner(tiny_onnx, "onnxruntime:cpu")
+    cpu.activate()
+    cpu.deactivate()
+
+
 def test_torch_cuda_without_gpu_is_refused(tiny_bert):
     import torch
 
@@ -109,10 +132,34 @@ def test_tensorrt_ep_defaults_follow_the_graph_precision(tiny_onnx, tmp_path):
     from exporter.quantize import QuantizeConfig, quantize
     from runtimes.onnxrt.runner import tensorrt_ep_defaults
 
-    fp32 = tensorrt_ep_defaults(tiny_onnx / "model.onnx", tmp_path)
-    assert fp32["trt_engine_cache_enable"] and fp32["trt_engine_cache_path"] == str(tmp_path)
+    fp32 = tensorrt_ep_defaults(load_artifact(tiny_onnx), tmp_path)
+    assert fp32["trt_engine_cache_enable"] and fp32["trt_timing_cache_path"] == str(tmp_path)
     assert "trt_fp16_enable" not in fp32 and "trt_int8_enable" not in fp32
     fp16 = optimize(tiny_onnx, tmp_path / "fp16", target="tensorrt", fp16=True, progress=False)
-    assert tensorrt_ep_defaults(fp16.model_file, tmp_path)["trt_fp16_enable"] is True
+    assert tensorrt_ep_defaults(fp16, tmp_path)["trt_fp16_enable"] is True
     qdq = quantize(tiny_onnx, tmp_path / "qdq", config=QuantizeConfig(target="tensorrt"), calib=load_texts(None), progress=False)
-    assert tensorrt_ep_defaults(qdq.model_file, tmp_path)["trt_int8_enable"] is True
+    assert tensorrt_ep_defaults(qdq, tmp_path)["trt_int8_enable"] is True
+
+
+def test_tensorrt_ep_engine_cache_is_keyed_by_the_weights(tiny_onnx, tmp_path):
+    """onnxruntime keys cached TensorRT engines on names, not weights: same graph, other weights
+    must get another engine directory; an identical copy may share it."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from runtimes.onnxrt.runner import tensorrt_ep_defaults
+
+    def engines(path):
+        return tensorrt_ep_defaults(load_artifact(path), tmp_path)["trt_engine_cache_path"]
+
+    same, retrained = tmp_path / "same", tmp_path / "retrained"
+    shutil.copytree(tiny_onnx, same)
+    shutil.copytree(tiny_onnx, retrained)
+    m = onnx.load(str(retrained / "model.onnx"))
+    w = next(i for i in m.graph.initializer if numpy_helper.to_array(i).ndim == 2)
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, w.name))
+    onnx.save(m, str(retrained / "model.onnx"))
+    assert engines(tiny_onnx) == engines(same) and engines(tiny_onnx).startswith(str(tmp_path / "engines"))
+    assert engines(retrained) != engines(tiny_onnx)

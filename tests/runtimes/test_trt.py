@@ -99,7 +99,14 @@ def test_select_profile_names_input_shape_and_ranges_outside_all():
 # -- engine compatibility ---------------------------------------------------------------------
 def test_same_version_and_gpu_is_compatible():
     assert check_engine_compat(_manifest(), "10.8.0.43", "NVIDIA H100", (9, 0)) is None
-    assert check_engine_compat(_manifest(), "10.8.1.2", "NVIDIA H200", "9.0") is None  # patch level and model may differ
+    assert check_engine_compat(_manifest(), "10.8.0.43", "NVIDIA H200", "9.0") is None  # the GPU model may differ
+
+
+def test_other_patch_version_is_refused():
+    """TensorRT itself refuses those ("expecting library version 10.0.1.6 got 10.0.0.6")."""
+    reason = check_engine_compat(_manifest(), "10.8.1.2", "NVIDIA H100", (9, 0))
+    assert reason and "exact TensorRT version" in reason
+    assert check_engine_compat(_manifest(vc=True), "10.8.1.2", "NVIDIA H100", (9, 0)) is None
 
 
 def test_other_minor_version_is_refused_unless_version_compatible():
@@ -148,6 +155,20 @@ def test_build_without_tensorrt_says_what_to_install(tiny_onnx, tmp_path):
     with pytest.raises(UsageError) as e:
         build_engine(tiny_onnx, tmp_path / "engine", shapes={"input_ids": ((1, 1), (4, 32), (8, 128))})
     assert str(e.value) == INSTALL_HINT and e.value.exit_code == 2
+    assert not (tmp_path / "engine").exists()
+
+
+def test_hardware_compatible_build_on_a_pre_ampere_gpu_is_refused(tiny_onnx, tmp_path, monkeypatch):
+    """TensorRT's AMPERE_PLUS level needs an Ampere or newer build GPU; say so before building."""
+    import types
+
+    import exporter.trtbuild as tb
+
+    monkeypatch.setattr(tb, "require_tensorrt", lambda: types.SimpleNamespace(__version__="10.8.0.43"))
+    monkeypatch.setattr(tb, "require_cuda", lambda: None)
+    monkeypatch.setattr(tb, "gpu_info", lambda: {"name": "Tesla T4", "compute_capability": "7.5"})
+    with pytest.raises(UsageError, match="Ampere and newer.*Tesla T4.*7.5"):
+        build_engine(tiny_onnx, tmp_path / "engine", hardware_compatible=True)
     assert not (tmp_path / "engine").exists()
 
 
