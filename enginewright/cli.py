@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --qat: keep dropout on during the QAT fine-tune (off by default)")
     g.add_argument("--qat-attention", action="store_true",
                    help="with --qat: fake-quantize the attention's activation x activation MatMuls too (Q.K^T, P.V)")
+    g.add_argument("--qat-float-attention", type=int, default=None, metavar="N",
+                   help="with --qat-attention: keep the N attention MatMuls whose quantization alone moves the logits "
+                        "most (on calibration batches) in float (default 0)")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
     g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
     g.add_argument("--temperature", type=float, default=2.0)
@@ -631,11 +634,13 @@ def cmd_compress(args, command: str) -> int:
         techniques.append(Sparse24Config())
     if args.qat:
         techniques.append(QATConfig(act_percentile=args.qat_percentile, float_layers=args.qat_float_layers or 0,
-                                    dropout=args.qat_dropout, attention=args.qat_attention))
+                                    dropout=args.qat_dropout, attention=args.qat_attention,
+                                    float_attention=args.qat_float_attention or 0))
     else:
         given = [f for f, v in (("--qat-percentile", args.qat_percentile), ("--qat-float-layers", args.qat_float_layers),
                                 ("--qat-dropout", args.qat_dropout or None),
-                                ("--qat-attention", args.qat_attention or None)) if v is not None]
+                                ("--qat-attention", args.qat_attention or None),
+                                ("--qat-float-attention", args.qat_float_attention)) if v is not None]
         if given:
             raise CliError(f"{given[0]} needs --qat")
     if args.distill:

@@ -32,8 +32,8 @@ from runtimes.errors import CheckFailed, UsageError
 STAGES: dict[str, set[str]] = {
     "finetune": {"train", "eval", "task", "epochs", "batch_size", "lr", "max_length", "seed", "patience"},
     "compress": {"train", "eval", "prune_heads", "prune_ffn", "flop_target", "importance", "distill", "sparse_2_4",
-                 "qat", "qat_float_layers", "qat_attention", "qat_dropout", "alpha", "temperature", "student_layers",
-                 "epochs", "lr", "max_length", "seed"},
+                 "qat", "qat_float_layers", "qat_attention", "qat_float_attention", "qat_dropout", "alpha", "temperature",
+                 "student_layers", "epochs", "lr", "max_length", "seed"},
     "export": {"task", "opset", "external_data", "pooling", "normalize"},
     "optimize": {"target", "fp16"},
     "quantize": {"mode", "target", "calib", "method", "per_channel", "all_matmuls", "max_cosine_loss", "max_float_nodes",
@@ -46,8 +46,8 @@ STAGES: dict[str, set[str]] = {
 # batch, seq) are checked where they are used
 _INT, _NUM, _BOOL, _STR = "an integer", "a number", "true or false", "a string"
 OPTION_KINDS: dict[str, str] = {
-    **dict.fromkeys(("epochs", "batch_size", "max_length", "seed", "patience", "qat_float_layers", "student_layers",
-                     "opset", "max_float_nodes", "calib_rows", "opt_level", "iters", "limit"), _INT),
+    **dict.fromkeys(("epochs", "batch_size", "max_length", "seed", "patience", "qat_float_layers", "qat_float_attention",
+                     "student_layers", "opset", "max_float_nodes", "calib_rows", "opt_level", "iters", "limit"), _INT),
     **dict.fromkeys(("lr", "prune_heads", "prune_ffn", "flop_target", "alpha", "temperature", "max_cosine_loss",
                      "atol", "rtol", "min_cosine", "time", "workspace"), _NUM),
     **dict.fromkeys(("distill", "sparse_2_4", "qat", "qat_attention", "qat_dropout", "external_data", "normalize",
@@ -240,7 +240,7 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
             t.append(Sparse24Config())
         if o.get("qat"):
             t.append(QATConfig(float_layers=o.get("qat_float_layers") or 0, attention=bool(o.get("qat_attention")),
-                               dropout=bool(o.get("qat_dropout"))))
+                               float_attention=o.get("qat_float_attention") or 0, dropout=bool(o.get("qat_dropout"))))
         if o.get("distill"):
             t.append(DistillConfig(**{k: o[k] for k in ("alpha", "temperature") if k in o}))
         compress(src, out, t, train_data=o["train"], eval_data=o["eval"], recovery=_train_config(o), force=True,

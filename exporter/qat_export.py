@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.parity import Tolerance
-from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales
+from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales, quantized_attention_matmuls
 from exporter.module import export_hf_head, load_eager
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
@@ -43,5 +43,5 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
         command=command, parity_graph_optimization="disabled", min_opset=13,
         extra_manifest={"quantization": {"mode": "qat", "format": "QDQ", "target": "tensorrt",
                                          "activation_scales": scales, "weights": "per-channel symmetric",
-                                         "layers": sorted(scales), "attention_matmuls": 2 * len(attention)}},
+                                         "layers": sorted(scales), "attention_matmuls": quantized_attention_matmuls(attention)}},
     )

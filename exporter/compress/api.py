@@ -19,7 +19,8 @@ from benchmarks.data import load_tokenizer
 from exporter.compress.distill import DistillConfig, LayerDropConfig, distill_loss, drop_layers_, same_labels
 from exporter.compress.pruning import PruneConfig, encoder_flops, param_count, prune_
 from exporter.compress.qat import (
-    QATConfig, attach, calibrate, calibrate_attention, disable_dropout, layer_sensitivity, save_scales,
+    QATConfig, attach, attach_attention, attention_sensitivity, calibrate, calibrate_attention, disable_dropout,
+    keep_attention_float, layer_sensitivity, quantized_attention_matmuls, save_scales,
 )
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
@@ -138,10 +139,21 @@ def compress(
                 act_scales = {k: v for k, v in act_scales.items() if k not in float_layers}
             attach(model, act_scales)
             attn_scales = calibrate_attention(model, batches, device) if t.attention else {}
+            float_attention, attn_cost = [], {}
+            if t.float_attention:
+                if t.float_attention >= 2 * len(attn_scales):
+                    raise UsageError(f"--qat-float-attention {t.float_attention} leaves no attention MatMul to quantize: "
+                                     f"the model has {2 * len(attn_scales)}")
+                attn_cost = attention_sensitivity(model, attn_scales, batches[:t.sensitivity_batches], device, progress)
+                float_attention = sorted(attn_cost, key=attn_cost.get, reverse=True)[:t.float_attention]
+                attn_scales = keep_attention_float(attn_scales, float_attention)
+                attach_attention(model, attn_scales)
             dropouts_off = 0 if t.dropout else disable_dropout(model)
             applied.append({"technique": "qat", "layers": len(act_scales), "calib_batches": len(batches),
                             "float_layers": float_layers, "dropout_disabled": dropouts_off,
-                            "attention_matmuls": 2 * len(attn_scales),
+                            "attention_matmuls": quantized_attention_matmuls(attn_scales),
+                            "float_attention": float_attention,
+                            "attention_sensitivity": {k: attn_cost[k] for k in sorted(attn_cost, key=attn_cost.get, reverse=True)[:10]},
                             "sensitivity": {k: cost[k] for k in sorted(cost, key=cost.get, reverse=True)[:10]},
                             "activation": "per-tensor symmetric INT8, calibrated "
                                           + (f"{t.act_percentile} percentile of |x|" if t.act_percentile else "max|x|")

@@ -37,7 +37,9 @@ class QATConfig:
     fine-tuned, and on the quotes-topics classifier dropout's noise made the short fine-tune drift
     away from the float model (agreement 96.2% with it, 98.4% without).
     ``attention``: fake-quantize the attention's activation x activation MatMuls too (Q.K^T and
-    P.V, both operands per tensor), as ``quantize --target tensorrt`` does; needs eager attention."""
+    P.V, both operands per tensor), as ``quantize --target tensorrt`` does; needs eager attention.
+    ``float_attention``: with ``attention``, keep that many of those MatMuls in float, the ones
+    whose quantization moves the logits most (see ``attention_sensitivity``)."""
 
     calib_batches: int = 16
     act_percentile: float | None = None
@@ -45,10 +47,15 @@ class QATConfig:
     sensitivity_batches: int = 4
     dropout: bool = False
     attention: bool = False
+    float_attention: int = 0
 
     def __post_init__(self):
         if self.float_layers < 0:
             raise UsageError(f"QAT float layers must be >= 0, got {self.float_layers}")
+        if self.float_attention < 0:
+            raise UsageError(f"QAT float attention MatMuls must be >= 0, got {self.float_attention}")
+        if self.float_attention and not self.attention:
+            raise UsageError("QAT float attention MatMuls need the attention MatMuls quantized (attention=True, --qat-attention)")
         if self.sensitivity_batches < 1:
             raise UsageError(f"QAT sensitivity batches must be >= 1, got {self.sensitivity_batches}")
         if self.calib_batches < 1:
@@ -169,20 +176,23 @@ def _attn_quant(self, i: int, a, b):
         seen[2 * i + 1] = max(seen[2 * i + 1], float(b.detach().abs().max()))
         return a, b
     sa, sb = self._ew_attn_scales[2 * i], self._ew_attn_scales[2 * i + 1]
+    if sa is None:  # this MatMul stays float
+        return a, b
     return _fake_quant(a, sa, self.training), _fake_quant(b, sb, self.training)
 
 
-def attach_attention(model, scales: dict[str, list[float]] | None = None) -> list[str]:
+def attach_attention(model, scales: dict[str, list[float | None]] | None = None) -> list[str]:
     """Fake-quantize both operands of the attention's two activation x activation MatMuls
-    (per tensor, symmetric) in every self-attention module, with ``scales[name] = [q, k, probs, v]``;
-    with ``scales=None`` the modules only record the operands' maxima (see ``calibrate_attention``)."""
+    (per tensor, symmetric) in every self-attention module, with ``scales[name] = [q, k, probs, v]``
+    (``None`` for both operands of a MatMul that stays float); with ``scales=None`` the modules only
+    record the operands' maxima (see ``calibrate_attention``)."""
     names = attention_modules(model)
     modules = dict(model.named_modules())
     if scales is not None and sorted(scales) != sorted(names):
         raise UsageError(f"QAT attention scales name {sorted(scales)[:2]}..., the model has {names[:2]}...; the artifact is inconsistent")
     for name in names:
         m = modules[name]
-        m._ew_attn_scales = None if scales is None else [float(v) for v in scales[name]]
+        m._ew_attn_scales = None if scales is None else [None if v is None else float(v) for v in scales[name]]
         m._ew_attn_max = [0.0] * 4
         m._ew_attn_quant = types.MethodType(_attn_quant, m)
         m.forward = types.MethodType(_attn_forward, m)
@@ -203,6 +213,52 @@ def calibrate_attention(model, batches, device: str = "cpu") -> dict[str, list[f
     scales = {n: [max(v, 1e-8) / QMAX for v in modules[n]._ew_attn_max] for n in names}
     attach_attention(model, scales)
     return scales
+
+
+ATTENTION_MATMULS = ("scores", "context")  # Q.K^T and P.V, in the order of ``scales[name]``'s pairs
+
+
+def quantized_attention_matmuls(scales: dict[str, list[float | None]]) -> int:
+    return sum(v[2 * i] is not None for v in scales.values() for i in range(2))
+
+
+def attention_sensitivity(model, scales: dict[str, list[float]], batches, device: str = "cpu",
+                          progress: bool = True) -> dict[str, float]:
+    """Each attention MatMul's cost when it alone is fake-quantized on top of whatever else the model
+    has attached (the Linear layers' fake quantization, in ``compress``): the relative squared error
+    of the logits against the same model with every attention MatMul float, averaged over
+    ``batches``. Keys are ``"<module>:scores"`` and ``"<module>:context"``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model.to(device).eval()
+    feeds = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    floating = {n: [None] * 4 for n in scales}
+    cost = {}
+    try:
+        with torch.inference_mode():
+            attach_attention(model, floating)
+            ref = [model(**f).logits for f in feeds]
+            keys = [(n, i) for n in sorted(scales) for i in range(2)]
+            for name, i in tqdm(keys, desc="QAT attention sensitivity", unit="matmul", disable=not progress):
+                one = dict(floating)
+                one[name] = [scales[name][j] if j // 2 == i else None for j in range(4)]
+                attach_attention(model, one)
+                cost[f"{name}:{ATTENTION_MATMULS[i]}"] = sum(
+                    _logit_error(model(**f).logits, r, f["attention_mask"]) for f, r in zip(feeds, ref)) / len(feeds)
+    finally:
+        attach_attention(model, scales)
+    return cost
+
+
+def keep_attention_float(scales: dict[str, list[float]], keys) -> dict[str, list[float | None]]:
+    """``scales`` with the MatMuls named by ``keys`` (``"<module>:scores|context"``) set to float."""
+    out = {n: list(v) for n, v in scales.items()}
+    for key in keys:
+        name, _, which = key.rpartition(":")
+        i = ATTENTION_MATMULS.index(which)
+        out[name][2 * i] = out[name][2 * i + 1] = None
+    return out
 
 
 def disable_dropout(model) -> int:
@@ -319,4 +375,5 @@ def load_scales(path: Path) -> dict[str, float]:
 
 def load_attention_scales(path: Path) -> dict[str, list[float]]:
     """The attention MatMul scales of a QAT artifact ({} when its attention stayed float)."""
-    return {k: [float(x) for x in v] for k, v in (_read_scales(path).get("attention_scales") or {}).items()}
+    return {k: [None if x is None else float(x) for x in v]
+            for k, v in (_read_scales(path).get("attention_scales") or {}).items()}

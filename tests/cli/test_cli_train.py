@@ -43,6 +43,8 @@ def test_bad_training_input_exits_2_and_writes_nothing(capsys, tiny_bert, tiny_c
         (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat-float-layers", "2", "--distill"], "--qat-float-layers needs --qat"),
         (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat", "--qat-float-layers", "-1"], "float layers must be >= 0"),
         (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat", "--qat-float-layers", "12"], "leaves nothing to quantize"),
+        (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat-float-attention", "1", "--distill"], "--qat-float-attention needs --qat"),
+        (["compress", str(tiny_classifier), "--train", t, "--eval", e, "--qat", "--qat-float-attention", "1"], "need the attention MatMuls quantized"),
     ]
     for argv, words in cases:
         code, _, err = run(capsys, *argv, "-o", str(tmp_path / "out"), "-q")

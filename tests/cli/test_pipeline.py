@@ -99,14 +99,14 @@ def test_qat_options_reach_compress(capsys, tiny_classifier, splits, tmp_path):
     stages = f"""\
 stages:
   - compress: {{{{train: {splits / 'train.jsonl'}, eval: {splits / 'eval.jsonl'}, qat: true, qat_float_layers: 1,
-                qat_attention: true, distill: true, alpha: 1.0, temperature: 1.0, epochs: 1, max_length: 32}}}}
+                qat_attention: true, qat_float_attention: 1, distill: true, alpha: 1.0, temperature: 1.0, epochs: 1, max_length: 32}}}}
   - export: {{{{}}}}
 """
     code, out, err = run(capsys, "run", str(_write(tmp_path, tiny_classifier, stages=stages)), "-q")
     assert code == 0, err
     manifests = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/manifest.json")]
     qat = next(m["qat"] for m in manifests if m.get("qat"))
-    assert len(qat["float_layers"]) == 1 and qat["attention_matmuls"] == 4
+    assert len(qat["float_layers"]) == 1 and qat["attention_matmuls"] == 3 and len(qat["float_attention"]) == 1
     distill = next(c for m in manifests for c in m.get("compression") or [] if c["technique"] == "distillation")
     assert distill["alpha"] == 1.0 and distill["temperature"] == 1.0
     assert any(m.get("quantization", {}).get("mode") == "qat" for m in manifests)

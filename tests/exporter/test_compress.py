@@ -264,6 +264,60 @@ def test_qat_attention_puts_qdq_on_both_operands_of_the_attention_matmuls(classi
     assert np.allclose(sorted(scales), sorted({float(np.float32(x)) for v in attn.values() for x in v}), rtol=1e-6)
 
 
+def test_qat_keeps_a_planted_outlier_attention_matmul_in_float(classifier, splits, tmp_path):
+    """One value channel of layer 1 scaled by 1000 (and the output projection's matching column
+    divided by 1000, so the float model is unchanged) makes the per-tensor scale of V useless for
+    the other channels. The Linear ranking keeps the output projection, whose input carries the
+    same channel, in float; the attention ranking must then put layer 1's P.V first and keep it in
+    float, and the export must leave exactly that MatMul without Q/DQ."""
+    import shutil
+
+    import onnx
+
+    from exporter.compress import QATConfig
+    from exporter.compress.qat import load_attention_scales
+
+    with pytest.raises(UsageError, match="attention"):
+        QATConfig(float_attention=1)
+    planted = tmp_path / "planted"
+    shutil.copytree(classifier, planted)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(planted))
+    layer = model.bert.encoder.layer[1].attention
+    with torch.no_grad():
+        layer.self.value.weight[0] *= 1000
+        layer.self.value.bias[0] *= 1000
+        layer.output.dense.weight[:, 0] /= 1000
+    model.save_pretrained(str(planted), safe_serialization=True)
+    with pytest.raises(UsageError, match="leaves no attention MatMul"):
+        compress(planted, tmp_path / "all", [QATConfig(calib_batches=1, attention=True, float_attention=4)], **_kw(splits))
+
+    art = compress(planted, tmp_path / "qat", [QATConfig(calib_batches=2, float_layers=1, attention=True,
+                                                         float_attention=1, sensitivity_batches=2)], **_kw(splits))
+    qat = art.manifest["qat"]
+    target = "bert.encoder.layer.1.attention.self"
+    assert qat["float_layers"] == ["bert.encoder.layer.1.attention.output.dense"]
+    assert qat["float_attention"] == [f"{target}:context"] and next(iter(qat["attention_sensitivity"])) == f"{target}:context"
+    assert qat["attention_matmuls"] == 3
+    attn = load_attention_scales(art.path)
+    assert attn[target][2:] == [None, None] and all(v is not None for v in attn[target][:2])
+    onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
+    assert onnx_art.manifest["parity"]["passed"] and onnx_art.manifest["quantization"]["attention_matmuls"] == 3
+    m = onnx.load(str(onnx_art.model_file))
+    producer = {o: n for n in m.graph.node for o in n.output}
+
+    def dequantized(name):  # through a Transpose/Reshape between DequantizeLinear and the MatMul, if any
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Transpose", "Reshape"):
+            node = producer.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    act_matmuls = {n.name: n for n in m.graph.node if n.op_type == "MatMul" and "/attention/self/MatMul" in n.name}
+    assert len(act_matmuls) == 4
+    for name, mm in act_matmuls.items():
+        context = name.endswith("/layer.1/attention/self/MatMul_1")
+        assert [dequantized(i) for i in mm.input] == ([False, False] if context else [True, True]), name
+
+
 def test_calibrate_attention_leaves_the_attention_fake_quantized(classifier, splits):
     """The QAT fine-tune must see the attention MatMuls quantized, not merely observed."""
     from benchmarks.data import load_tokenizer
