@@ -19,6 +19,13 @@ pick() { if [ -f "$1" ]; then echo "$1"; else echo "$SAMPLES"; fi; }
 CALIB="${CALIB:-$(pick "$SHARED/quotes_topics_train.jsonl")}"
 EVAL="${EVAL:-$(pick "$SHARED/quotes_topics_test.jsonl")}"
 SHAPES=(--shapes input_ids:1x1,8x128,32x512)
+# The same range for ONNX Runtime's TensorRT EP, which otherwise builds its profile from the shapes
+# it has seen and rebuilds the engine for each new one. It takes explicit profiles only with all
+# three options set and every dynamic input named.
+ort_profile() { echo "input_ids:$1,attention_mask:$1,token_type_ids:$1"; }
+ORT_TRT_PROFILE=(--provider-option "tensorrt:trt_profile_min_shapes=$(ort_profile 1x1)"
+                 --provider-option "tensorrt:trt_profile_opt_shapes=$(ort_profile 8x128)"
+                 --provider-option "tensorrt:trt_profile_max_shapes=$(ort_profile 32x512)")
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')"
@@ -47,7 +54,7 @@ echo "== throughput: PyTorch CUDA, ONNX Runtime CUDA and TensorRT EP, native Ten
 # Each artifact runs on every listed runtime that takes its kind: the model on torch, the ONNX
 # artifacts on both ONNX Runtime providers, the engines on TensorRT.
 "$EW" bench "$MODEL" "$RUN/onnx" "$RUN/onnx-fp16" "$RUN/engine-fp16" "$RUN/engine-int8" \
-    --on torch:cuda --on onnxruntime:cuda --on onnxruntime:tensorrt --on tensorrt:cuda \
+    --on torch:cuda --on onnxruntime:cuda --on onnxruntime:tensorrt --on tensorrt:cuda "${ORT_TRT_PROFILE[@]}" \
     --data "$EVAL" --batch 1,8,32 --seq 128 -o "$RUN/bench"
 
 echo "== done: $RUN/compare-fp16, $RUN/compare-int8, $RUN/bench"

@@ -56,8 +56,9 @@ class OnnxRuntimeRunner(Runner):
 
     Options: ``threads`` (intra-op; inter-op is 1, execution sequential), ``graph_optimization``
     (``disabled|basic|extended|all``), ``provider_options`` (a dict for the first provider, such as
-    ``{"device_id": 0}`` for CUDA or ``{"trt_profile_min_shapes": "input_ids:1x1"}`` for TensorRT,
-    whose engine/timing caches and precision flag are set by default, see ``tensorrt_ep_defaults``) and
+    ``{"device_id": 0}`` for CUDA or ``trt_profile_min_shapes``/``_opt_shapes``/``_max_shapes`` (all
+    three, every dynamic input named: ``"input_ids:1x1,attention_mask:1x1"``) for TensorRT, whose
+    engine/timing caches and precision flag are set by default, see ``tensorrt_ep_defaults``) and
     ``session_options`` (attribute name -> value on ``SessionOptions``).
     """
 
