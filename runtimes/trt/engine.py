@@ -13,7 +13,7 @@ from pathlib import Path
 from runtimes.artifact import SCHEMA_VERSION, library_versions, now_iso
 from runtimes.errors import UsageError
 
-INSTALL_HINT = "TensorRT is not installed: pip install tensorrt (GPU machines only; see README 'GPU install')"
+INSTALL_HINT = "TensorRT is not installed: on a GPU machine, pip install -e '.[gpu]' (TensorRT 10 for CUDA 13; see README 'GPU install')"
 MODEL_FILE = "model.plan"
 HARDWARE_LEVELS = ("none", "ampere_plus")
 AMPERE = (8, 0)
