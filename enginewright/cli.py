@@ -657,6 +657,10 @@ def cmd_compress(args, command: str) -> int:
     print(f"params {b['params']:,} -> {a['params']:,}; encoder FLOPs (seq 128) {b['encoder_flops_seq128']:,} -> "
           f"{a['encoder_flops_seq128']:,} ({1 - a['encoder_flops_seq128'] / b['encoder_flops_seq128']:.1%} fewer); "
           f"eval {b['eval']['metric']} {_headline(b['eval']):.4f} -> {_headline(a['eval']):.4f}; artifact: {art.path}")
+    t = m.get("training")
+    if m.get("qat") and t:
+        kept = "the calibrated model before training" if t["best_epoch"] == 0 else f"epoch {t['best_epoch']} of {t['epochs_run']}"
+        print(f"QAT: kept {kept}, by agreement with the input model's predictions on --eval ({t['best_metric']:.4f})")
     return 0
 
 

@@ -204,9 +204,13 @@ def train(
     pad_id: int = 0,
     desc: str = "train",
     progress: bool = True,
+    baseline: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place; on return it holds the best epoch's weights (by ``evaluate``,
     higher is better), or the last weights when there is no ``evaluate``.
+
+    ``baseline`` evaluates the model before training as epoch 0, which the trained epochs must beat
+    to be kept (a fine-tune that only makes the model worse is then undone).
 
     ``after_step`` callables get the model after every optimizer step (e.g. to re-apply sparsity
     masks). With ``checkpoint``, state is saved every ``config.checkpoint_every`` steps and at each
@@ -241,6 +245,11 @@ def train(
         state, best = checkpoint.load(model, optimizer, scheduler)
         resumed = state["global_step"]
 
+    if baseline and evaluate is not None and resumed is None:
+        metric = float(evaluate(model))
+        state["best_metric"], state["best_epoch"] = metric, 0
+        best = _plain_state(model.state_dict())
+        state["history"].append({"epoch": 0, "loss": None, "eval_metric": metric})
     bar = tqdm(total=total, initial=state["global_step"], desc=desc, unit="step", disable=not progress)
     try:
         while state["epoch"] < config.epochs and not state["done"]:
@@ -296,7 +305,8 @@ def train(
     if best is not None:
         model.load_state_dict(best)
     stopped = state["done"]
-    return TrainResult(state["best_metric"], state["best_epoch"], len(state["history"]), state["global_step"], stopped,
+    epochs_run = sum(h["epoch"] > 0 for h in state["history"])
+    return TrainResult(state["best_metric"], state["best_epoch"], epochs_run, state["global_step"], stopped,
                        state["history"], resumed)
 
 

@@ -24,7 +24,8 @@ from exporter.compress.qat import (
 )
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
-    FINETUNE_TASKS, _device, evaluate_report, headline, prepare_text_classification, prepare_token_classification,
+    FINETUNE_TASKS, _device, evaluate_report, headline, predict, prepare_text_classification,
+    prepare_token_classification,
 )
 from exporter.training import Checkpoint, TrainConfig, train
 from runtimes.artifact import (
@@ -113,6 +114,10 @@ def compress(
     model.to(device)
     before = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
               "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
+    # QAT's fine-tune is judged by how well the quantized model keeps the input model's predictions
+    # on the eval split, and the calibrated model before any training competes as epoch 0
+    qat_selection = recovery is not None and any(isinstance(t, QATConfig) for t in techniques)
+    ref_preds = predict(model, data.eval, eval_bs, device, pad_id) if qat_selection else None
 
     applied, after_step, layer_map = [], [], None
     for t in techniques:
@@ -173,10 +178,16 @@ def compress(
         ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), _fingerprint(src, techniques, recovery, data))
         if ckpt.exists() and not resume and not force:
             raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
-        result = train(model, data.train, recovery,
-                       evaluate=lambda m: headline(evaluate_report(m, data, eval_bs, device, pad_id)),
+        if qat_selection:
+            def evaluate(m):
+                return agreement(predict(m, data.eval, eval_bs, device, pad_id), ref_preds)
+        else:
+            def evaluate(m):
+                return headline(evaluate_report(m, data, eval_bs, device, pad_id))
+        result = train(model, data.train, recovery, evaluate=evaluate,
                        **({"loss_fn": loss_fn} if loss_fn else {}), after_step=after_step, checkpoint=ckpt,
-                       resume=resume, device=device, pad_id=pad_id, desc="recover", progress=progress)
+                       resume=resume, device=device, pad_id=pad_id, desc="recover", progress=progress,
+                       baseline=qat_selection)
     after = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
     sparsity = next((a for a in applied if a["technique"] == "sparsity"), None)
@@ -193,12 +204,23 @@ def compress(
             "options": {"techniques": [{"type": type(t).__name__, **asdict(t)} for t in techniques],
                         "recovery": asdict(recovery) if recovery else None, "device": device},
             "compression": applied, "sparsity": sparsity, "qat": qat,
-            "before": before, "after": after, "training": result.to_dict() if result else None,
+            "before": before, "after": after,
+            "training": {**result.to_dict(), "selected_by": "agreement with the input model's eval-split predictions"
+                         if qat_selection else "eval metric"} if result else None,
             "data": data.fingerprints, "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
         })
     if recovery is not None:
         ckpt.remove()
     return load_artifact(out)
+
+
+def agreement(preds, ref) -> float:
+    """Share of predictions equal to ``ref``'s: per example, or per (unpadded) token."""
+    import numpy as np
+
+    if isinstance(preds, list):  # token classification: one array per example
+        preds, ref = np.concatenate(preds), np.concatenate(ref)
+    return float(np.mean(np.asarray(preds) == np.asarray(ref)))
 
 
 def _fingerprint(src: Artifact, techniques, recovery: TrainConfig, data) -> str:

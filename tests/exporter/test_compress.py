@@ -164,6 +164,24 @@ def test_qat_exports_qdq_with_the_trained_scales(classifier, splits, tmp_path):
         assert [s.name for s in r.output_specs()] == ["logits"]
 
 
+def test_qat_keeps_the_calibrated_model_when_the_fine_tune_only_hurts(classifier, splits, tmp_path):
+    """An absurd learning rate wrecks the model: the QAT fine-tune must not beat the calibrated
+    starting point (epoch 0) on agreement with the input model, so the saved weights are the input's."""
+    from safetensors.torch import load_file
+
+    from exporter.compress import QATConfig
+
+    wreck = TrainConfig(epochs=1, batch_size=8, max_length=32, lr=5.0, patience=None)
+    art = compress(classifier, tmp_path / "qat", [QATConfig(calib_batches=2)], train_data=splits / "train.jsonl",
+                   eval_data=splits / "eval.jsonl", recovery=wreck, progress=False)
+    t = art.manifest["training"]
+    assert t["history"][0]["epoch"] == 0 and t["history"][0]["eval_metric"] == t["best_metric"]
+    assert t["best_epoch"] == 0 and t["epochs_run"] == 1 and t["history"][1]["eval_metric"] < t["best_metric"]
+    assert t["selected_by"].startswith("agreement")
+    before, after = load_file(str(classifier / "model.safetensors")), load_file(str(art.path / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_qat_percentile_calibration_clips_below_the_maximum(classifier, splits):
     from benchmarks.data import load_tokenizer
     from exporter.compress import QATConfig
