@@ -163,6 +163,7 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
                                                                      max_cosine_loss=args.clf_max_cosine_loss, max_float_nodes=24),
     }.items():
         variants[name] = quantize(fp32, work / f"clf-{len(variants)}", config=cfg, calib=calib).path
+    kept: dict[str, str] = {}  # QAT: the state the fine-tune kept (selected by eval-split agreement)
     if args.qat is not None:
         variants["INT8 QDQ (QAT)"] = Path(args.qat)
     elif not args.skip_qat:
@@ -173,12 +174,17 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
         tr, va = split_train(train, work, 0.1, args.seed)
         # the float model's logits are the only target (alpha 1), at a low learning rate and without
         # dropout (QATConfig's default), so that the fine-tune corrects the rounding instead of drifting
-        runs = {"INT8 QDQ (QAT)": False, **({"INT8 QDQ (QAT, attention MatMuls too)": True} if args.qat_attention else {})}
+        fa = args.qat_float_attention
+        runs = {"INT8 QDQ (QAT)": False,
+                **({f"INT8 QDQ (QAT, attention MatMuls too, {fa} kept float)": True} if args.qat_attention else {})}
         for i, (name, attention) in enumerate(runs.items()):
-            qat = compress(clf, work / f"qat{i}", [QATConfig(float_layers=args.qat_float_layers, attention=attention),
+            qat = compress(clf, work / f"qat{i}", [QATConfig(float_layers=args.qat_float_layers, attention=attention,
+                                                             float_attention=fa if attention else 0),
                                                    DistillConfig(temperature=1.0, alpha=1.0)],
                            train_data=tr, eval_data=va,
                            recovery=TrainConfig(epochs=args.qat_epochs, lr=args.qat_lr, max_length=64, seed=args.seed, patience=None))
+            t = qat.manifest["training"]
+            kept[name] = "before training" if t["best_epoch"] == 0 else f"epoch {t['best_epoch']}"
             variants[name] = export_hf(qat.path, work / f"qat{i}-onnx", progress=False).path
     tok = load_tokenizer(clf)
     gold = np.array([labels.index(str(x)) for x in test_ds.labels])
@@ -186,7 +192,8 @@ def part_classifier(args, work: Path, model_dir: Path, train: Path, test: Path, 
     rows = []
     for name, pred in preds.items():
         acc = accuracy_with_ci(pred, gold)
-        rows.append({"variant": name, **acc, "agreement_with_fp32": float((pred == preds["ONNX FP32"]).mean()),
+        rows.append({"variant": name + (f" [kept: {kept[name]}]" if name in kept else ""), **acc,
+                     "agreement_with_fp32": float((pred == preds["ONNX FP32"]).mean()),
                      "delta_points": 100 * (acc["accuracy"] - accuracy_with_ci(preds["ONNX FP32"], gold)["accuracy"])})
     return {"rows": rows, "classifier": str(clf)}
 
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qat-float-layers", type=int, default=2, help="QAT: the costliest layers kept in float")
     ap.add_argument("--qat-lr", type=float, default=5e-6, help="QAT fine-tune learning rate")
     ap.add_argument("--qat-attention", action="store_true", help="add a QAT row that also quantizes the attention MatMuls")
+    ap.add_argument("--qat-float-attention", type=int, default=2,
+                    help="with --qat-attention: the costliest attention MatMuls kept in float")
     ap.add_argument("--skip-qat", action="store_true")
     ap.add_argument("--skip-embeddings", action="store_true")
     ap.add_argument("--sentences", type=int, default=256, help="test sentences for the embedding cosine")
