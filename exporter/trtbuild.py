@@ -30,7 +30,8 @@ from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, check_profile, specs_to_list
 from runtimes.trt.engine import (
-    AMPERE, MODEL_FILE, cc_tuple, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_major,
+    AMPERE, MODEL_FILE, cc_tuple, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_logger,
+    trt_major,
 )
 
 BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
@@ -215,7 +216,7 @@ def _graph_io(art: Artifact) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def _build(trt, major: int, onnx_path: Path, profiles: list[Profile], opts: dict, timing_cache, progress: bool) -> bytes:
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, major, opts["strongly_typed"]))
     parser = trt.OnnxParser(network, logger)

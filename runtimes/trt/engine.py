@@ -179,6 +179,17 @@ def select_profile(profiles: Sequence[Profile], shapes: Mapping[str, Sequence[in
                      f"({ranges}); feed shapes within a profile or rebuild with --shapes covering {_fmt(shape)}")
 
 
+_LOGGERS: dict = {}
+
+
+def trt_logger(trt):
+    """One ``tensorrt.Logger`` per process (TensorRT keeps the first logger it is given and warns
+    when a builder or runtime brings another), at WARNING."""
+    if "logger" not in _LOGGERS:
+        _LOGGERS["logger"] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS["logger"]
+
+
 def engine_from_bytes(trt, data: bytes, *, path: Path, host_code_allowed: bool = False):
     """Deserialize an engine with ``tensorrt.Runtime``.
 
@@ -187,8 +198,7 @@ def engine_from_bytes(trt, data: bytes, *, path: Path, host_code_allowed: bool =
     Raises:
         UsageError: the bytes are not an engine this TensorRT can load (truncated, or another version).
     """
-    logger = trt.Logger(trt.Logger.ERROR)
-    runtime = trt.Runtime(logger)
+    runtime = trt.Runtime(trt_logger(trt))
     if host_code_allowed:
         runtime.engine_host_code_allowed = True
     engine = runtime.deserialize_cuda_engine(data) if data else None

@@ -147,15 +147,19 @@ class TensorRTRunner(Runner):
         for name, tensor in inputs.items():
             if not self._context.set_input_shape(name, tuple(tensor.shape)):
                 raise UsageError(f"{self.label}: TensorRT rejects shape {list(tensor.shape)} for input {name!r}")
-            self._context.set_tensor_address(name, tensor.data_ptr())
+            self._bind(name, tensor)
         outputs = {}
         for spec in self._outputs:
             shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"{self.label}: output {spec.name!r} has a data-dependent shape, which this runner does not support")
             outputs[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device="cuda")
-            self._context.set_tensor_address(spec.name, outputs[spec.name].data_ptr())
+            self._bind(spec.name, outputs[spec.name])
         return inputs, outputs
+
+    def _bind(self, name: str, tensor) -> None:
+        if not self._context.set_tensor_address(name, tensor.data_ptr()):  # unknown name or misaligned pointer
+            raise RuntimeError(f"{self.label}: TensorRT refuses the buffer for tensor {name!r} (see the TensorRT log)")
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(self._stream.cuda_stream):
