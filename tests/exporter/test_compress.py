@@ -28,6 +28,16 @@ def classifier(tmp_path_factory, splits):
                     config=TrainConfig(epochs=1, batch_size=8, max_length=32), progress=False).path
 
 
+def _dq_feeding(m, name: str):
+    """The DequantizeLinear node that produces ``name`` in graph ``m``, through any Transpose or
+    Reshape in between, or None."""
+    producer = {o: n for n in m.graph.node for o in n.output}
+    node = producer.get(name)
+    while node is not None and node.op_type in ("Transpose", "Reshape"):
+        node = producer.get(node.input[0])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+
 def _kw(splits):
     return dict(train_data=splits / "train.jsonl", eval_data=splits / "eval.jsonl", recovery=RECOVER, progress=False)
 
@@ -261,14 +271,6 @@ def test_qat_attention_puts_qdq_on_both_operands_of_the_attention_matmuls(classi
     onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
     assert onnx_art.manifest["parity"]["passed"] and onnx_art.manifest["quantization"]["attention_matmuls"] == 4
     m = onnx.load(str(onnx_art.model_file))
-    producer = {o: n for n in m.graph.node for o in n.output}
-
-    def dq_input(name):  # through a Transpose/Reshape between DequantizeLinear and the MatMul, if any
-        node = producer.get(name)
-        while node is not None and node.op_type in ("Transpose", "Reshape"):
-            node = producer.get(node.input[0])
-        return node if node is not None and node.op_type == "DequantizeLinear" else None
-
     # the scores and context MatMuls (the projections are named .../self/query/MatMul and so on)
     act_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and "/attention/self/MatMul" in n.name]
     assert len(act_matmuls) == 4
@@ -276,7 +278,7 @@ def test_qat_attention_puts_qdq_on_both_operands_of_the_attention_matmuls(classi
               **{o: numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node if n.op_type == "Constant" for o in n.output}}
     scales = set()
     for mm in act_matmuls:
-        dqs = [dq_input(i) for i in mm.input]
+        dqs = [_dq_feeding(m, i) for i in mm.input]
         assert all(dqs), f"{mm.name}: an operand without Q/DQ"
         scales |= {float(values[d.input[1]]) for d in dqs}
     assert np.allclose(sorted(scales), sorted({float(np.float32(x)) for v in attn.values() for x in v}), rtol=1e-6)
@@ -321,19 +323,11 @@ def test_qat_keeps_a_planted_outlier_attention_matmul_in_float(classifier, split
     onnx_art = export_hf(art.path, tmp_path / "onnx", progress=False)
     assert onnx_art.manifest["parity"]["passed"] and onnx_art.manifest["quantization"]["attention_matmuls"] == 3
     m = onnx.load(str(onnx_art.model_file))
-    producer = {o: n for n in m.graph.node for o in n.output}
-
-    def dequantized(name):  # through a Transpose/Reshape between DequantizeLinear and the MatMul, if any
-        node = producer.get(name)
-        while node is not None and node.op_type in ("Transpose", "Reshape"):
-            node = producer.get(node.input[0])
-        return node is not None and node.op_type == "DequantizeLinear"
-
     act_matmuls = {n.name: n for n in m.graph.node if n.op_type == "MatMul" and "/attention/self/MatMul" in n.name}
     assert len(act_matmuls) == 4
     for name, mm in act_matmuls.items():
         context = name.endswith("/layer.1/attention/self/MatMul_1")
-        assert [dequantized(i) for i in mm.input] == ([False, False] if context else [True, True]), name
+        assert [_dq_feeding(m, i) is not None for i in mm.input] == ([False, False] if context else [True, True]), name
 
 
 def test_calibrate_attention_leaves_the_attention_fake_quantized(classifier, splits):
