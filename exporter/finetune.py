@@ -123,14 +123,16 @@ def prepare_token_classification(tokenizer, train_path, eval_path, max_length: i
                     {"train": describe(train_ds), "eval": describe(eval_ds)})
 
 
-def predict(model, enc: Encoded, batch_size: int, device: str, pad_id: int = 0) -> np.ndarray | list[np.ndarray]:
-    """Argmax predictions: one id per example, or per token (unpadded) for token classification."""
+def predict_logits(model, enc: Encoded, batch_size: int, device: str, pad_id: int = 0) -> np.ndarray | list[np.ndarray]:
+    """Float32 logits: ``[examples, labels]``, or one ``[tokens, labels]`` array per example
+    (unpadded) for token classification."""
     import torch
 
     from exporter.training import collate
 
     model.eval()
-    preds: list = []
+    batches: list = []
+    per_token: list = []
     with torch.inference_mode():
         for start in range(0, len(enc), batch_size):
             idx = list(range(start, min(start + batch_size, len(enc))))
@@ -138,11 +140,16 @@ def predict(model, enc: Encoded, batch_size: int, device: str, pad_id: int = 0) 
             batch.pop("labels")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
             if logits.ndim == 2:
-                preds.extend(logits.argmax(-1).tolist())
+                batches.append(logits)
             else:
-                for row, i in enumerate(idx):
-                    preds.append(logits[row, : len(enc.features["input_ids"][i])].argmax(-1))
-    return np.asarray(preds) if preds and np.isscalar(preds[0]) else preds
+                per_token.extend(logits[row, : len(enc.features["input_ids"][i])] for row, i in enumerate(idx))
+    return np.concatenate(batches) if batches else per_token
+
+
+def predict(model, enc: Encoded, batch_size: int, device: str, pad_id: int = 0) -> np.ndarray | list[np.ndarray]:
+    """Argmax predictions: one id per example, or per token (unpadded) for token classification."""
+    logits = predict_logits(model, enc, batch_size, device, pad_id)
+    return logits.argmax(-1) if isinstance(logits, np.ndarray) else [x.argmax(-1) for x in logits]
 
 
 def evaluate_report(model, data: TaskData, batch_size: int, device: str, pad_id: int = 0) -> dict:

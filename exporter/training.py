@@ -190,6 +190,10 @@ def _plain_state(sd: Mapping) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
 
 
+def _metric_key(value) -> tuple[float, ...]:
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
+
+
 def train(
     model,
     data: Encoded,
@@ -209,8 +213,10 @@ def train(
     """Train ``model`` in place; on return it holds the best epoch's weights (by ``evaluate``,
     higher is better), or the last weights when there is no ``evaluate``.
 
-    ``baseline`` evaluates the model before training as epoch 0, which the trained epochs must beat
-    to be kept (a fine-tune that only makes the model worse is then undone).
+    ``evaluate`` returns a number, or a tuple of numbers compared in order (the first is the
+    reported metric, the rest break its ties). ``baseline`` evaluates the model before training as
+    epoch 0, which the trained epochs must beat to be kept (a fine-tune that only makes the model
+    worse is then undone).
 
     ``after_step`` callables get the model after every optimizer step (e.g. to re-apply sparsity
     masks). With ``checkpoint``, state is saved every ``config.checkpoint_every`` steps and at each
@@ -246,10 +252,11 @@ def train(
         resumed = state["global_step"]
 
     if baseline and evaluate is not None and resumed is None:
-        metric = float(evaluate(model))
-        state["best_metric"], state["best_epoch"] = metric, 0
+        key = _metric_key(evaluate(model))
+        state["best_metric"], state["best_key"], state["best_epoch"] = key[0], list(key), 0
         best = _plain_state(model.state_dict())
-        state["history"].append({"epoch": 0, "loss": None, "eval_metric": metric})
+        state["history"].append({"epoch": 0, "loss": None, "eval_metric": key[0],
+                                 **({"eval_key": list(key)} if len(key) > 1 else {})})
     bar = tqdm(total=total, initial=state["global_step"], desc=desc, unit="step", disable=not progress)
     try:
         while state["epoch"] < config.epochs and not state["done"]:
@@ -286,15 +293,18 @@ def train(
                     checkpoint.save(model, optimizer, scheduler, state, best)
             metric = None
             if evaluate is not None:
-                metric = float(evaluate(model))
-                if state["best_metric"] is None or metric > state["best_metric"]:
+                key = _metric_key(evaluate(model))
+                metric = key[0]
+                if state["best_metric"] is None or key > tuple(state.get("best_key") or (state["best_metric"],)):
                     state["best_metric"], state["best_epoch"], state["bad_epochs"] = metric, state["epoch"] + 1, 0
+                    state["best_key"] = list(key)
                     best = _plain_state(model.state_dict())
                 else:
                     state["bad_epochs"] += 1
                     if config.patience is not None and state["bad_epochs"] >= config.patience:
                         state["done"] = True
-            state["history"].append({"epoch": state["epoch"] + 1, "loss": running, "eval_metric": metric})
+            state["history"].append({"epoch": state["epoch"] + 1, "loss": running, "eval_metric": metric,
+                                     **({"eval_key": list(key)} if metric is not None and len(key) > 1 else {})})
             bar.write(f"{desc}: epoch {state['epoch'] + 1} loss {running:.4f}" + (f" eval {metric:.4f}" if metric is not None else ""))
             state["epoch"] += 1
             state["step_in_epoch"] = 0

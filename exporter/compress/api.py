@@ -24,7 +24,7 @@ from exporter.compress.qat import (
 )
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
-    FINETUNE_TASKS, _device, evaluate_report, headline, predict, prepare_text_classification,
+    FINETUNE_TASKS, _device, evaluate_report, headline, predict_logits, prepare_text_classification,
     prepare_token_classification,
 )
 from exporter.training import Checkpoint, TrainConfig, train
@@ -115,9 +115,10 @@ def compress(
     before = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
               "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
     # QAT's fine-tune is judged by how well the quantized model keeps the input model's predictions
-    # on the eval split, and the calibrated model before any training competes as epoch 0
+    # on the eval split (ties broken by the mean KL divergence from its logits), and the calibrated
+    # model before any training competes as epoch 0
     qat_selection = recovery is not None and any(isinstance(t, QATConfig) for t in techniques)
-    ref_preds = predict(model, data.eval, eval_bs, device, pad_id) if qat_selection else None
+    ref_logits = predict_logits(model, data.eval, eval_bs, device, pad_id) if qat_selection else None
 
     applied, after_step, layer_map = [], [], None
     for t in techniques:
@@ -180,7 +181,8 @@ def compress(
             raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
         if qat_selection:
             def evaluate(m):
-                return agreement(predict(m, data.eval, eval_bs, device, pad_id), ref_preds)
+                agree, kl = fidelity(predict_logits(m, data.eval, eval_bs, device, pad_id), ref_logits)
+                return agree, -kl
         else:
             def evaluate(m):
                 return headline(evaluate_report(m, data, eval_bs, device, pad_id))
@@ -205,8 +207,8 @@ def compress(
                         "recovery": asdict(recovery) if recovery else None, "device": device},
             "compression": applied, "sparsity": sparsity, "qat": qat,
             "before": before, "after": after,
-            "training": {**result.to_dict(), "selected_by": "agreement with the input model's eval-split predictions"
-                         if qat_selection else "eval metric"} if result else None,
+            "training": {**result.to_dict(), "selected_by": "agreement with the input model's eval-split predictions, "
+                         "then the mean KL divergence from its logits" if qat_selection else "eval metric"} if result else None,
             "data": data.fingerprints, "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
         })
     if recovery is not None:
@@ -214,13 +216,21 @@ def compress(
     return load_artifact(out)
 
 
-def agreement(preds, ref) -> float:
-    """Share of predictions equal to ``ref``'s: per example, or per (unpadded) token."""
+def fidelity(logits, ref) -> tuple[float, float]:
+    """How closely ``logits`` follow ``ref``: the share of equal argmax predictions and the mean
+    KL(softmax(ref) || softmax(logits)), per example or per (unpadded) token."""
     import numpy as np
 
-    if isinstance(preds, list):  # token classification: one array per example
-        preds, ref = np.concatenate(preds), np.concatenate(ref)
-    return float(np.mean(np.asarray(preds) == np.asarray(ref)))
+    if isinstance(logits, list):  # token classification: one array per example
+        logits, ref = np.concatenate(logits), np.concatenate(ref)
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(np.asarray(ref, np.float64)), log_softmax(np.asarray(logits, np.float64))
+    kl = float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+    return float(np.mean(logits.argmax(-1) == ref.argmax(-1))), kl
 
 
 def _fingerprint(src: Artifact, techniques, recovery: TrainConfig, data) -> str:

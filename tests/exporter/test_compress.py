@@ -192,6 +192,32 @@ def test_qat_keeps_the_calibrated_model_when_the_fine_tune_only_hurts(classifier
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_fidelity_and_tie_breaking_epoch_selection(classifier, splits):
+    """Agreement first, then the second element of the key: equal agreement at every epoch, and a
+    tie-break that improves each epoch, keeps the last epoch; the baseline (epoch 0) loses."""
+    import numpy as np
+
+    from benchmarks.data import load_tokenizer
+    from exporter.compress.api import fidelity
+    from exporter.finetune import prepare_text_classification
+    from exporter.training import train
+
+    ref = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    assert fidelity(ref.copy(), ref) == (1.0, 0.0)
+    agree, kl = fidelity(np.roll(ref, 1, axis=1), ref)
+    assert agree == 0.0 and kl > 0
+    assert fidelity([ref[:1], ref[1:]], [ref[:1], ref[1:]]) == (1.0, 0.0)  # per token
+
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(classifier))
+    data = prepare_text_classification(load_tokenizer(classifier), splits / "train.jsonl", splits / "eval.jsonl", 32,
+                                       names=sorted(LABELS))
+    calls = iter(range(10))
+    result = train(model, data.train, TrainConfig(epochs=2, batch_size=8, max_length=32, patience=None),
+                   evaluate=lambda m: (0.5, next(calls)), baseline=True, progress=False)
+    assert result.best_epoch == 2 and result.best_metric == 0.5 and result.epochs_run == 2
+    assert [h["eval_key"] for h in result.history] == [[0.5, 0.0], [0.5, 1.0], [0.5, 2.0]]
+
+
 def test_qat_percentile_calibration_clips_below_the_maximum(classifier, splits):
     from benchmarks.data import load_tokenizer
     from exporter.compress import QATConfig
