@@ -159,8 +159,7 @@ def compress(
                             "float_layers": float_layers, "dropout_disabled": dropouts_off,
                             "attention_matmuls": quantized_attention_matmuls(attn_scales),
                             "float_attention": float_attention,
-                            "attention_sensitivity": {k: attn_cost[k] for k in sorted(attn_cost, key=attn_cost.get, reverse=True)[:10]},
-                            "sensitivity": {k: cost[k] for k in sorted(cost, key=cost.get, reverse=True)[:10]},
+                            "attention_sensitivity": _top(attn_cost, 10), "sensitivity": _top(cost, 10),
                             "activation": "per-tensor symmetric INT8, calibrated "
                                           + (f"{t.act_percentile} percentile of |x|" if t.act_percentile else "max|x|")
                                           + "/127, held fixed",
@@ -214,6 +213,10 @@ def compress(
     if recovery is not None:
         ckpt.remove()
     return load_artifact(out)
+
+
+def _top(cost: dict[str, float], n: int) -> dict[str, float]:
+    return {k: cost[k] for k in sorted(cost, key=cost.get, reverse=True)[:n]}
 
 
 def fidelity(logits, ref) -> tuple[float, float]:
