@@ -118,3 +118,20 @@ def test_head_to_head_pairs_rounds_and_respects_cosine():
     assert head_to_head(rows)["verdict"] == "behind"
     rows[2]["cosine"] = 0.98
     assert head_to_head(rows)["ours"] is None
+
+
+def test_duel_times_the_two_artifacts_in_paired_rounds(tiny_onnx, tmp_path):
+    import shutil
+    import types
+
+    from benchmarks.data import load_texts
+    from benchmarks.quantization import duel
+
+    other = tmp_path / "same-graph"
+    shutil.copytree(tiny_onnx, other)
+    h2h = {"ours": "a (ours)", "optimum": "optimum b"}
+    d = duel(h2h, {"a (ours)": tiny_onnx, "optimum b": other}, load_texts(None),
+             types.SimpleNamespace(duel_rounds=4, duel_time=0.2))
+    assert d["ours"] == "a (ours)" and d["rounds"] == 4 and len(d["round_ratios"]) == 4
+    assert d["verdict"] in ("ahead", "behind", "not separable") and d["ratio"] > 0
+    assert duel(h2h, {}, load_texts(None), types.SimpleNamespace(duel_rounds=0, duel_time=1)) is None
