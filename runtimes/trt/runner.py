@@ -89,8 +89,9 @@ class TensorRTRunner(Runner):
         """Engine dtype and shape, with -1 dims named as the manifest (the ONNX graph) names them."""
         dtype = self._engine.get_tensor_dtype(name).name
         if dtype not in TRT_TO_NUMPY:  # FP8, INT4, FP4, E8M0: no numpy or torch buffer type to bind
-            raise UsageError(f"{self.artifact.path}: engine tensor {name!r} is TensorRT {dtype}, which this runner cannot "
-                             f"bind (it binds {', '.join(TRT_TO_NUMPY)}); export the model with such tensors inside, not at its inputs or outputs")
+            raise UsageError(f"{self.artifact.path}: engine tensor {name!r} is TensorRT {dtype}, which this runner "
+                             f"cannot bind (it binds {', '.join(TRT_TO_NUMPY)}); keep such types inside the model, "
+                             "not at its inputs or outputs")
         shape = tuple(int(d) for d in self._engine.get_tensor_shape(name))
         names = declared.shape if declared is not None and len(declared.shape) == len(shape) else (None,) * len(shape)
         dims = tuple(d if d >= 0 else (n if isinstance(n, str) else None) for d, n in zip(shape, names))
