@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,7 @@ def export_module(
     extra_files: Sequence[Path] = (),
     extra_manifest: Mapping | None = None,
     parity_graph_optimization: str = "all",
+    rewrite: Callable[[Path], Mapping] | None = None,
 ) -> Artifact:
     """Export ``module`` called as ``module(**example_inputs)`` to an ONNX artifact at ``out``.
 
@@ -47,6 +48,8 @@ def export_module(
     based, the default) or the TorchScript one. The export is checked with ``onnx.checker``, strict
     shape inference, and the example inputs through PyTorch and ONNX Runtime. ``extra_files``
     (tokenizer, config) are copied into the artifact; ``source`` is recorded as its origin.
+    ``rewrite(model_path)`` may rewrite the exported graph in place before the checks; what it
+    returns goes into the manifest as ``rewrite``.
 
     Raises:
         UsageError: output exists without ``force``; outputs not named.
@@ -76,6 +79,7 @@ def export_module(
             torch.onnx.export(module, (), str(model_path), kwargs=dict(example_inputs), input_names=names,
                               output_names=output_names, dynamic_axes=dict(dynamic_axes), opset_version=opset,
                               dynamo=dynamo, **({"external_data": large} if dynamo else {}))
+        rewritten = dict(rewrite(model_path)) if rewrite is not None else None
         if external_data:
             save_with_external_data(model_path)
         for f in extra_files:
@@ -100,6 +104,8 @@ def export_module(
                      {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}, "tolerance": vars(tolerance)},
             parity={**result.to_dict(), "onnxruntime_graph_optimization": parity_graph_optimization},
         )
+        if rewritten is not None:
+            manifest["rewrite"] = rewritten
         manifest.update(extra_manifest or {})
         write_json_atomic(tmp / "manifest.json", manifest)
     return load_artifact(out)
@@ -132,7 +138,7 @@ def load_eager(src: Artifact, auto_class):
 def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, output_axes: Mapping[int, str],
                    opset: int | None, external_data: bool, force: bool, tolerance: Tolerance, task: str | None,
                    command: str | None, extra_manifest: Mapping, parity_graph_optimization: str = "all",
-                   min_opset: int = 14) -> Artifact:
+                   min_opset: int = 14, rewrite: Callable[[Path], Mapping] | None = None) -> Artifact:
     """Export a loaded transformers ``model`` with ``head(model_output, attention_mask)`` on top as
     one graph output (TorchScript exporter, which also writes fake quantization as Q/DQ), with the
     source artifact's tokenizer and config beside it and ``src`` recorded as its origin."""
@@ -162,5 +168,5 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
         Head(), example, out, output_names=[output_name], dynamic_axes=axes, opset=max(opset or 17, min_opset),
         external_data=external_data, dynamo=False, force=force, tolerance=tolerance, task=task, command=command,
         source=src, extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()],
-        extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization,
+        extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization, rewrite=rewrite,
     )

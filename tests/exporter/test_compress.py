@@ -172,6 +172,22 @@ def test_qat_exports_qdq_with_the_trained_scales(classifier, splits, tmp_path):
     # the Q/DQ graph runs on ONNX Runtime CPU and agrees with the fake-quantized PyTorch model
     with open_runner(onnx_art) as r:
         assert [s.name for s in r.output_specs()] == ["logits"]
+    # the weights as quantize --target tensorrt places them: an INT8 initializer [in, out] straight
+    # into DequantizeLinear(axis 1) and the MatMul, no Transpose between, nothing for check to flag
+    from exporter.trtcheck import check_tensorrt
+
+    assert onnx_art.manifest["rewrite"] == {"folded_weights": 12}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    linear = [n for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in producer
+              and producer[n.input[1]].op_type == "DequantizeLinear"]
+    assert len(linear) == 12 and not any(n.op_type == "Transpose" and n.input[0] in producer
+                                         and producer[n.input[0]].op_type == "DequantizeLinear" for n in m.graph.node)
+    for mm in linear:
+        dq = producer[mm.input[1]]
+        assert inits[dq.input[0]].dtype == np.int8 and inits[dq.input[0]].ndim == 2
+        assert next(a.i for a in dq.attribute if a.name == "axis") == 1
+    report = check_tensorrt(onnx_art)
+    assert report and not report.warnings, [str(f) for f in report.warnings]
 
 
 def test_qat_keeps_the_calibrated_model_when_the_fine_tune_only_hurts(classifier, splits, tmp_path):
