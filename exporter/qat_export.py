@@ -115,5 +115,12 @@ def fold_weight_quantization(path: Path) -> dict:
         nodes = [n for n in g.node if n.op_type != "Constant" or any(o in used for o in n.output)]
         del g.node[:]
         g.node.extend(nodes)
-        onnx.save(m, str(path))
+        # a graph past protobuf's 2 GiB (the exporter then wrote external data) stays external, in
+        # one file, and the exporter's per-tensor files go
+        before = {e.value for i in onnx.load(str(path), load_external_data=False).graph.initializer
+                  for e in i.external_data if e.key == "location"}
+        large = m.ByteSize() > 1_800_000_000
+        onnx.save(m, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
+        for name in before - {f"{path.name}.data"}:
+            (path.parent / name).unlink(missing_ok=True)
     return {"folded_weights": folded}

@@ -394,3 +394,43 @@ def test_calibrate_attention_leaves_the_attention_fake_quantized(classifier, spl
     with torch.inference_mode():
         after = model(**batch).logits
     assert not torch.allclose(before, after)
+
+
+def test_weight_fold_is_exact_and_leaves_no_orphan_external_data(tmp_path):
+    """float W -> Q -> DQ(axis 0) -> Transpose -> MatMul becomes INT8 W^T -> DQ(axis 1) -> MatMul with the
+    same output on ONNX Runtime; a graph saved with per-tensor external data ends up without orphans."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporter.qat_export import fold_weight_quantization
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    w[1, 2], w[2, 0] = 0.625, -0.375  # on rounding ties (2.5 and -1.5 steps): half to even, as ONNX rounds
+    scale = np.full(4, 0.25, np.float32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(scale, "s"),
+             numpy_helper.from_array(np.zeros(4, np.int8), "zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["W", "s", "zp"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"], axis=0),
+             helper.make_node("Transpose", ["wd"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert len(list(tmp_path.iterdir())) > 1
+    x = rng.normal(size=(2, 3)).astype(np.float32)
+
+    def run():
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run()
+    assert fold_weight_quantization(path) == {"folded_weights": 1}
+    assert np.array_equal(run(), before)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    m = onnx.load(str(path))
+    assert [n.op_type for n in m.graph.node] == ["DequantizeLinear", "MatMul"]
+    assert numpy_helper.to_array(next(i for i in m.graph.initializer if i.name.endswith("_int8_t"))).shape == (3, 4)
