@@ -21,19 +21,34 @@ def uses_external_data(path: Path) -> bool:
     return any(_uses(t) for t in model.graph.initializer)
 
 
+def save_model(model, path: Path, external: bool) -> None:
+    """Save ``model`` at ``path``: inline, or with every initializer of 100 bytes or more in
+    ``<name>_data`` beside it. External-data files that the previous ``path`` referenced and the new
+    one does not are removed (read before saving: a model loaded with its external data no longer
+    names the files it came from)."""
+    import onnx
+
+    path = Path(path)
+    old = set()
+    if path.is_file():
+        old = {path.parent / e.value for t in onnx.load(str(path), load_external_data=False).graph.initializer
+               for e in t.external_data if e.key == "location"}
+    location = path.name + EXTERNAL_DATA_SUFFIX
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=100, convert_attribute=True)
+    else:
+        onnx.save_model(model, str(path))
+    for f in old - ({path.parent / location} if external else set()):
+        if f.is_file():
+            os.remove(f)
+
+
 def save_with_external_data(path: Path) -> None:
     """Rewrite ``path`` so every initializer of 100 bytes or more lives in ``<name>_data`` beside it."""
     import onnx
 
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=True)
-    old = {Path(path.parent / e.value) for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    location = path.name + EXTERNAL_DATA_SUFFIX
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=100, convert_attribute=True)
-    for f in old - {path.parent / location}:
-        if f.is_file():
-            os.remove(f)
+    save_model(onnx.load(str(path), load_external_data=True), path, external=True)
 
 
 def check_onnx(path: Path) -> dict:

@@ -22,7 +22,7 @@ from benchmarks.compare import CompareConfig, run_compare
 from benchmarks.data import TextDataset, load_texts
 from benchmarks.parity import Tolerance
 from exporter.manifest import COMPANION_FILES, onnx_manifest
-from exporter.onnx_file import check_onnx
+from exporter.onnx_file import check_onnx, save_model
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
 
@@ -137,22 +137,12 @@ def _standard_ops(src: Path, dst: Path, fp16: bool, keep_io_types: bool) -> dict
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=False)
-    _save(model, dst, _needs_external(src))
+    save_model(model, dst, _needs_external(src))
     return {"tool": "onnxscript.optimizer (constant folding, simplification)"}
 
 
 def _needs_external(path: Path) -> bool:
     return path.stat().st_size > 1_800_000_000 or any(path.parent.glob(path.name + "*data"))
-
-
-def _save(model, dst: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + "_data", size_threshold=100)
-    else:
-        onnx.save_model(model, str(dst))
 
 
 def optimize(

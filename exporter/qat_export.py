@@ -7,6 +7,7 @@ from pathlib import Path
 from benchmarks.parity import Tolerance
 from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales, quantized_attention_matmuls
 from exporter.module import export_hf_head, load_eager
+from exporter.onnx_file import save_model
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 
@@ -117,10 +118,5 @@ def fold_weight_quantization(path: Path) -> dict:
         g.node.extend(nodes)
         # a graph past protobuf's 2 GiB (the exporter then wrote external data) stays external, in
         # one file, and the exporter's per-tensor files go
-        before = {e.value for i in onnx.load(str(path), load_external_data=False).graph.initializer
-                  for e in i.external_data if e.key == "location"}
-        large = m.ByteSize() > 1_800_000_000
-        onnx.save(m, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
-        for name in before - {f"{path.name}.data"}:
-            (path.parent / name).unlink(missing_ok=True)
+        save_model(m, path, external=m.ByteSize() > 1_800_000_000)
     return {"folded_weights": folded}

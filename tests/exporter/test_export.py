@@ -150,3 +150,23 @@ def test_pooled_embedding_export(tiny_bert, tiny_classifier, tmp_path):
     with pytest.raises(UsageError, match="--normalize needs --pooling"):
         export_hf(tiny_bert, tmp_path / "x", normalize=True, progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_external_data_rewrite_leaves_no_orphan_files(tmp_path):
+    """A model saved with one file per tensor becomes model.onnx + model.onnx_data, nothing else."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from exporter.onnx_file import save_with_external_data
+
+    w = numpy_helper.from_array(np.ones(64, np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "W"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", 1, [64])], [helper.make_tensor_value_info("y", 1, [64])], [w])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, all_tensors_to_one_file=False,
+              size_threshold=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["W", "model.onnx"]
+    save_with_external_data(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx_data"]
+    assert numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0]).sum() == 64
