@@ -208,7 +208,7 @@ def calibrate_attention(model, batches, device: str = "cpu") -> dict[str, list[f
     model.to(device).eval()
     with torch.inference_mode():
         for batch in batches:
-            model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+            model(**_model_inputs(batch, device))
     modules = dict(model.named_modules())
     scales = {n: [max(v, 1e-8) / QMAX for v in modules[n]._ew_attn_max] for n in names}
     attach_attention(model, scales)
@@ -232,7 +232,7 @@ def attention_sensitivity(model, scales: dict[str, list[float]], batches, device
     from tqdm.auto import tqdm
 
     model.to(device).eval()
-    feeds = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    feeds = [_model_inputs(b, device) for b in batches]
     floating = {n: [None] * 4 for n in scales}
     cost = {}
     try:
@@ -244,8 +244,7 @@ def attention_sensitivity(model, scales: dict[str, list[float]], batches, device
                 one = dict(floating)
                 one[name] = [scales[name][j] if j // 2 == i else None for j in range(4)]
                 attach_attention(model, one)
-                cost[f"{name}:{ATTENTION_MATMULS[i]}"] = sum(
-                    _logit_error(model(**f).logits, r, f["attention_mask"]) for f, r in zip(feeds, ref)) / len(feeds)
+                cost[f"{name}:{ATTENTION_MATMULS[i]}"] = _mean_logit_error(model, feeds, ref)
     finally:
         attach_attention(model, scales)
     return cost
@@ -297,6 +296,16 @@ def _logit_error(logits, ref, mask) -> float:
     return float(((logits - ref) ** 2).sum() / (ref ** 2).sum().clamp(min=1e-12))
 
 
+def _mean_logit_error(model, feeds, ref) -> float:
+    """``_logit_error`` of the model's logits against ``ref``, averaged over ``feeds``."""
+    return sum(_logit_error(model(**f).logits, r, f["attention_mask"]) for f, r in zip(feeds, ref)) / len(feeds)
+
+
+def _model_inputs(batch, device: str) -> dict:
+    """A collated batch without its labels, on ``device``."""
+    return {k: v.to(device) for k, v in batch.items() if k != "labels"}
+
+
 def layer_sensitivity(model, act_scales: dict[str, float], batches, device: str = "cpu",
                       progress: bool = True) -> dict[str, float]:
     """Each layer's cost when it alone is fake-quantized: the relative squared error of the logits
@@ -305,15 +314,14 @@ def layer_sensitivity(model, act_scales: dict[str, float], batches, device: str 
     from tqdm.auto import tqdm
 
     model.to(device).eval()
-    feeds = [{k: v.to(device) for k, v in b.items() if k != "labels"} for b in batches]
+    feeds = [_model_inputs(b, device) for b in batches]
     cost = {}
     with torch.inference_mode():
         ref = [model(**f).logits for f in feeds]
         for name in tqdm(sorted(act_scales), desc="QAT sensitivity", unit="layer", disable=not progress):
             attach(model, {name: act_scales[name]})
             try:
-                cost[name] = sum(_logit_error(model(**f).logits, r, f["attention_mask"])
-                                 for f, r in zip(feeds, ref)) / len(feeds)
+                cost[name] = _mean_logit_error(model, feeds, ref)
             finally:
                 detach(model, [name])
     return cost
@@ -343,7 +351,7 @@ def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percent
     try:
         with torch.inference_mode():
             for batch in batches:
-                model(**{k: v.to(device) for k, v in batch.items() if k != "labels"})
+                model(**_model_inputs(batch, device))
     finally:
         for h in hooks:
             h.remove()
