@@ -69,6 +69,9 @@ def _unfuse_skip_layer_norm(model) -> int:
     from onnx import helper
 
     g = model.graph
+    if any(n.op_type == "SkipLayerNormalization" for n in g.node) and \
+            not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
+        raise CheckFailed("unfusing SkipLayerNormalization needs opset 17 (LayerNormalization); please report this")
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     nodes, count = [], 0
     for n in g.node:
@@ -89,8 +92,6 @@ def _unfuse_skip_layer_norm(model) -> int:
         count += 1
     del g.node[:]
     g.node.extend(nodes)
-    if count and not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
-        raise CheckFailed("unfusing SkipLayerNormalization needs opset 17 (LayerNormalization); please report this")
     return count
 
 

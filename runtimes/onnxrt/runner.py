@@ -7,6 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
+from runtimes.artifact import model_files_sha256
 from runtimes.base import Runner
 from runtimes.errors import UsageError
 from runtimes.onnx_graph import graph_precision
@@ -33,8 +34,6 @@ def tensorrt_ep_defaults(artifact, cache_dir) -> dict:
     hand a re-trained model of the same architecture the old engine), a timing cache in
     ``cache_dir`` shared by all (timing caches are meant to be), and the precision flag the graph
     needs (INT8 for Q/DQ graphs, FP16 for FP16 ones). Options the user passes override these."""
-    from runtimes.artifact import model_files_sha256
-
     engines = Path(cache_dir) / "engines" / model_files_sha256(artifact)[:16]
     opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)}

@@ -7,6 +7,8 @@ is plain Python, testable without TensorRT or a GPU.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -179,15 +181,11 @@ def select_profile(profiles: Sequence[Profile], shapes: Mapping[str, Sequence[in
                      f"({ranges}); feed shapes within a profile or rebuild with --shapes covering {_fmt(shape)}")
 
 
-_LOGGERS: dict = {}
-
-
+@functools.cache
 def trt_logger(trt):
     """One ``tensorrt.Logger`` per process (TensorRT keeps the first logger it is given and warns
     when a builder or runtime brings another), at WARNING."""
-    if "logger" not in _LOGGERS:
-        _LOGGERS["logger"] = trt.Logger(trt.Logger.WARNING)
-    return _LOGGERS["logger"]
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def engine_from_bytes(trt, data: bytes, *, path: Path, host_code_allowed: bool = False):
