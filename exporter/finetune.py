@@ -148,16 +148,22 @@ def predict_logits(model, enc: Encoded, batch_size: int, device: str, pad_id: in
 
 def predict(model, enc: Encoded, batch_size: int, device: str, pad_id: int = 0) -> np.ndarray | list[np.ndarray]:
     """Argmax predictions: one id per example, or per token (unpadded) for token classification."""
-    logits = predict_logits(model, enc, batch_size, device, pad_id)
+    return argmax(predict_logits(model, enc, batch_size, device, pad_id))
+
+
+def argmax(logits: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """``predict``'s output from ``predict_logits``' output."""
     return logits.argmax(-1) if isinstance(logits, np.ndarray) else [x.argmax(-1) for x in logits]
 
 
-def evaluate_report(model, data: TaskData, batch_size: int, device: str, pad_id: int = 0) -> dict:
+def evaluate_report(model, data: TaskData, batch_size: int, device: str, pad_id: int = 0, preds=None) -> dict:
     """Per-class precision/recall/F1 with micro and macro averages (token- and entity-level for
-    token classification), plus accuracy with a bootstrap 95% interval."""
+    token classification), plus accuracy with a bootstrap 95% interval. ``preds``: the model's
+    ``predict`` output on ``data.eval`` when the caller has it already."""
     from benchmarks.metrics import accuracy_with_ci, classification_report, entity_report
 
-    preds = predict(model, data.eval, batch_size, device, pad_id)
+    if preds is None:
+        preds = predict(model, data.eval, batch_size, device, pad_id)
     if data.task == "text-classification":
         gold = np.asarray(data.eval.labels)
         return {"metric": "accuracy", **accuracy_with_ci(preds, gold),

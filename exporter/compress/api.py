@@ -24,7 +24,7 @@ from exporter.compress.qat import (
 )
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
-    FINETUNE_TASKS, _device, evaluate_report, headline, predict_logits, prepare_text_classification,
+    FINETUNE_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
     prepare_token_classification,
 )
 from exporter.training import Checkpoint, TrainConfig, train
@@ -112,13 +112,14 @@ def compress(
     pad_id = tokenizer.pad_token_id or 0
     eval_bs = recovery.eval_batch_size if recovery else 64
     model.to(device)
-    before = {"eval": evaluate_report(model, data, eval_bs, device, pad_id),
-              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
     # QAT's fine-tune is judged by how well the quantized model keeps the input model's predictions
     # on the eval split (ties broken by the mean KL divergence from its logits), and the calibrated
     # model before any training competes as epoch 0
     qat_selection = recovery is not None and any(isinstance(t, QATConfig) for t in techniques)
     ref_logits = predict_logits(model, data.eval, eval_bs, device, pad_id) if qat_selection else None
+    before = {"eval": evaluate_report(model, data, eval_bs, device, pad_id,
+                                      preds=None if ref_logits is None else argmax(ref_logits)),
+              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
 
     applied, after_step, layer_map = [], [], None
     for t in techniques:
