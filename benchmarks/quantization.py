@@ -146,6 +146,15 @@ def paired_verdict(ours: list[float], optimum: list[float]) -> dict:
             "sign_test_p_ahead": p_ahead, "sign_test_p_behind": p_behind, "verdict": verdict}
 
 
+def _verdict_text(v: dict, median: bool = False) -> str:
+    """A ``paired_verdict`` in words, for the report."""
+    spread = f"per round {min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}"
+    if median:
+        spread += f" (median {v['round_ratio_median']:.3f})"
+    return (f"throughput ratio {v['ratio']:.3f}, {spread}, ahead in {v['rounds_ahead']} of {v['rounds']} rounds "
+            f"(sign test p = {v['sign_test_p_ahead']:.3f}): {v['verdict']}")
+
+
 def duel(h2h: dict | None, paths: dict[str, Path], sentences: TextDataset, args) -> dict | None:
     """The head to head's two artifacts again, alone, in ``args.duel_rounds`` interleaved rounds:
     more rounds than the full table affords, so a lead of a few percent can separate from noise."""
@@ -276,17 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     h2h = emb.get("head_to_head")
     if h2h and h2h.get("ours"):
         lines += ["", f"- head to head: {h2h['ours']} (cosine {h2h['ours_cosine']:.4f}) against {h2h['optimum']} "
-                      f"(cosine {h2h['optimum_cosine']:.4f}): throughput ratio {h2h['ratio']:.3f}, per round "
-                      f"{min(h2h['round_ratios']):.3f} to {max(h2h['round_ratios']):.3f}, ahead in {h2h['rounds_ahead']} "
-                      f"of {h2h['rounds']} rounds (sign test p = {h2h['sign_test_p_ahead']:.3f}): {h2h['verdict']}"]
+                      f"(cosine {h2h['optimum_cosine']:.4f}): {_verdict_text(h2h)}"]
     elif h2h:
         lines += ["", f"- head to head: {h2h['verdict']}"]
     d = emb.get("duel")
     if d:
         lines += [f"- duel (the same two alone, {d['rounds']} interleaved rounds, {d['time_budget_s']:.0f} s each): "
-                  f"throughput ratio {d['ratio']:.3f}, per round {min(d['round_ratios']):.3f} to "
-                  f"{max(d['round_ratios']):.3f} (median {d['round_ratio_median']:.3f}), ahead in {d['rounds_ahead']} "
-                  f"of {d['rounds']} rounds (sign test p = {d['sign_test_p_ahead']:.3f}): {d['verdict']}"]
+                  f"{_verdict_text(d, median=True)}"]
     if clf:
         lines += ["", "## Classifier (quotes-topics, 448 test rows)", "",
                   md_table(["artifact", "test accuracy [95% CI]", "vs FP32 (points)", "agreement with FP32"],
