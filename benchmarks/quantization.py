@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=Path("runs/quantization"))
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
+    # checked here, not minutes later when the timing starts
+    for ok, problem in ((args.rounds >= 1, "--rounds must be >= 1"), (args.duel_rounds >= 0, "--duel-rounds must be >= 0"),
+                        (args.duel_time > 0, "--duel-time must be positive"),
+                        (args.bench_time > 0, "--bench-time must be positive")):
+        if not ok:
+            ap.error(problem)
 
     from benchmarks.compression import prepare_run
 
