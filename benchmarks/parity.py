@@ -24,12 +24,15 @@ REL_FLOOR = 1e-3  # relative error is reported only where |reference| >= this
 @dataclass(frozen=True)
 class Tolerance:
     """Pass when ``|cand - ref| <= atol + rtol * |ref|`` everywhere, the lowest row cosine is at
-    least ``min_cosine``, and (when set) top-1 agreement is at least ``min_top1``."""
+    least ``min_cosine``, and (when set) top-1 agreement is at least ``min_top1`` and, for
+    token-level outputs, the mean cosine of the masked-mean-pooled vectors (one per text, the
+    sentence embedding) is at least ``min_pooled_cosine``."""
 
     atol: float = 1e-4
     rtol: float = 1e-4
     min_cosine: float = 0.999
     min_top1: float | None = None
+    min_pooled_cosine: float | None = None
 
     def __post_init__(self):
         for name in ("atol", "rtol"):
@@ -40,6 +43,8 @@ class Tolerance:
             raise UsageError(f"tolerance min_cosine must be within [-1, 1], got {self.min_cosine}")
         if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
             raise UsageError(f"tolerance min_top1 must be within [0, 1], got {self.min_top1}")
+        if self.min_pooled_cosine is not None and not -1.0 <= self.min_pooled_cosine <= 1.0:
+            raise UsageError(f"tolerance min_pooled_cosine must be within [-1, 1], got {self.min_pooled_cosine}")
 
 
 def is_token_level(spec: TensorSpec | None, array: np.ndarray, mask: np.ndarray | None) -> bool:
@@ -232,5 +237,9 @@ def compare_collected(reference: str, candidate: str, ref: RowCollector, cand: R
             a, b = np.concatenate(ref.pooled[name]), np.concatenate(cand.pooled[name])
             if a.shape == b.shape:
                 res.pooled_cos_mean = mean_row_cosine(a, b)
+        floor = res.tolerance.min_pooled_cosine
+        if floor is not None and res.pooled_cos_mean is not None and res.pooled_cos_mean < floor:
+            res.reasons.append(f"mean pooled cosine {res.pooled_cos_mean:.6f} < {floor}")
+            res.passed = False
         results.append(res)
     return ParityResult(reference, candidate, results, missing, ref.padded_positions)

@@ -1,5 +1,5 @@
 # GPU image: TensorRT, CUDA and cuDNN from NVIDIA's TensorRT container, the project installed as in
-# `make install` with onnxruntime-gpu in place of onnxruntime. Not built on the development machines
+# `make install` with onnxruntime-gpu in place of onnxruntime (the `cpu` extra). Not built on the development machines
 # (no Docker engine, no GPU); see README, "Docker".
 #   docker build -f docker/gpu.Dockerfile -t enginewright:gpu .
 #   docker run --rm --gpus all enginewright:gpu build runs/onnx -o runs/engine
@@ -28,13 +28,12 @@ COPY benchmarks/ benchmarks/
 COPY tests/ tests/
 
 # The container's TensorRT stays: the `gpu` extra is not installed (PyPI's tensorrt would fetch a second
-# copy, and its newest is TensorRT 11). torch goes first and alone so pip takes the pinned build from
-# PyPI, a CUDA 13.0 one. The CPU onnxruntime that `.[dev]` pulls in is replaced by onnxruntime-gpu.
-RUN grep -v '^onnxruntime==' constraints.txt > /tmp/constraints-gpu.txt \
- && python3 -m pip install --no-cache-dir -c /tmp/constraints-gpu.txt torch \
- && python3 -m pip install --no-cache-dir -c /tmp/constraints-gpu.txt -e '.[dev]' \
- && python3 -m pip uninstall -y onnxruntime \
- && python3 -m pip install --no-cache-dir -c /tmp/constraints-gpu.txt "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+# copy, and its newest is TensorRT 11), and neither is `cpu` (the CPU onnxruntime would overwrite
+# onnxruntime-gpu's module). torch goes first and alone so pip takes the pinned build from PyPI, a
+# CUDA 13.0 one.
+RUN python3 -m pip install --no-cache-dir -c constraints.txt torch \
+ && python3 -m pip install --no-cache-dir -c constraints.txt -e '.[dev]' "onnxruntime-gpu==${ORT_GPU_VERSION}" \
+ && ! python3 -m pip show -q onnxruntime 2>/dev/null \
  && python3 -c "import onnxruntime as ort, torch; from onnxruntime.capi import build_and_package_info as b; assert ort.__version__ == '${ORT_GPU_VERSION}' and b.cuda_version.startswith('13.'), (ort.__version__, b.cuda_version); assert torch.version.cuda.startswith('13.'), torch.version.cuda; print(ort.__version__, ort.get_available_providers(), torch.__version__, torch.version.cuda)" \
  && trt_ep="$(python3 -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so")')" \
  && ! ldd "$trt_ep" | grep 'not found' | grep -v 'libcuda\.so\.1'

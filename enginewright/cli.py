@@ -105,8 +105,9 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on", action="append", metavar="RUNTIME", dest="runtimes",
-                   help="runtime for the candidates, repeatable: torch[:cpu|:cuda], onnxruntime[:cpu|:cuda|:tensorrt] "
-                        "(default: torch for Hugging Face models, onnxruntime:cpu for ONNX)")
+                   help="runtime for the candidates, repeatable: torch[:cpu|:cuda], onnxruntime[:cpu|:cuda|:tensorrt], "
+                        "tensorrt[:cuda] (default: torch for Hugging Face models, onnxruntime:cpu for ONNX, "
+                        "tensorrt:cuda for engines)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads for every runtime (default: the usable cores)")
     p.add_argument("--provider-option", action="append", type=_provider_option, default=[], metavar="DEVICE:KEY=VALUE",
@@ -334,7 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=128)
     for flag, helptext in (("--atol", "absolute tolerance (default 1e-4)"), ("--rtol", "relative tolerance (default 1e-4)"),
-                           ("--min-cosine", "lowest row cosine (default 0.999)"), ("--min-top1", "lowest top-1 agreement for logits (default: not checked)")):
+                           ("--min-cosine", "lowest row cosine (default 0.999)"), ("--min-top1", "lowest top-1 agreement for logits (default: not checked)"),
+                           ("--min-pooled-cosine", "token-level outputs: lowest mean cosine of the masked-mean-pooled "
+                                                   "vectors, one per text (default: not checked)")):
         p.add_argument(flag, action="append", type=_tolerance_arg(flag), default=[], metavar="[OUTPUT=]X",
                        help=helptext + "; repeat with OUTPUT=X for one output")
     p.add_argument("--fail-on", default="parity,accuracy", metavar="CHECKS",
@@ -382,7 +385,8 @@ def _load_data(args):
 def _tolerances(args):
     from benchmarks.parity import Tolerance
 
-    fields = {"atol": args.atol, "rtol": args.rtol, "min_cosine": args.min_cosine, "min_top1": args.min_top1}
+    fields = {"atol": args.atol, "rtol": args.rtol, "min_cosine": args.min_cosine, "min_top1": args.min_top1,
+              "min_pooled_cosine": args.min_pooled_cosine}
     default_kw = {k: v for k, items in fields.items() for name, v in items if name is None}
     default = Tolerance(**default_kw)
     per_output: dict[str, dict] = {}
@@ -668,6 +672,19 @@ def _headline(report: dict) -> float:
     return report["accuracy"] if report["metric"] == "accuracy" else report["entity_micro_f1"]
 
 
+# Commands that can run without onnxruntime (it comes from the `cpu` or `gpu` extra).
+_WITHOUT_ORT = {"check", "build", "triton", "inspect", "env"}
+INTERNAL_ERROR = 3  # a crash: distinct from 1 (a check failed) and 2 (bad input or environment)
+
+
+def _require_onnxruntime() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise CliError("onnxruntime is not installed: pip install 'enginewright[cpu]', or 'enginewright[gpu]' on "
+                       "NVIDIA GPU machines (README, 'GPU install')")
+
+
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
             "quantize": cmd_quantize, "check": cmd_check, "build": cmd_build, "run": cmd_run, "triton": cmd_triton, "inspect": cmd_inspect, "env": cmd_env, "compare": cmd_compare, "bench": cmd_bench}
 
@@ -684,10 +701,19 @@ def main(argv: list[str] | None = None) -> int:
 
     command = shlex.join(["enginewright", *argv])
     try:
+        if args.command not in _WITHOUT_ORT:
+            _require_onnxruntime()
         return COMMANDS[args.command](args, command)
     except (EnginewrightError, CliError) as e:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception:  # a bug: the traceback, then an exit code no check uses, so CI cannot read it as a failed check
+        import traceback
+
+        traceback.print_exc()
+        print(f"enginewright {args.command}: internal error (the traceback above; please report it), exit {INTERNAL_ERROR}",
+              file=sys.stderr)
+        return INTERNAL_ERROR
     except KeyboardInterrupt:
         hint = "; continue with --resume" if args.command in ("finetune", "compress") else ""
         print(f"enginewright {args.command}: interrupted{hint}", file=sys.stderr)

@@ -39,7 +39,7 @@ STAGES: dict[str, set[str]] = {
     "quantize": {"mode", "target", "calib", "method", "per_channel", "all_matmuls", "max_cosine_loss", "max_float_nodes",
                  "calib_rows"},
     "build": {"shapes", "timing_cache", "workspace", "opt_level", "sparsity", "version_compatible"},
-    "compare": {"data", "atol", "rtol", "min_cosine", "batch_size", "max_length", "limit"},
+    "compare": {"data", "atol", "rtol", "min_cosine", "min_pooled_cosine", "batch_size", "max_length", "limit"},
     "bench": {"data", "batch", "seq", "time", "iters", "natural", "limit"},
 }
 # option -> the YAML value kinds it takes (null is always accepted); options not listed (shapes,
@@ -49,7 +49,7 @@ OPTION_KINDS: dict[str, str] = {
     **dict.fromkeys(("epochs", "batch_size", "max_length", "seed", "patience", "qat_float_layers", "qat_float_attention",
                      "student_layers", "opset", "max_float_nodes", "calib_rows", "opt_level", "iters", "limit"), _INT),
     **dict.fromkeys(("lr", "prune_heads", "prune_ffn", "flop_target", "alpha", "temperature", "max_cosine_loss",
-                     "atol", "rtol", "min_cosine", "time", "workspace"), _NUM),
+                     "atol", "rtol", "min_cosine", "min_pooled_cosine", "time", "workspace"), _NUM),
     **dict.fromkeys(("distill", "sparse_2_4", "qat", "qat_attention", "qat_dropout", "external_data", "normalize",
                      "fp16", "per_channel", "all_matmuls", "sparsity", "version_compatible", "natural"), _BOOL),
     **dict.fromkeys(("train", "eval", "calib", "data", "task", "importance", "pooling", "target", "mode", "method",
@@ -293,7 +293,7 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
         from benchmarks.compare import CompareConfig, run_compare
         from benchmarks.parity import Tolerance
 
-        tol = Tolerance(**{k: o[k] for k in ("atol", "rtol", "min_cosine") if k in o})
+        tol = Tolerance(**{k: o[k] for k in ("atol", "rtol", "min_cosine", "min_pooled_cosine") if k in o})
         outcome = run_compare(ref, cands, data, config=CompareConfig(
             batch_size=o.get("batch_size", 16), max_length=o.get("max_length", 128), tolerance=tol, threads=threads),
             progress=progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,13 +17,16 @@ from runtimes import open_runner
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 
 _EXTERNAL_ABOVE = 1_800_000_000  # bytes of parameters; headroom below protobuf's 2 GiB for the graph
 
 
 def export_module(
     module,
-    example_inputs: Mapping[str, "torch.Tensor"],  # noqa: F821
+    example_inputs: Mapping[str, "torch.Tensor"],
     out: str | os.PathLike,
     *,
     output_names: Sequence[str],

@@ -16,12 +16,15 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from tqdm.auto import tqdm
 
 from runtimes.artifact import write_json_atomic
 from runtimes.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -128,8 +131,8 @@ class TrainResult:
         return asdict(self)
 
 
-LossFn = Callable[["torch.nn.Module", dict], "torch.Tensor"]  # noqa: F821
-EvalFn = Callable[["torch.nn.Module"], float]  # noqa: F821
+LossFn = Callable[["torch.nn.Module", dict], "torch.Tensor"]
+EvalFn = Callable[["torch.nn.Module"], float]
 
 
 def default_loss(model, batch: dict):

@@ -63,8 +63,8 @@ def derive_profiles(input_specs: Sequence[TensorSpec | Mapping], shapes=None, ba
         if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
             raise UsageError(f"{label} must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(values)}")
     if shapes is None:
-        return [_fill(specs, {}, {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs)}, hint=True)]
-    return [_fill(specs, *_check_given(specs, p)) for p in _as_profiles(shapes)]
+        return [_complete(specs, {}, {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs)}, hint=True)]
+    return [_complete(specs, *_check_given(specs, p)) for p in _as_profiles(shapes)]
 
 
 def _as_profiles(shapes) -> list[dict]:
@@ -99,8 +99,24 @@ def _check_given(specs: list[TensorSpec], given: dict) -> tuple[dict, dict]:
     return out, named
 
 
-def _fill(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False) -> Profile:
+def fill_profile(specs: Sequence[TensorSpec], given: Mapping) -> tuple[Profile, list[tuple[str, int, str | None]]]:
+    """One profile from ``given`` ``{input: (min, opt, max)}``, the rule ``build --shapes`` and
+    ``check --shapes`` share: an input left out takes its dynamic dims from the same dim names in
+    the inputs given (``input_ids`` fixes ``batch_size`` for ``attention_mask``).
+
+    Returns the profile and the dynamic dims nothing covers, as ``(input, axis, dim name)``.
+
+    Raises:
+        UsageError: an unknown input, a bad range or rank, a fixed dim contradicted, or one dim
+            name given two ranges.
+    """
+    given, named = _check_given(list(specs), dict(given))
+    return _fill(list(specs), given, named)
+
+
+def _fill(specs: list[TensorSpec], given: dict, named: dict) -> tuple[Profile, list[tuple[str, int, str | None]]]:
     profile: Profile = {}
+    uncovered = []
     for spec in specs:
         if all(isinstance(d, int) and d > 0 for d in spec.shape):
             continue  # static input: no profile entry
@@ -114,11 +130,21 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False)
             elif isinstance(d, str) and d in named:
                 rng = named[d]
             else:
-                what = "pass --shapes NAME:MIN,OPT,MAX for it" if hint else f"add {spec.name}:MIN,OPT,MAX to --shapes"
-                raise UsageError(f"input {spec.name!r} dim {axis} ({d or 'unnamed'}) is dynamic and no profile covers it; {what}")
+                uncovered.append((spec.name, axis, d))
+                continue
             for k in range(3):
                 mom[k].append(rng[k])
-        profile[spec.name] = tuple(tuple(m) for m in mom)
+        if not any(u[0] == spec.name for u in uncovered):
+            profile[spec.name] = tuple(tuple(m) for m in mom)
+    return profile, uncovered
+
+
+def _complete(specs: list[TensorSpec], given: dict, named: dict, hint: bool = False) -> Profile:
+    profile, uncovered = _fill(specs, given, named)
+    if uncovered:
+        name, axis, d = uncovered[0]
+        what = "pass --shapes NAME:MIN,OPT,MAX for it" if hint else f"add {name}:MIN,OPT,MAX to --shapes"
+        raise UsageError(f"input {name!r} dim {axis} ({d or 'unnamed'}) is dynamic and no profile covers it; {what}")
     return profile
 
 

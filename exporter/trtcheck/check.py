@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from exporter.trtbuild import fill_profile
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
 from runtimes.artifact import Artifact, load_artifact
 from runtimes.errors import UsageError
-from runtimes.specs import check_profile
+from runtimes.specs import TensorSpec
 
 SEVERITIES = ("error", "warning", "info")
 CONTRIB_FIX = "optimize with --target tensorrt (standard ops) instead of --target cpu/cuda"
@@ -172,7 +173,11 @@ def check_tensorrt(artifact_or_path: str | os.PathLike | Artifact, *,
     inits = {t.name for t in model.graph.initializer}
     dims = {v.name: [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
                      for d in v.type.tensor_type.shape.dim] for v in model.graph.input if v.name not in inits}
-    profiles = _validate_shapes(shapes, dims, path) if shapes is not None else None
+    if shapes is not None and not isinstance(shapes, Mapping):
+        raise UsageError(f"shapes must map input names to (min, opt, max) shapes, got {type(shapes).__name__}")
+    # the rule build's --shapes follows: inputs left out take their dims from the same dim names
+    profile, uncovered = (fill_profile([TensorSpec(n, "", tuple(d)) for n, d in dims.items()], shapes)
+                          if shapes is not None else (None, []))
     g = _Graph(model, path.parent)
     report = ReadinessReport(model=str(path), opset=opset)
 
@@ -186,7 +191,7 @@ def check_tensorrt(artifact_or_path: str | os.PathLike | Artifact, *,
     _check_nodes(g, model, opset, add)
     _check_quantization(g, add)
     _check_types(g, dims, add)
-    _check_dims(dims, profiles, art, add)
+    _check_dims(dims, profile, uncovered, art, add)
     return report
 
 
@@ -311,39 +316,19 @@ def _check_types(g: _Graph, dims: dict, add) -> None:
             "quantize --target tensorrt for INT8")
 
 
-def _validate_shapes(shapes, dims: dict, path: Path) -> dict:
-    if not isinstance(shapes, Mapping):
-        raise UsageError(f"shapes must map input names to (min, opt, max) shapes, got {type(shapes).__name__}")
-    if unknown := sorted(set(shapes) - set(dims)):
-        raise UsageError(f"shapes names inputs {unknown} that {path} lacks; its inputs are {sorted(dims)}")
-    out = {}
-    for name, prof in shapes.items():
-        mn, op, mx = check_profile(name, prof, dims[name])
-        out[name] = (mn, op, mx)
-    return out
-
-
-def _check_dims(dims: dict, profiles: dict | None, art: Artifact | None, add) -> None:
-    dynamic = {name: [(d, s) for d, s in enumerate(shape) if not isinstance(s, int)] for name, shape in dims.items()}
-    dynamic = {name: dd for name, dd in dynamic.items() if dd}
-    if profiles is None:
+def _check_dims(dims: dict, profile: dict | None, uncovered: list, art: Artifact | None, add) -> None:
+    if profile is None:
+        dynamic = {name: [(d, s) for d, s in enumerate(shape) if not isinstance(s, int)] for name, shape in dims.items()}
+        dynamic = {name: dd for name, dd in dynamic.items() if dd}
         if dynamic:
             what = "; ".join(f"{name} " + ", ".join(f"{d} ({s or '?'})" for d, s in dd) for name, dd in dynamic.items())
             if art is not None and art.inputs:
                 add("info", ", ".join(dynamic), "input", f"dynamic dims {what}: profiles will be derived from the "
-                    "manifest's dynamic dims", "pass shapes={input: (min, opt, max)} to check a specific profile")
+                    "manifest's dynamic dims", "pass --shapes NAME:MIN,OPT,MAX to check a specific profile")
             else:
                 add("warning", ", ".join(dynamic), "input", f"dynamic dims {what} and no manifest to derive profiles "
-                    "from", "pass shapes={input: (min, opt, max)}; an engine build needs a profile per dynamic input")
+                    "from", "pass --shapes NAME:MIN,OPT,MAX; an engine build needs a profile per dynamic input")
         return
-    seen: dict[str, tuple[str, tuple]] = {}
-    for name, dd in dynamic.items():
-        for d, s in dd:
-            if name not in profiles:
-                add("error", name, "input", f"no optimization profile covers input {name} dim {d} ({s or '?'})",
-                    f"add {name!r}: (min, opt, max) to shapes")
-                continue
-            rng = tuple(p[d] for p in profiles[name])
-            if s and seen.setdefault(s, (name, rng))[1] != rng:
-                add("warning", name, "input", f"dim {s} is {rng} here but {seen[s][1]} on input {seen[s][0]}",
-                    f"give dim {s} the same (min, opt, max) on every input")
+    for name, axis, s in uncovered:
+        add("error", name, "input", f"no optimization profile covers input {name} dim {axis} ({s or '?'})",
+            f"add {name}:MIN,OPT,MAX to --shapes" + (f", or give dim {s} on another input" if s else ""))

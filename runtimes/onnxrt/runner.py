@@ -45,6 +45,24 @@ def tensorrt_ep_defaults(artifact, cache_dir) -> dict:
     return opts
 
 
+# ONNX Runtime's CUDA EP runs FP32 MatMuls in TF32 unless told otherwise; PyTorch's default (and
+# our baseline) is strict FP32, so FP32 rows compare like with like. `cuda:use_tf32=1` turns it on.
+CUDA_EP_DEFAULTS = {"use_tf32": "0"}
+
+
+def _load_gpu_libraries(device: str) -> None:
+    """Load the libraries the GPU providers link before the session needs them. torch's CUDA and
+    cuDNN wheels are what ONNX Runtime's own ``preload_dlls`` would look for (and loading torch
+    first is what its docs ask); pip's TensorRT keeps ``libnvinfer.so.10`` in ``tensorrt_libs``,
+    off the loader's path, and ``import tensorrt`` loads it. A session's provider that still
+    cannot start is refused after creation."""
+    for module in ("torch", "tensorrt") if device == "tensorrt" else ("torch",):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, (int, str)) else None for d in arg.shape)
     return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), shape)
@@ -110,24 +128,39 @@ class OnnxRuntimeRunner(Runner):
                 raise UsageError(f"onnxruntime session option {key!r} does not exist on SessionOptions")
             setattr(so, key, value)
         first = dict(self.provider_options)
-        if self.device == "tensorrt":
+        cuda = dict(CUDA_EP_DEFAULTS)
+        if self.device == "cuda":
+            first = {**cuda, **first}
+        elif self.device == "tensorrt":
             import os
 
             cache = Path(os.environ.get("ENGINEWRIGHT_CACHE", Path.home() / ".cache" / "enginewright")) / "ort-tensorrt"
             first = {**tensorrt_ep_defaults(self.artifact, cache), **first}
             Path(first["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
             Path(first["trt_timing_cache_path"]).mkdir(parents=True, exist_ok=True)
+            if "device_id" in first:  # the CUDA EP takes the nodes TensorRT does not: same GPU
+                cuda["device_id"] = first["device_id"]
         self._effective_provider_options = first
-        providers = [(wanted[0], first)] + [(p, {}) for p in wanted[1:]]
+        options = {"CUDAExecutionProvider": cuda} if self.device == "tensorrt" else {}
+        providers = [(wanted[0], first)] + [(p, options.get(p, {})) for p in wanted[1:]]
         path = self.artifact.model_file
+        if self.device != "cpu":
+            _load_gpu_libraries(self.device)
         try:
             self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
-        except Exception as e:  # onnxruntime raises its own pybind exception types for a bad file
+        except Exception as e:  # onnxruntime raises its own pybind exception types, none of them public
             kind = type(e).__name__
-            if kind in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile", "InvalidArgument"):
-                first = str(e).strip().splitlines()[0][:300]
-                raise UsageError(f"{path}: onnxruntime cannot load this model ({kind}: {first}); re-export the artifact") from None
+            text = (str(e).strip().splitlines() or [""])[0][:300]
+            if kind in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile") or (
+                    kind in ("Fail", "InvalidArgument") and self.device == "cpu"):
+                raise UsageError(f"{path}: onnxruntime cannot load this model ({kind}: {text}); re-export the artifact") from None
+            if self.device != "cpu":  # a provider option or the GPU stack, as often as the model
+                raise UsageError(f"runtime onnxruntime:{self.device}: {wanted[0]} could not open {path} ({kind}: {text}); "
+                                 "check the --provider-option values and the GPU install (README, 'GPU install')") from None
             raise
+        # onnxruntime would otherwise retry a failed run() on the next provider and carry on there,
+        # timing CUDA or CPU under this runner's name
+        self._session.disable_fallback()
         active = self._session.get_providers()
         if active[0] != wanted[0]:
             # onnxruntime falls back to the next provider, with a warning only, when one is compiled

@@ -151,17 +151,17 @@ class TensorRTRunner(Runner):
         for name, tensor in inputs.items():
             if not self._context.set_input_shape(name, tuple(tensor.shape)):
                 raise UsageError(f"{self.label}: TensorRT rejects shape {list(tensor.shape)} for input {name!r}")
-            self._bind(name, tensor)
+            self._set_address(name, tensor)
         outputs = {}
         for spec in self._outputs:
             shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"{self.label}: output {spec.name!r} has a data-dependent shape, which this runner does not support")
             outputs[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device="cuda")
-            self._bind(spec.name, outputs[spec.name])
+            self._set_address(spec.name, outputs[spec.name])
         return inputs, outputs
 
-    def _bind(self, name: str, tensor) -> None:
+    def _set_address(self, name: str, tensor) -> None:
         if not self._context.set_tensor_address(name, tensor.data_ptr()):  # unknown name or misaligned pointer
             raise RuntimeError(f"{self.label}: TensorRT refuses the buffer for tensor {name!r} (see the TensorRT log)")
 

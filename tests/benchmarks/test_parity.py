@@ -76,7 +76,8 @@ def test_missing_output_and_nan_fail():
     assert not res and "NaN" in str(res)
 
 
-@pytest.mark.parametrize("kw", [dict(atol=-1), dict(rtol=float("nan")), dict(min_cosine=2), dict(min_top1=1.5)])
+@pytest.mark.parametrize("kw", [dict(atol=-1), dict(rtol=float("nan")), dict(min_cosine=2), dict(min_top1=1.5),
+                                dict(min_pooled_cosine=-2)])
 def test_tolerance_validates_itself(kw):
     with pytest.raises(UsageError):
         Tolerance(**kw)
@@ -107,3 +108,21 @@ def test_pooled_cosine_of_token_outputs_ignores_padding():
     cand[1, 0] *= -1
     res = _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask(), atol=1e9, min_cosine=-1)
     assert res.outputs[0].pooled_cos_mean < 1.0
+
+
+def test_pooled_cosine_gate():
+    """The sentence-embedding gate: token rows may disagree more than the pooled vectors do, and
+    the gate fails only on the pooled ones."""
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    cand = ref.copy()
+    cand[1, 0] *= -1  # one token flipped: row cosine -1, pooled cosine of text 1 well below 1
+    loose = dict(atol=1e9, min_cosine=-1)
+    pooled = _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask(), **loose)
+    assert pooled and pooled.outputs[0].pooled_cos_mean < 0.99
+    res = _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask(), **loose,
+                   min_pooled_cosine=0.99)
+    assert not res and "mean pooled cosine" in str(res) and "< 0.99" in str(res)
+    floor = pooled.outputs[0].pooled_cos_mean - 1e-6
+    assert _compare({"last_hidden_state": ref}, {"last_hidden_state": cand}, [HIDDEN], _mask(), **loose,
+                    min_pooled_cosine=floor)

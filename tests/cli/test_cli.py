@@ -51,6 +51,10 @@ def test_parity_failure_exits_1(capsys, tiny_bert, tmp_path):
     code, out, err = run(capsys, "compare", str(tiny_bert), str(other), "-q", "-o", str(tmp_path / "r"))
     assert code == 1 and "FAIL" in out and "compare FAILED" in err and "FAIL parity" in err
     assert json.loads((tmp_path / "r" / "report.json").read_text())["passed"] is False
+    loose = ["compare", str(tiny_bert), str(other), "-q", "--atol", "1e9", "--min-cosine", "-1"]
+    assert run(capsys, *loose)[0] == 0
+    code, out, _ = run(capsys, *loose, "--min-pooled-cosine", "0.999")
+    assert code == 1 and "mean pooled cosine" in out and "pooled cos 0.999" in out
 
 
 def test_bad_inputs_exit_2_with_one_line(capsys, tiny_bert, tiny_onnx, tmp_path):

@@ -1,7 +1,3 @@
-import json
-import shutil
-
-import numpy as np
 import onnx
 import pytest
 
@@ -11,7 +7,6 @@ from benchmarks.parity import Tolerance
 from exporter import export_hf
 from exporter.optimize import contrib_ops, op_counts, optimize
 from exporter.quantize import QuantizeConfig, quantize
-from runtimes import open_runner
 from runtimes.errors import CheckFailed, UsageError
 from benchmarks.compare import CompareConfig
 from tests.conftest import make_tiny_bert

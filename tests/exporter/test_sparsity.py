@@ -6,7 +6,6 @@ import torch
 from exporter.compress.sparsity import (Sparse24Config, Sparse24Masks, check_nm_onnx, check_nm_torch, default_filter,
                                         nm_mask, sparsify_)
 from runtimes.errors import UsageError
-from tests.conftest import make_tiny_bert
 
 # Tiny BERT: 2 layers x (query, key, value, attention.output.dense, intermediate.dense); output.dense has
 # in_features = intermediate_size = 37, which 4 does not divide, so default_filter leaves it dense.

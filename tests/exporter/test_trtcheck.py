@@ -222,14 +222,21 @@ def test_profiles_covering_every_dynamic_dim_pass(tmp_path, tiny_onnx):
 def test_missing_profile_fails_and_no_shapes_only_warns(tmp_path):
     d = _dynamic(tmp_path)
     report = check_tensorrt(d, shapes={"a": ((1, 4), (2, 4), (8, 4))})
-    assert [f.message for f in report.errors] == ["no optimization profile covers input b dim 0 (batch)"]
+    assert report.errors == [] and report  # b's batch comes from a's
+    report = check_tensorrt(d, shapes={"b": ((1, 4), (2, 4), (8, 4))})
+    assert [f.message for f in report.errors] == ["no optimization profile covers input a dim 1 (seq)"]
+    assert "add a:MIN,OPT,MAX to --shapes" in report.errors[0].fix
     plain = check_tensorrt(d)  # no manifest to derive profiles from: a warning, not an error
     assert plain and [f.op for f in plain.warnings] == ["input"]
 
 
-def test_inconsistent_shared_dim_warns(tmp_path):
-    report = check_tensorrt(_dynamic(tmp_path), shapes={"a": ((1, 4), (2, 4), (8, 4)), "b": ((1, 4), (4, 4), (16, 4))})
-    assert report and "dim batch" in report.warnings[0].message
+def test_shapes_mean_what_they_mean_to_build(tmp_path, tiny_onnx):
+    """An input left out takes its dims from the same dim names in the inputs given, as in build;
+    a dim name given two ranges is refused, as build refuses it."""
+    report = check_tensorrt(tiny_onnx, shapes={"input_ids": ((1, 1), (8, 128), (32, 512))})
+    assert report and not any(f.op == "input" for f in report.findings), str(report)
+    with pytest.raises(UsageError, match="two ranges"):
+        check_tensorrt(_dynamic(tmp_path), shapes={"a": ((1, 4), (2, 4), (8, 4)), "b": ((1, 4), (4, 4), (16, 4))})
 
 
 @pytest.mark.parametrize("shapes, match", [
