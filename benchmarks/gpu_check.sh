@@ -80,19 +80,26 @@ if [ $PREFLIGHT = 1 ]; then
 else
     echo "== engines"
     "$EW" build "$RUN/onnx-fp16" -o "$RUN/engine-fp16" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
+    # Strongly typed, the Q/DQ graph's float layers run in FP32; on TensorRT 10, --fp16 lets them run
+    # in FP16 (weakly typed, INT8 + FP16 flags), the usual INT8 deployment there.
     "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
+    INT8_ENGINES=("$RUN/engine-int8")
+    if [ "$("$PY" -c "import tensorrt; print(tensorrt.__version__.split('.')[0])")" = 10 ]; then
+        "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8-fp16" --fp16 "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
+        INT8_ENGINES+=("$RUN/engine-int8-fp16")
+    fi
 
     echo "== parity against PyTorch on CUDA ($EVAL)"
     # FP16 and INT8 get their own tolerances, so one compare each.
     gate "compare fp16" "$EW" compare "$MODEL" "$RUN/engine-fp16" --ref-on torch:cuda --on tensorrt:cuda \
         --data "$EVAL" --limit 256 "${FP16_TOL[@]}" -o "$RUN/compare-fp16"
-    gate "compare int8" "$EW" compare "$MODEL" "$RUN/engine-int8" --ref-on torch:cuda --on tensorrt:cuda \
+    gate "compare int8" "$EW" compare "$MODEL" "${INT8_ENGINES[@]}" --ref-on torch:cuda --on tensorrt:cuda \
         --data "$EVAL" --limit 256 "${INT8_TOL[@]}" -o "$RUN/compare-int8"
 
     echo "== throughput: PyTorch CUDA, ONNX Runtime CUDA and TensorRT EP, native TensorRT"
     # Each artifact runs on every listed runtime that takes its kind: the model on torch, the ONNX
     # artifacts on both ONNX Runtime providers, the engines on TensorRT.
-    "$EW" bench "$MODEL" "$RUN/onnx" "$RUN/onnx-fp16" "$RUN/engine-fp16" "$RUN/engine-int8" \
+    "$EW" bench "$MODEL" "$RUN/onnx" "$RUN/onnx-fp16" "$RUN/engine-fp16" "${INT8_ENGINES[@]}" \
         --on torch:cuda --on onnxruntime:cuda --on onnxruntime:tensorrt --on tensorrt:cuda "${ORT_TRT_PROFILE[@]}" \
         --data "$EVAL" --batch 1,8,32 --seq 128 -o "$RUN/bench"
 fi

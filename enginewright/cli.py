@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", action="store_true", help="allow 2:4 sparse kernels (for compress --sparse-2-4 models)")
     p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions too")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere or newer GPU")
-    p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph")
+    p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph, or for the layers outside Q/DQ of an "
+                        "INT8 graph (which otherwise run in FP32)")
     _add_force_quiet(p)
 
     p = sub.add_parser("run", help="run a pipeline file (stages, options, data, gates) with step caching",

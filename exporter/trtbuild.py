@@ -3,7 +3,9 @@
 Precision follows the graph: FP16 weights or Q/DQ nodes build a strongly typed network, which
 keeps the graph's types (TensorRT 11 knows no other kind). An FP32 graph builds FP32, strongly
 typed; on TensorRT 10 only, ``fp16_flag`` lets the builder pick FP16 kernels in a weakly typed
-network instead.
+network instead. On a Q/DQ graph it does the same for the layers outside Q/DQ (with the INT8
+flag, which a weakly typed Q/DQ network needs): strongly typed, those run in FP32 as the graph
+types them, which can leave an INT8 engine slower than an FP16 one.
 
 Profiles are derived and validated before TensorRT is imported, so a bad ``--shapes`` is reported
 the same way on a machine without a GPU.
@@ -170,8 +172,8 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
 
     Raises:
         UsageError: not an ONNX artifact; bad shapes or options; output exists without ``force``;
-            TensorRT or a GPU missing; ``fp16_flag`` on TensorRT 11 or on a graph that already sets
-            its precision; the ONNX parser or the builder rejects the model.
+            TensorRT or a GPU missing; ``fp16_flag`` on TensorRT 11 or on an FP16 graph; the ONNX
+            parser or the builder rejects the model.
     """
     art = load_artifact(artifact)
     if art.kind != "onnx":
@@ -187,8 +189,10 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     if timing_cache is not None and not Path(timing_cache).parent.is_dir():
         raise UsageError(f"--timing-cache {timing_cache}: directory {Path(timing_cache).parent} does not exist")
     precision = graph_precision(art.model_file)
-    if fp16_flag and precision != "fp32":
-        raise UsageError(f"{art.path}: --fp16 is for FP32 graphs; this graph is already {precision} and builds as it is")
+    if fp16_flag and precision not in ("fp32", "int8"):
+        raise UsageError(f"{art.path}: --fp16 is for FP32 and Q/DQ INT8 graphs; this graph is already {precision} and "
+                         "builds as it is")
+    built_as = {"fp32": "fp16", "int8": "int8+fp16"}[precision] if fp16_flag else precision
 
     trt = require_tensorrt()
     require_cuda()
@@ -202,10 +206,11 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     builder_options = {
         "workspace_gib": workspace_gib, "opt_level": opt_level, "sparsity": bool(sparsity),
         "version_compatible": bool(version_compatible), "hardware_compatible": bool(hardware_compatible),
-        "fp16_flag": bool(fp16_flag), "strongly_typed": not fp16_flag,
+        "fp16_flag": bool(fp16_flag), "int8_flag": bool(fp16_flag) and precision == "int8",
+        "strongly_typed": not fp16_flag,
     }
     onnx_sha = model_files_sha256(art)
-    key = engine_cache_key(onnx_sha, profiles, "fp16" if fp16_flag else precision, builder_options, trt.__version__, gpu)
+    key = engine_cache_key(onnx_sha, profiles, built_as, builder_options, trt.__version__, gpu)
     cached = Path(cache_dir) / f"{key}.plan" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         plan = cached.read_bytes()
@@ -217,7 +222,7 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_bytes_atomic(cached, plan)
     manifest = engine_manifest(
-        tensorrt_version=trt.__version__, gpu=gpu, profiles=profiles, precision="fp16" if fp16_flag else precision,
+        tensorrt_version=trt.__version__, gpu=gpu, profiles=profiles, precision=built_as,
         builder_options=builder_options, onnx_sha256=onnx_sha, version_compatible=version_compatible,
         hardware_compatible=hardware_compatible, inputs=specs_to_list(inputs), outputs=specs_to_list(outputs),
         task=art.task, command=command, cache_key=key,
@@ -267,6 +272,8 @@ def _build(trt, major: int, onnx_path: Path, profiles: list[Profile], opts: dict
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if opts["fp16_flag"]:  # only reached on TensorRT 10 (build_engine refuses it on 11)
         config.set_flag(trt.BuilderFlag.FP16)
+    if opts.get("int8_flag"):  # a weakly typed network with Q/DQ layers does not build without it
+        config.set_flag(trt.BuilderFlag.INT8)
     for prof in profiles:
         p = builder.create_optimization_profile()
         for name, (mn, op, mx) in prof.items():

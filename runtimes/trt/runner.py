@@ -37,6 +37,7 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
     accepts = ("trt",)
     devices = ("cuda",)
+    _buffers_on = "cuda"  # torch device of the bound buffers (a CPU test of the binding logic sets "cpu")
 
     def __init__(self, artifact, *, device: str = "cuda", threads: int | None = None, cuda_graph: bool = False):
         super().__init__(artifact, device=device, threads=threads)
@@ -147,7 +148,7 @@ class TensorRTRunner(Runner):
         """Copy feeds to the GPU, set shapes and addresses, allocate outputs at the shapes TensorRT infers."""
         import torch
 
-        inputs = {n: torch.from_numpy(np.ascontiguousarray(a)).to("cuda") for n, a in feeds.items()}
+        inputs = {n: torch.from_numpy(np.ascontiguousarray(a)).to(self._buffers_on) for n, a in feeds.items()}
         for name, tensor in inputs.items():
             if not self._context.set_input_shape(name, tuple(tensor.shape)):
                 raise UsageError(f"{self.label}: TensorRT rejects shape {list(tensor.shape)} for input {name!r}")
@@ -157,7 +158,7 @@ class TensorRTRunner(Runner):
             shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"{self.label}: output {spec.name!r} has a data-dependent shape, which this runner does not support")
-            outputs[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device="cuda")
+            outputs[spec.name] = torch.empty(shape, dtype=_torch_dtype(spec.dtype), device=self._buffers_on)
             self._set_address(spec.name, outputs[spec.name])
         return inputs, outputs
 

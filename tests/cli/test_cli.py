@@ -115,3 +115,27 @@ def test_existing_report_needs_force(capsys, tiny_bert, tiny_onnx, tmp_path):
     code, _, err = run(capsys, "compare", str(tiny_bert), str(tiny_onnx), "-o", str(tmp_path / "r"), "-q")
     assert code == 2
     one_line_error(err, "output already exists")
+
+
+def test_a_crash_exits_3_not_1(capsys, monkeypatch, tiny_onnx):
+    """1 means a check failed and 2 bad input; a bug must not read as either in a CI job."""
+    from enginewright import cli
+
+    def crash(args, command):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", crash)
+    code, _, err = run(capsys, "inspect", str(tiny_onnx))
+    assert code == cli.INTERNAL_ERROR == 3
+    assert "RuntimeError: boom" in err and "internal error" in err.strip().splitlines()[-1]
+
+
+def test_without_onnxruntime_commands_that_need_it_say_what_to_install(capsys, monkeypatch, tiny_onnx):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    code, _, err = run(capsys, "compare", str(tiny_onnx), str(tiny_onnx), "-q")
+    assert code == 2
+    one_line_error(err, "onnxruntime is not installed", "enginewright[cpu]", "enginewright[gpu]")
+    assert run(capsys, "check", str(tiny_onnx))[0] == 0  # the TensorRT check needs no onnxruntime

@@ -81,7 +81,10 @@ def test_a_provider_that_falls_back_is_refused(tiny_onnx, monkeypatch):
 
     real = ort.InferenceSession
 
+    asked = []
+
     def falls_back(path, sess_options=None, providers=None):  # what onnxruntime does when the EP fails to start
+        asked.append(providers)
         return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
@@ -89,11 +92,18 @@ def test_a_provider_that_falls_back_is_refused(tiny_onnx, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", falls_back)
     monkeypatch.setenv("ENGINEWRIGHT_CACHE", str(tiny_onnx.parent / "cache"))
     for device in ("cuda", "tensorrt"):
-        runner = open_runner(tiny_onnx, f"onnxruntime:{device}")
+        runner = open_runner(tiny_onnx, f"onnxruntime:{device}", provider_options={"device_id": 1})
         with pytest.raises(UsageError, match="could not start it and fell back to CPUExecutionProvider"):
             runner.activate()
+    # what the GPU providers were asked for: CUDA in strict FP32 like the torch baseline, and the
+    # CUDA EP behind TensorRT on the same GPU
+    cuda, trt = (dict(p) for p in asked)
+    assert cuda["CUDAExecutionProvider"] == {"use_tf32": "0", "device_id": 1}
+    assert trt["CUDAExecutionProvider"] == {"use_tf32": "0", "device_id": 1}
+    assert trt["TensorrtExecutionProvider"]["device_id"] == 1 and "CPUExecutionProvider" in trt
     cpu = open_runner(tiny_onnx, "onnxruntime:cpu")
     cpu.activate()
+    assert cpu._session._enable_fallback is False  # a failed run() must not move to another provider
     cpu.deactivate()
 
 

@@ -150,6 +150,14 @@ def test_build_validates_shapes_before_requiring_tensorrt(tiny_onnx, tmp_path):
         build_engine(tiny_onnx, tmp_path / "engine", opt_level=9)
 
 
+def test_fp16_flag_is_refused_on_an_fp16_graph_before_tensorrt(tiny_onnx, tmp_path):
+    from exporter.optimize import optimize
+
+    fp16 = optimize(tiny_onnx, tmp_path / "fp16", target="tensorrt", fp16=True, progress=False)
+    with pytest.raises(UsageError, match="--fp16 is for FP32 and Q/DQ INT8 graphs; this graph is already fp16"):
+        build_engine(fp16, tmp_path / "engine", fp16_flag=True)
+
+
 @needs_no_trt
 def test_build_without_tensorrt_says_what_to_install(tiny_onnx, tmp_path):
     with pytest.raises(UsageError) as e:
@@ -207,6 +215,75 @@ def test_importing_the_backend_imports_no_tensorrt():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+class _FakeContext:
+    """TensorRT's IExecutionContext as far as the runner drives it, over host memory: outputs get
+    the shape the input shapes imply, and ``execute_async_v3`` reads ``input_ids`` through its
+    bound address and writes ``last_hidden_state[b, s, k] = input_ids[b, s] + k`` through the output's."""
+
+    def __init__(self):
+        self.calls, self.shapes, self.addresses = [], {}, {}
+
+    def set_optimization_profile_async(self, index, stream):
+        self.calls.append(("profile", index))
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.calls.append(("shape", name, tuple(shape)))
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (*self.shapes["input_ids"], 3)
+
+    def set_tensor_address(self, name, address):
+        self.calls.append(("address", name))
+        self.addresses[name] = address
+        return True
+
+    def execute_async_v3(self, stream):
+        import ctypes
+
+        self.calls.append(("execute",))
+        b, s = self.shapes["input_ids"]
+        ids = np.frombuffer(ctypes.string_at(self.addresses["input_ids"], b * s * 8), np.int64).reshape(b, s)
+        out = (ids[..., None] + np.arange(3)).astype(np.float32)
+        ctypes.memmove(self.addresses["last_hidden_state"], out.ctypes.data, out.nbytes)
+        return True
+
+
+def test_runner_binds_every_tensor_and_reads_back_what_the_engine_wrote():
+    """The binding logic without a GPU: profile chosen by the feed's shape and set once, every
+    input's shape and address set, outputs allocated at the shape TensorRT reports, one launch,
+    results copied back (a method defined twice once broke exactly this, unseen without a GPU)."""
+    pytest.importorskip("torch")
+
+    class _Stream:
+        cuda_stream = 0
+
+        def synchronize(self):
+            pass
+
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    runner._buffers_on, runner.cuda_graph, runner._graph = "cpu", False, None
+    runner._context, runner._stream, runner._active_profile = _FakeContext(), _Stream(), None
+    runner._profiles = [{n: ((1, 1), (1, 8), (1, 16)) for n in ("input_ids", "attention_mask")},
+                        {n: ((2, 1), (8, 64), (32, 128)) for n in ("input_ids", "attention_mask")}]
+    runner._outputs = [TensorSpec("last_hidden_state", "float32", ("batch_size", "sequence_length", 3))]
+    feeds = {"input_ids": np.arange(20, dtype=np.int64).reshape(4, 5), "attention_mask": np.ones((4, 5), np.int64)}
+    out = runner.infer_impl(feeds)
+    np.testing.assert_array_equal(out["last_hidden_state"], feeds["input_ids"][..., None] + np.arange(3))
+    calls = runner._context.calls
+    assert calls[0] == ("profile", 1)  # batch 4 lies outside profile 0
+    assert {c for c in calls if c[0] == "shape"} == {("shape", "input_ids", (4, 5)), ("shape", "attention_mask", (4, 5))}
+    assert {c[1] for c in calls if c[0] == "address"} == {"input_ids", "attention_mask", "last_hidden_state"}
+    assert calls[-1] == ("execute",) and calls.count(("execute",)) == 1
+    runner._context.calls.clear()
+    runner.infer_impl({n: a[:2] for n, a in feeds.items()})
+    assert ("profile", 1) not in runner._context.calls  # same profile: not set again
+    with pytest.raises(UsageError, match="input_ids"):
+        runner.infer_impl({n: np.ones((64, 5), np.int64) for n in feeds})  # batch 64: outside every profile
+
+
 # -- GPU: build and run -----------------------------------------------------------------------
 TINY_SHAPES = {"input_ids": ((1, 1), (4, 32), (8, 128))}
 
@@ -258,7 +335,7 @@ def test_fp32_engine_matches_onnxruntime(tiny_onnx, tmp_path):
 
 @pytest.mark.gpu
 def test_qdq_engine_is_close_to_onnxruntime(tiny_onnx, tmp_path):
-    _gpu_or_skip()
+    trt = _gpu_or_skip()
     from benchmarks.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
 
@@ -274,6 +351,12 @@ def test_qdq_engine_is_close_to_onnxruntime(tiny_onnx, tmp_path):
     a, b = got[name].ravel(), want[name].ravel()
     assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.99
     np.testing.assert_array_equal(replayed[name], got[name])
+    if trt_major(trt.__version__) < 11:  # INT8 with the float layers in FP16: weakly typed, INT8 + FP16 flags
+        mixed = build_engine(q, tmp_path / "int8-fp16", shapes=TINY_SHAPES, fp16_flag=True, progress=False)
+        assert mixed.manifest["precision"] == "int8+fp16" and mixed.manifest["builder"]["int8_flag"]
+        with TensorRTRunner(mixed) as runner:
+            c = runner.infer(feeds)[name].ravel()
+        assert float(c @ b / (np.linalg.norm(c) * np.linalg.norm(b))) > 0.99
 
 
 @pytest.mark.gpu
