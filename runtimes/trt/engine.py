@@ -22,7 +22,7 @@ AMPERE = (8, 0)
 
 # tensorrt.DataType member name -> numpy dtype name. By name, so the table needs no tensorrt import.
 TRT_TO_NUMPY = {
-    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
+    "FLOAT": "float32", "HALF": "float16", "INT8": "int8", "UINT8": "uint8",
     "INT32": "int32", "INT64": "int64", "BOOL": "bool",
 }
 

@@ -22,7 +22,7 @@ def _torch_dtype(name: str):
     import torch
 
     return {
-        "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8,
+        "float32": torch.float32, "float16": torch.float16, "int8": torch.int8,
         "uint8": torch.uint8, "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
     }[name]
 
@@ -89,7 +89,7 @@ class TensorRTRunner(Runner):
     def _spec(self, name: str, declared: TensorSpec | None) -> TensorSpec:
         """Engine dtype and shape, with -1 dims named as the manifest (the ONNX graph) names them."""
         dtype = self._engine.get_tensor_dtype(name).name
-        if dtype not in TRT_TO_NUMPY:  # FP8, INT4, FP4, E8M0: no numpy or torch buffer type to bind
+        if dtype not in TRT_TO_NUMPY:  # BF16, FP8, INT4, FP4, E8M0: no numpy type to feed or return
             raise UsageError(f"{self.artifact.path}: engine tensor {name!r} is TensorRT {dtype}, which this runner "
                              f"cannot bind (it binds {', '.join(TRT_TO_NUMPY)}); keep such types inside the model, "
                              "not at its inputs or outputs")

@@ -5,13 +5,18 @@ import json
 from tests.cli.test_cli import one_line_error, run
 
 
-def test_optimize_and_quantize_commands(capsys, tiny_onnx, tmp_path):
+def test_optimize_and_quantize_commands(capsys, tiny_onnx, tmp_path, monkeypatch):
+    from enginewright import cli
+
     code, out, _ = run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "fused"), "-q")
     assert code == 0 and "fused Attention: 2" in out and "contrib ops" in out
     code, out, _ = run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "trt16"), "--target", "tensorrt", "--fp16", "-q")
     assert code == 0 and "(fp16)" in out and "contrib" not in out
-    code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "dyn"), "--mode", "dynamic", "--per-channel", "-q")
-    assert code == 0 and "nodes INT8" in out
+    code, out, err = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "dyn"), "--mode", "dynamic", "--per-channel", "-q")
+    assert code == 0 and "nodes INT8" in out and "warning" not in err
+    monkeypatch.setattr(cli, "QUANTIZE_WARN_BELOW", 1.01)  # any cosine is now too low: the warning names the remedy
+    code, _, err = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "dyn2"), "--mode", "dynamic", "-q")
+    assert code == 0 and "warning: mean pooled cosine vs float" in err and "--max-cosine-loss 0.01" in err
     code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "qdq"), "--target", "tensorrt",
                        "--calib", "builtin:samples", "--max-cosine-loss", "0.5", "-q")
     assert code == 0

@@ -251,6 +251,22 @@ class _FakeContext:
         return True
 
 
+@pytest.mark.parametrize("dtype", ["BF16", "FP8"])
+def test_runner_refuses_engine_io_it_cannot_bind(dtype, tmp_path):
+    """numpy has no BF16 or FP8: such an engine input could not be fed nor an output returned."""
+    import types
+
+    engine = types.SimpleNamespace(get_tensor_dtype=lambda name: types.SimpleNamespace(name=dtype),
+                                   get_tensor_shape=lambda name: (-1, 8))
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    runner.artifact, runner._engine = types.SimpleNamespace(path=tmp_path), engine
+    with pytest.raises(UsageError, match=f"engine tensor 'logits' is TensorRT {dtype}, which this runner cannot bind"):
+        runner._spec("logits", None)
+    engine.get_tensor_dtype = lambda name: types.SimpleNamespace(name="HALF")
+    assert runner._spec("logits", TensorSpec("logits", "float16", ("batch_size", 8))) == \
+        TensorSpec("logits", "float16", ("batch_size", 8))
+
+
 def test_runner_binds_every_tensor_and_reads_back_what_the_engine_wrote():
     """The binding logic without a GPU: profile chosen by the feed's shape and set once, every
     input's shape and address set, outputs allocated at the shape TensorRT reports, one launch,
