@@ -689,8 +689,8 @@ def _require_onnxruntime() -> None:
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") is None:
-        raise CliError("onnxruntime is not installed: pip install 'enginewright[cpu]', or 'enginewright[gpu]' on "
-                       "NVIDIA GPU machines (README, 'GPU install')")
+        raise CliError("onnxruntime is not installed: it comes with the cpu extra (make install), or the gpu extra on "
+                       "NVIDIA GPU machines (make install EXTRAS=gpu,dev; README, 'GPU install')")
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,

@@ -15,7 +15,8 @@ from pathlib import Path
 from runtimes.artifact import SCHEMA_VERSION, library_versions, now_iso
 from runtimes.errors import UsageError
 
-INSTALL_HINT = "TensorRT is not installed: on a GPU machine, pip install -e '.[gpu]' (TensorRT 10 for CUDA 13; see README 'GPU install')"
+INSTALL_HINT = ("TensorRT is not installed: on a GPU machine, make install EXTRAS=gpu,dev (TensorRT 10 for CUDA 13, "
+                "with onnxruntime-gpu in place of onnxruntime; see README 'GPU install')")
 MODEL_FILE = "model.plan"
 HARDWARE_LEVELS = ("none", "ampere_plus")
 AMPERE = (8, 0)

@@ -137,5 +137,5 @@ def test_without_onnxruntime_commands_that_need_it_say_what_to_install(capsys, m
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     code, _, err = run(capsys, "compare", str(tiny_onnx), str(tiny_onnx), "-q")
     assert code == 2
-    one_line_error(err, "onnxruntime is not installed", "enginewright[cpu]", "enginewright[gpu]")
+    one_line_error(err, "onnxruntime is not installed", "make install", "EXTRAS=gpu,dev")
     assert run(capsys, "check", str(tiny_onnx))[0] == 0  # the TensorRT check needs no onnxruntime

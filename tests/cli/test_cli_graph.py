@@ -88,7 +88,7 @@ def test_tensorrt_paths_refuse_in_one_line_without_tensorrt(capsys, tiny_bert, t
         pytest.skip("TensorRT is installed here; the refusal is for machines without it")
     code, _, err = run(capsys, "build", str(tiny_onnx), "-o", str(tmp_path / "engine"))
     assert code == 2
-    one_line_error(err, "TensorRT is not installed: on a GPU machine, pip install -e")
+    one_line_error(err, "TensorRT is not installed: on a GPU machine, make install EXTRAS=gpu,dev")
     code, _, err = run(capsys, "build", str(tiny_bert), "-o", str(tmp_path / "engine"))
     assert code == 2
     one_line_error(err, "build takes an ONNX artifact")
