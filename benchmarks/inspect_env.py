@@ -74,10 +74,22 @@ def artifact_text(info: dict) -> str:
 
 def describe_env() -> dict:
     """Library versions, ONNX Runtime providers, CUDA and TensorRT availability, CPU features."""
-    env = {"machine": describe_machine(), "versions": library_versions()}
-    import onnxruntime as ort
+    from importlib.metadata import PackageNotFoundError, version
 
-    env["onnxruntime_providers"] = ort.get_available_providers()
+    env = {"machine": describe_machine(), "versions": library_versions()}
+    dists = {}
+    for name in ("onnxruntime", "onnxruntime-gpu"):  # both install the module `onnxruntime`
+        try:
+            dists[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    env["onnxruntime_distributions"] = dists
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime as ort
+
+        env["onnxruntime_providers"] = ort.get_available_providers()
+    else:
+        env["onnxruntime_providers"] = []
     import torch
 
     env["torch_cuda"] = {"available": torch.cuda.is_available(), "cuda": torch.version.cuda,
@@ -95,9 +107,12 @@ def env_text(env: dict) -> str:
         f"machine: {machine_line(m)}",
         f"  CPU features: {', '.join(m['cpu_features']) or 'none of AVX2/AVX-512/VNNI/AMX'} ({int8})",
         "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        f"onnxruntime providers: {', '.join(env['onnxruntime_providers'])}",
+        f"onnxruntime providers: {', '.join(env['onnxruntime_providers']) or 'none (onnxruntime is not installed)'}",
         f"torch CUDA: {'available' if env['torch_cuda']['available'] else 'not available'}"
         + (f" (CUDA {env['torch_cuda']['cuda']}, {', '.join(env['torch_cuda']['devices'])})" if env["torch_cuda"]["available"] else ""),
         f"TensorRT: {'installed' if env['tensorrt_installed'] else 'not installed (GPU machines only; README, GPU install)'}",
     ]
+    if len(env.get("onnxruntime_distributions") or {}) > 1:
+        lines.append("WARNING: onnxruntime and onnxruntime-gpu are both installed and overwrite each other's files: "
+                     "pip uninstall -y onnxruntime onnxruntime-gpu, then install one (README, 'GPU install')")
     return "\n".join(lines)

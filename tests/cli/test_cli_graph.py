@@ -114,3 +114,9 @@ def test_inspect_and_env(capsys, tiny_bert, tiny_onnx, tmp_path):
     env = json.loads(out)
     assert code == 0 and "CPUExecutionProvider" in env["onnxruntime_providers"]
     assert {"torch", "onnxruntime"} <= set(env["versions"]) and "cpu_features" in env["machine"]
+    assert list(env["onnxruntime_distributions"]) == ["onnxruntime"]  # the cpu extra, and not the GPU wheel too
+    from benchmarks.inspect_env import env_text
+
+    both = {**env, "onnxruntime_distributions": {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"}}
+    assert "WARNING: onnxruntime and onnxruntime-gpu are both installed" in env_text(both)
+    assert "WARNING" not in env_text(env)
