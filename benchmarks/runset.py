@@ -46,7 +46,11 @@ def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | 
     for art in arts:
         chosen = [rt for rt in (runtimes or ()) if art.kind in backend_class(parse_runtime(rt)[0]).accepts]
         if runtimes and not chosen:
-            raise UsageError(f"{art.path}: none of the runtimes {list(runtimes)} runs a {art.kind!r} artifact; add one with --on")
+            takes = {"hf": "torch", "onnx": "onnxruntime[:cpu|:cuda|:tensorrt]", "trt": "tensorrt"}.get(art.kind, "?")
+            hint = "; tensorrt runs engines: make one with enginewright build" if art.kind == "onnx" and any(
+                parse_runtime(rt)[0] == "tensorrt" for rt in runtimes) else ""
+            raise UsageError(f"{art.path}: none of the runtimes {list(runtimes)} runs a {art.kind!r} artifact (that takes "
+                             f"--on {takes}){hint}")
         for rt in chosen or [default_runtime(art)]:
             plans.append(RunnerPlan(art, ":".join(parse_runtime(rt))))
     labels = [p.label for p in plans]

@@ -11,6 +11,7 @@ COPY enginewright/ enginewright/
 COPY exporter/ exporter/
 COPY runtimes/ runtimes/
 COPY benchmarks/ benchmarks/
+COPY examples/ examples/
 COPY tests/ tests/
 # PyPI's torch 2.13.0 for Linux is a CUDA build; the CPU build comes from PyTorch's CPU index.
 ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu

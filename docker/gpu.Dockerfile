@@ -2,8 +2,9 @@
 # `make install` with onnxruntime-gpu in place of onnxruntime (the `cpu` extra). Not built on the development machines
 # (no Docker engine, no GPU); see README, "Docker".
 #   docker build -f docker/gpu.Dockerfile -t enginewright:gpu .
-#   docker run --rm --gpus all enginewright:gpu build runs/onnx -o runs/engine
-#   docker run --rm --gpus all --entrypoint bash enginewright:gpu benchmarks/gpu_check.sh
+#   docker run --rm --gpus all -v $PWD/runs:/opt/enginewright/runs enginewright:gpu build runs/onnx -o runs/engine
+#   docker run --rm --gpus all -v $PWD/runs:/opt/enginewright/runs -v $PWD/../shared:/opt/shared:ro \
+#       --entrypoint bash enginewright:gpu benchmarks/gpu_check.sh      (results in ./runs/gpu_check)
 #
 # 26.05 is the last TensorRT container with TensorRT 10 (10.16.1, CUDA 13.2, Python 3.12); 26.06 and
 # later ship TensorRT 11. It has to stay on 10: PyPI's onnxruntime-gpu is a CUDA 13 build whose
@@ -25,6 +26,7 @@ COPY enginewright/ enginewright/
 COPY exporter/ exporter/
 COPY runtimes/ runtimes/
 COPY benchmarks/ benchmarks/
+COPY examples/ examples/
 COPY tests/ tests/
 
 # The container's TensorRT stays: the `gpu` extra is not installed (PyPI's tensorrt would fetch a second

@@ -1,7 +1,7 @@
 """``enginewright`` command line. Only argparse is imported up front, so ``--help`` is instant;
 each subcommand imports what it needs when it runs.
 
-Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input.
+Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input, 3 a crash (a bug).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="intra-op threads for every runtime (default: the usable cores)")
     p.add_argument("--provider-option", action="append", type=_provider_option, default=[], metavar="DEVICE:KEY=VALUE",
                    help="onnxruntime provider option, repeatable, e.g. cuda:device_id=1 or tensorrt:trt_fp16_enable=True")
-    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR", help="write report.json and report.md here")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR", help="write report.json, report.md and report.html here")
     _add_force_quiet(p)
 
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="enginewright",
         description="Turn a PyTorch / Hugging Face model into a verified, benchmarked deployment artifact.",
-        epilog="Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input.",
+        epilog="Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input, 3 a crash (a bug).",
     )
     parser.add_argument("--version", action="version", version="enginewright 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model cannot build.")
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
     p.add_argument("--target", choices=("tensorrt",), default="tensorrt")
-    p.add_argument("--shapes", nargs="+", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
+    p.add_argument("--shapes", nargs="+", action="extend", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
                    help="optimization profile per input, dims joined by x, e.g. input_ids:1x8,8x128,32x512")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
 
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the TensorRT version and GPU the engine is for. Not yet run on a GPU.")
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR")
-    p.add_argument("--shapes", nargs="+", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
+    p.add_argument("--shapes", nargs="+", action="extend", type=_shape_arg, default=None, metavar="NAME:MIN,OPT,MAX",
                    help="profile per input, dims joined by x, e.g. input_ids:1x1,8x128,32x512 (default: from the manifest)")
     p.add_argument("--timing-cache", type=Path, default=None, metavar="FILE", help="read (if present) and write a timing cache")
     p.add_argument("--cache-dir", type=Path, default=None, metavar="DIR", help="engine cache: reuse an identical build")
@@ -529,10 +529,12 @@ def cmd_check(args, command: str) -> int:
 
     shapes = dict(args.shapes) if args.shapes else None
     if shapes is not None and len(shapes) != len(args.shapes):
-        raise CliError("--shapes names an input twice")
+        names = [n for n, _ in args.shapes]
+        raise CliError(f"--shapes names input {next(n for n in names if names.count(n) > 1)!r} twice; give each input once")
     report = check_tensorrt(args.artifact, shapes=shapes)
     print(report)
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.json, report.to_dict())
     return 0 if report else 1
 

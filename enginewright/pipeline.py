@@ -38,7 +38,8 @@ STAGES: dict[str, set[str]] = {
     "optimize": {"target", "fp16"},
     "quantize": {"mode", "target", "calib", "method", "per_channel", "all_matmuls", "max_cosine_loss", "max_float_nodes",
                  "calib_rows"},
-    "build": {"shapes", "timing_cache", "workspace", "opt_level", "sparsity", "version_compatible"},
+    "build": {"shapes", "timing_cache", "workspace", "opt_level", "sparsity", "version_compatible",
+              "hardware_compatible", "fp16"},
     "compare": {"data", "atol", "rtol", "min_cosine", "min_pooled_cosine", "batch_size", "max_length", "limit"},
     "bench": {"data", "batch", "seq", "time", "iters", "natural", "limit"},
 }
@@ -51,7 +52,8 @@ OPTION_KINDS: dict[str, str] = {
     **dict.fromkeys(("lr", "prune_heads", "prune_ffn", "flop_target", "alpha", "temperature", "max_cosine_loss",
                      "atol", "rtol", "min_cosine", "min_pooled_cosine", "time", "workspace"), _NUM),
     **dict.fromkeys(("distill", "sparse_2_4", "qat", "qat_attention", "qat_dropout", "external_data", "normalize",
-                     "fp16", "per_channel", "all_matmuls", "sparsity", "version_compatible", "natural"), _BOOL),
+                     "fp16", "per_channel", "all_matmuls", "sparsity", "version_compatible", "hardware_compatible", "natural"),
+                    _BOOL),
     **dict.fromkeys(("train", "eval", "calib", "data", "task", "importance", "pooling", "target", "mode", "method",
                      "timing_cache"), _STR),
 }
@@ -176,6 +178,11 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             raise UsageError(f"{flag} {value!r}: the pipeline's stages are {', '.join(names)}")
     first = names.index(start) if start else 0
     last = names.index(stop) if stop else len(names) - 1
+    if "build" in names[first:last + 1]:  # before minutes of export and calibration, not after
+        from runtimes.trt.engine import require_cuda, require_tensorrt
+
+        require_tensorrt()
+        require_cuda()
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
     current, made, results, reports = pipe.model, [], {}, {}
     rerun = force
@@ -270,7 +277,9 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
         shapes = o.get("shapes")
         build_engine(src, out, shapes=shapes, timing_cache=o.get("timing_cache"), workspace_gib=o.get("workspace"),
                      opt_level=o.get("opt_level"), sparsity=bool(o.get("sparsity")),
-                     version_compatible=bool(o.get("version_compatible")), force=True, command=command, progress=progress)
+                     version_compatible=bool(o.get("version_compatible")),
+                     hardware_compatible=bool(o.get("hardware_compatible")), fp16_flag=bool(o.get("fp16")),
+                     force=True, command=command, progress=progress)
 
 
 def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: bool, say, reports: dict) -> dict:

@@ -212,7 +212,8 @@ def quantize(
     if src.kind != "onnx":
         raise UsageError(f"{src.path}: quantize takes an ONNX artifact (run enginewright export first), this is {src.kind!r}")
     if config.mode == "static" and calib is None:
-        raise UsageError("--mode static needs calibration data: pass --calib FILE (real texts, a few hundred rows)")
+        raise UsageError("static quantization (the default, and the only mode of --target tensorrt) needs calibration "
+                         "data: pass --calib FILE (real texts, a few hundred rows), or --mode dynamic for --target cpu")
     out = Path(out)
     check_output_free(out, force)
     ops = op_counts(src.model_file)

@@ -33,6 +33,7 @@ def test_formats(tmp_path):
     ("badlabel.csv", "text,label\nx,1\n", {"label_column": "topic"}, "no column 'topic'"),
     ("bad.jsonl", '{"text": "x"}\n{oops\n', {}, "bad.jsonl:2: not valid JSON"),
     ("blank.jsonl", '{"text": "x"}\n{"text": ""}\n', {}, "row 2 has no text"),
+    ("README.md", "# a title\nsome prose\n", {}, "unknown data file type '.md'; pass a .txt"),
 ])
 def test_bad_data_files(tmp_path, name, content, kwargs, words):
     p = tmp_path / name

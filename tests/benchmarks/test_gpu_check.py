@@ -29,6 +29,8 @@ def test_refuses_in_one_line_without_a_gpu(tmp_path):
     assert not (tmp_path / "run").exists()
     r = _run("--bogus")
     assert r.returncode == 2 and "usage" in r.stderr
+    r = _run("--preflight", str(tmp_path / "run"), ENGINEWRIGHT=str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "run make install first" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
 @pytest.mark.real_model

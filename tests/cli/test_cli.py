@@ -39,6 +39,10 @@ def test_export_compare_bench_end_to_end(capsys, tiny_bert, tmp_path):
     assert code == 0 and "PASS" in out
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert report["candidates"][0]["outputs"][0]["tolerance"]["atol"] == 2e-4
+    code, _, err = run(capsys, "compare", str(tiny_bert), str(tmp_path / "onnx"), "-q", "--min-pooled-cosine",
+                       "last_hidden_states=0.999")  # misspelt: must not drop the gate silently
+    assert code == 2
+    one_line_error(err, "'last_hidden_states'", "does not produce", "last_hidden_state")
     code, out, _ = run(capsys, "bench", str(tiny_bert), str(tmp_path / "onnx"), "--batch", "1,2", "--seq", "8",
                        "--iters", "2", "--rounds", "1", "--warmup", "0", "-o", str(tmp_path / "bench"), "-q")
     assert code == 0 and (tmp_path / "bench" / "report.md").is_file() and "samples/s" in out

@@ -66,9 +66,9 @@ def test_unreachable_cosine_target_exits_1(capsys, tiny_onnx, tmp_path):
 
 
 def test_check_tensorrt_readiness(capsys, tiny_onnx, tmp_path):
-    code, out, _ = run(capsys, "check", str(tiny_onnx), "--target", "tensorrt", "--json", str(tmp_path / "r.json"))
+    code, out, _ = run(capsys, "check", str(tiny_onnx), "--target", "tensorrt", "--json", str(tmp_path / "new" / "r.json"))
     assert code == 0 and "ready (0 errors" in out
-    assert json.loads((tmp_path / "r.json").read_text())["findings"] is not None
+    assert json.loads((tmp_path / "new" / "r.json").read_text())["findings"] is not None
     assert run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "fused"), "-q")[0] == 0
     code, out, _ = run(capsys, "check", str(tmp_path / "fused"))
     assert code == 1 and "com.microsoft::Attention" in out and "--target tensorrt" in out
@@ -77,6 +77,10 @@ def test_check_tensorrt_readiness(capsys, tiny_onnx, tmp_path):
     one_line_error(err, "MIN <= OPT <= MAX")
     code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "nope:1x8,8x16,32x64")
     assert code == 2
+    code, _, err = run(capsys, "check", str(tiny_onnx), "--shapes", "input_ids:1x8,8x16,32x64", "--shapes",
+                       "input_ids:1x8,8x16,32x64")
+    assert code == 2
+    one_line_error(err, "--shapes names input 'input_ids' twice")
 
 
 def test_tensorrt_paths_refuse_in_one_line_without_tensorrt(capsys, tiny_bert, tiny_onnx, tmp_path):

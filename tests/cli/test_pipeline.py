@@ -110,3 +110,24 @@ stages:
     distill = next(c for m in manifests for c in m.get("compression") or [] if c["technique"] == "distillation")
     assert distill["alpha"] == 1.0 and distill["temperature"] == 1.0
     assert any(m.get("quantization", {}).get("mode") == "qat" for m in manifests)
+
+
+def test_a_pipeline_with_a_build_refuses_before_running_anything_without_tensorrt(capsys, tiny_bert, tmp_path):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    stages = """\
+stages:
+  - export: {{task: feature-extraction}}
+  - quantize: {{target: tensorrt, calib: builtin:samples}}
+  - build: {{shapes: {{input_ids: [[1, 1], [2, 8], [4, 16]]}}, fp16: true, hardware_compatible: true}}
+"""
+    code, _, err = run(capsys, "run", str(_write(tmp_path, tiny_bert, stages=stages)), "-q")
+    assert code == 2
+    one_line_error(err, "TensorRT is not installed")
+    assert not (tmp_path / "runs").exists()  # no export or calibration first
+    code, _, _ = run(capsys, "run", str(tmp_path / "pipe.yaml"), "-q", "--to", "quantize")
+    assert code == 0  # without the build stage the rest runs
