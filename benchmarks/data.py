@@ -23,6 +23,9 @@ SAMPLES = Path(__file__).resolve().parent / "samples" / "sentences.txt"
 BUILTIN = "builtin:samples"
 
 
+CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".bio")
+
+
 @dataclass(frozen=True)
 class TextDataset:
     """Texts (and optional second texts and labels) in file order."""
@@ -99,8 +102,15 @@ def load_texts(
     elif suffix in (".txt", ".text", ""):
         ds = _from_lines(p, str(p))
         return ds.take(min(limit, len(ds))) if limit else ds
+    elif suffix in CONLL_SUFFIXES:  # a token-classification file: each sentence's tokens as one text
+        from benchmarks.conll import load_conll
+
+        conll = load_conll(p)
+        ds = TextDataset(str(p), tuple(" ".join(s) for s in conll.sentences))
+        return ds.take(min(limit, len(ds))) if limit else ds
     else:
-        raise UsageError(f"{p}: unknown data file type {suffix!r}; pass a .txt (one text per line), .jsonl or .csv file")
+        raise UsageError(f"{p}: unknown data file type {suffix!r}; pass a .txt (one text per line), .jsonl, .csv/.tsv "
+                         f"or CoNLL ({', '.join(CONLL_SUFFIXES)}) file")
     if limit:
         rows = rows[:limit]
     return _from_rows(p, rows, text_column, pair_column, label_column)

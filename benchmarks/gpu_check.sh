@@ -15,11 +15,21 @@
 set -euo pipefail
 
 PREFLIGHT=0
-if [ "${1:-}" = "--preflight" ]; then PREFLIGHT=1; shift; fi
-case "${1:-}" in -*) echo "gpu_check.sh: unknown option $1; usage: gpu_check.sh [--preflight] [RUN_DIR]" >&2; exit 2;; esac
+RUN=""
+usage="usage: gpu_check.sh [--preflight] [RUN_DIR]"
+for arg in "$@"; do
+    case "$arg" in
+        --preflight) PREFLIGHT=1 ;;
+        -*) echo "gpu_check.sh: unknown option $arg; $usage" >&2; exit 2 ;;
+        *) [ -z "$RUN" ] || { echo "gpu_check.sh: more than one RUN_DIR; $usage" >&2; exit 2; }; RUN="$arg" ;;
+    esac
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ $PREFLIGHT = 1 ]; then RUN="${1:-$ROOT/runs/gpu_check-preflight}"; else RUN="${1:-$ROOT/runs/gpu_check}"; fi
+if [ -z "$RUN" ]; then
+    if [ $PREFLIGHT = 1 ]; then RUN="$ROOT/runs/gpu_check-preflight"; else RUN="$ROOT/runs/gpu_check"; fi
+fi
 EW="${ENGINEWRIGHT:-$(command -v enginewright || echo "$ROOT/.venv/bin/enginewright")}"
+EW="$(command -v "$EW" || echo "$EW")"  # a bare name on PATH, as ENGINEWRIGHT=enginewright
 PY="$(dirname "$EW")/python"
 [ -x "$PY" ] || PY=python3
 SAMPLES="$ROOT/benchmarks/samples/sentences.txt"
@@ -90,9 +100,13 @@ else
     # in FP16 (weakly typed, INT8 + FP16 flags), the usual INT8 deployment there.
     "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8" "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
     INT8_ENGINES=("$RUN/engine-int8")
+    # Never built yet: its failure is recorded, and the run goes on without it.
     if [ "$("$PY" -c "import tensorrt; print(tensorrt.__version__.split('.')[0])")" = 10 ]; then
-        "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8-fp16" --fp16 "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"
-        INT8_ENGINES+=("$RUN/engine-int8-fp16")
+        if "$EW" build "$RUN/onnx-int8" -o "$RUN/engine-int8-fp16" --fp16 "${SHAPES[@]}" --timing-cache "$RUN/timing.cache"; then
+            INT8_ENGINES+=("$RUN/engine-int8-fp16")
+        else
+            FAILED+=("build int8+fp16")
+        fi
     fi
 
     echo "== parity against PyTorch on CUDA ($EVAL)"

@@ -682,17 +682,20 @@ def _headline(report: dict) -> float:
     return report["accuracy"] if report["metric"] == "accuracy" else report["entity_micro_f1"]
 
 
-# Commands that can run without onnxruntime (it comes from the `cpu` or `gpu` extra).
-_WITHOUT_ORT = {"check", "build", "triton", "inspect", "env"}
+# Commands that always use onnxruntime (it comes from the `cpu` or `gpu` extra); compare and bench
+# need it only for ONNX artifacts, and its runner says so.
+_NEEDS_ORT = {"export", "optimize", "quantize", "run"}
 INTERNAL_ERROR = 3  # a crash: distinct from 1 (a check failed) and 2 (bad input or environment)
 
 
 def _require_onnxruntime() -> None:
     import importlib.util
 
+    from runtimes.errors import UsageError
+    from runtimes.onnxrt.runner import ORT_MISSING
+
     if importlib.util.find_spec("onnxruntime") is None:
-        raise CliError("onnxruntime is not installed: it comes with the cpu extra (make install), or the gpu extra on "
-                       "NVIDIA GPU machines (make install EXTRAS=gpu,dev; README, 'GPU install')")
+        raise UsageError(ORT_MISSING)
 
 
 COMMANDS = {"finetune": cmd_finetune, "compress": cmd_compress, "export": cmd_export, "optimize": cmd_optimize,
@@ -711,17 +714,25 @@ def main(argv: list[str] | None = None) -> int:
 
     command = shlex.join(["enginewright", *argv])
     try:
-        if args.command not in _WITHOUT_ORT:
+        if args.command in _NEEDS_ORT:
             _require_onnxruntime()
         return COMMANDS[args.command](args, command)
     except (EnginewrightError, CliError) as e:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except Exception:  # a bug: the traceback, then an exit code no check uses, so CI cannot read it as a failed check
+    except (OSError, MemoryError) as e:  # the machine, not the program: disk, permissions, memory
+        print(f"enginewright {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            print(f"enginewright {args.command}: error: out of GPU memory ({str(e).splitlines()[0][:200]}); use a smaller "
+                  "batch or sequence length", file=sys.stderr)
+            return 2
+        # a bug: the traceback, then an exit code no check uses, so CI cannot read it as a failed check
         import traceback
 
         traceback.print_exc()
-        print(f"enginewright {args.command}: internal error (the traceback above; please report it), exit {INTERNAL_ERROR}",
+        print(f"enginewright {args.command}: unexpected error (the traceback above; please report it), exit {INTERNAL_ERROR}",
               file=sys.stderr)
         return INTERNAL_ERROR
     except KeyboardInterrupt:

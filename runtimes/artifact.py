@@ -182,7 +182,7 @@ def file_table(path: Path) -> dict[str, dict]:
 
 _VERSIONED = (
     "enginewright", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxscript",
-    "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "tokenizers",
+    "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "numpy", "tokenizers",
 )
 
 

@@ -155,12 +155,14 @@ def check_tensorrt(artifact_or_path: str | os.PathLike | Artifact, *,
     """Check an ONNX artifact (directory, ``Artifact`` or ``.onnx`` file) for TensorRT 10.x, and 11
     where it differs; the report holds every finding and is true when none is an error.
 
-    ``shapes`` maps input names to an optimization profile ``(min, opt, max)``; every dynamic dim
-    of every input must then be covered. Without it, dynamic dims are noted, not errors.
+    ``shapes`` maps input names to an optimization profile ``(min, opt, max)``; inputs it leaves out
+    take their dims from the same dim names in the inputs it gives (as ``build --shapes`` does), and a
+    dynamic dim still uncovered is an error. Without it, dynamic dims are noted, not errors.
 
     Raises:
         UsageError: not an ONNX artifact or readable ONNX file; ``shapes`` names an input the model lacks, gives a
-            rank other than the input's, breaks 1 <= min <= opt <= max, or contradicts a fixed dim.
+            rank other than the input's, breaks 1 <= min <= opt <= max, contradicts a fixed dim, or gives one
+            dim name two ranges.
     """
     import onnx
 

@@ -45,6 +45,9 @@ def tensorrt_ep_defaults(artifact, cache_dir) -> dict:
     return opts
 
 
+ORT_MISSING = ("onnxruntime is not installed: it comes with the cpu extra (make install), or the gpu extra on NVIDIA "
+               "GPU machines (make install EXTRAS=gpu,dev; README, 'GPU install')")
+
 # ONNX Runtime's CUDA EP runs FP32 MatMuls in TF32 unless told otherwise; PyTorch's default (and
 # our baseline) is strict FP32, so FP32 rows compare like with like. `cuda:use_tf32=1` turns it on.
 CUDA_EP_DEFAULTS = {"use_tf32": "0"}
@@ -102,7 +105,10 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UsageError(ORT_MISSING) from None
 
         wanted = PROVIDERS[self.device]
         available = ort.get_available_providers()

@@ -44,6 +44,15 @@ def test_bad_data_files(tmp_path, name, content, kwargs, words):
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_conll_file_gives_one_text_per_sentence(tmp_path):
+    """Token-classification data reused for calibration or parity: each sentence's tokens as one text."""
+    p = tmp_path / "train.conll"
+    p.write_text("-DOCSTART- O\n\nEU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n")
+    ds = load_texts(p)
+    assert ds.texts == ("EU rejects German", "Peter Blackburn") and ds.labels is None
+    assert load_texts(p, limit=1).texts == ("EU rejects German",)
+
+
 def test_take_cycles_and_batches_split():
     ds = load_texts(None)
     assert len(ds.take(len(ds) + 3)) == len(ds) + 3

@@ -131,7 +131,15 @@ def test_a_crash_exits_3_not_1(capsys, monkeypatch, tiny_onnx):
     monkeypatch.setitem(cli.COMMANDS, "inspect", crash)
     code, _, err = run(capsys, "inspect", str(tiny_onnx))
     assert code == cli.INTERNAL_ERROR == 3
-    assert "RuntimeError: boom" in err and "internal error" in err.strip().splitlines()[-1]
+    assert "RuntimeError: boom" in err and "unexpected error" in err.strip().splitlines()[-1]
+
+    def full(args, command):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(cli.COMMANDS, "inspect", full)  # the machine, not a bug: one line, exit 2
+    code, _, err = run(capsys, "inspect", str(tiny_onnx))
+    assert code == 2
+    one_line_error(err, "No space left on device")
 
 
 def test_without_onnxruntime_commands_that_need_it_say_what_to_install(capsys, monkeypatch, tiny_onnx):
@@ -139,7 +147,20 @@ def test_without_onnxruntime_commands_that_need_it_say_what_to_install(capsys, m
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    code, _, err = run(capsys, "compare", str(tiny_onnx), str(tiny_onnx), "-q")
+    code, _, err = run(capsys, "quantize", str(tiny_onnx), "-o", str(tiny_onnx.parent / "q"), "--mode", "dynamic", "-q")
     assert code == 2
     one_line_error(err, "onnxruntime is not installed", "make install", "EXTRAS=gpu,dev")
     assert run(capsys, "check", str(tiny_onnx))[0] == 0  # the TensorRT check needs no onnxruntime
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ort(name, *a, **k):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)  # compare needs it only to run the ONNX artifact
+    code, _, err = run(capsys, "compare", str(tiny_onnx), str(tiny_onnx), "-q")
+    assert code == 2
+    one_line_error(err, "onnxruntime is not installed")

@@ -63,3 +63,10 @@ def test_compare_fail_on_chooses_the_gating_checks(capsys, tiny_classifier, tmp_
     code, _, err = run(capsys, *argv, "--fail-on", "speed")
     assert code == 2
     one_line_error(err, "--fail-on 'speed'")
+    # a pooled-cosine gate where no output has tokens to pool would gate nothing: refused
+    code, _, err = run(capsys, *argv, "--min-pooled-cosine", "0.9")
+    assert code == 2
+    one_line_error(err, "--min-pooled-cosine applies to token-level outputs", "has none (outputs: logits)")
+    code, _, err = run(capsys, *argv, "--min-pooled-cosine", "logits=0.9")
+    assert code == 2
+    one_line_error(err, "logits is not a token-level output")
