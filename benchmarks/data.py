@@ -89,8 +89,7 @@ def load_texts(
         UsageError: the file is missing, empty, malformed, or lacks a named column.
     """
     if path is None or str(path) == BUILTIN:
-        ds = _from_lines(SAMPLES, BUILTIN)
-        return ds.take(min(limit, len(ds))) if limit else ds
+        return _first(_from_lines(SAMPLES, BUILTIN), limit)
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: data file not found; pass a .txt, .jsonl or .csv file")
@@ -100,20 +99,21 @@ def load_texts(
     elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(p, "\t" if suffix == ".tsv" else ",")
     elif suffix in (".txt", ".text", ""):
-        ds = _from_lines(p, str(p))
-        return ds.take(min(limit, len(ds))) if limit else ds
+        return _first(_from_lines(p, str(p)), limit)
     elif suffix in CONLL_SUFFIXES:  # a token-classification file: each sentence's tokens as one text
         from benchmarks.conll import load_conll
 
-        conll = load_conll(p)
-        ds = TextDataset(str(p), tuple(" ".join(s) for s in conll.sentences))
-        return ds.take(min(limit, len(ds))) if limit else ds
+        return _first(TextDataset(str(p), tuple(" ".join(s) for s in load_conll(p).sentences)), limit)
     else:
         raise UsageError(f"{p}: unknown data file type {suffix!r}; pass a .txt (one text per line), .jsonl, .csv/.tsv "
                          f"or CoNLL ({', '.join(CONLL_SUFFIXES)}) file")
     if limit:
         rows = rows[:limit]
     return _from_rows(p, rows, text_column, pair_column, label_column)
+
+
+def _first(ds: TextDataset, limit: int | None) -> TextDataset:
+    return ds.take(min(limit, len(ds))) if limit else ds
 
 
 def _from_lines(p: Path, source: str) -> TextDataset:

@@ -74,16 +74,9 @@ def artifact_text(info: dict) -> str:
 
 def describe_env() -> dict:
     """Library versions, ONNX Runtime providers, CUDA and TensorRT availability, CPU features."""
-    from importlib.metadata import PackageNotFoundError, version
-
     env = {"machine": describe_machine(), "versions": library_versions()}
-    dists = {}
-    for name in ("onnxruntime", "onnxruntime-gpu"):  # both install the module `onnxruntime`
-        try:
-            dists[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    env["onnxruntime_distributions"] = dists
+    # both wheels install the module `onnxruntime`
+    env["onnxruntime_distributions"] = {n: v for n, v in env["versions"].items() if n in ("onnxruntime", "onnxruntime-gpu")}
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime as ort
 

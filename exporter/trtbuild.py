@@ -126,6 +126,7 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict) -> tuple[Profile, l
             profile[spec.name] = given[spec.name]
             continue
         mom = [[], [], []]
+        covered = True
         for axis, d in enumerate(spec.shape):
             if isinstance(d, int) and d > 0:
                 rng = (d, d, d)
@@ -133,10 +134,11 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict) -> tuple[Profile, l
                 rng = named[d]
             else:
                 uncovered.append((spec.name, axis, d))
+                covered = False
                 continue
             for k in range(3):
                 mom[k].append(rng[k])
-        if not any(u[0] == spec.name for u in uncovered):
+        if covered:
             profile[spec.name] = tuple(tuple(m) for m in mom)
     return profile, uncovered
 

@@ -178,8 +178,8 @@ def check_tensorrt(artifact_or_path: str | os.PathLike | Artifact, *,
     if shapes is not None and not isinstance(shapes, Mapping):
         raise UsageError(f"shapes must map input names to (min, opt, max) shapes, got {type(shapes).__name__}")
     # the rule build's --shapes follows: inputs left out take their dims from the same dim names
-    profile, uncovered = (fill_profile([TensorSpec(n, "", tuple(d)) for n, d in dims.items()], shapes)
-                          if shapes is not None else (None, []))
+    uncovered = (fill_profile([TensorSpec(n, "", tuple(d)) for n, d in dims.items()], shapes)[1]
+                 if shapes is not None else None)
     g = _Graph(model, path.parent)
     report = ReadinessReport(model=str(path), opset=opset)
 
@@ -193,7 +193,7 @@ def check_tensorrt(artifact_or_path: str | os.PathLike | Artifact, *,
     _check_nodes(g, model, opset, add)
     _check_quantization(g, add)
     _check_types(g, dims, add)
-    _check_dims(dims, profile, uncovered, art, add)
+    _check_dims(dims, uncovered, art, add)
     return report
 
 
@@ -318,8 +318,9 @@ def _check_types(g: _Graph, dims: dict, add) -> None:
             "quantize --target tensorrt for INT8")
 
 
-def _check_dims(dims: dict, profile: dict | None, uncovered: list, art: Artifact | None, add) -> None:
-    if profile is None:
+def _check_dims(dims: dict, uncovered: list | None, art: Artifact | None, add) -> None:
+    """``uncovered``: the dynamic dims the given shapes leave uncovered, or None when no shapes were given."""
+    if uncovered is None:
         dynamic = {name: [(d, s) for d, s in enumerate(shape) if not isinstance(s, int)] for name, shape in dims.items()}
         dynamic = {name: dd for name, dd in dynamic.items() if dd}
         if dynamic:
