@@ -46,7 +46,7 @@ demo: $(STAMP)
 # pyflakes first: the GPU paths never run here, so a name error or a method defined twice there
 # would otherwise surface only on a GPU machine.
 test: $(STAMP)
-	$(BIN)/python -m pyflakes enginewright exporter runtimes benchmarks tests
+	$(BIN)/python -m pyflakes enginewright exporter runtimes evaluation benchmarks tests
 	$(BIN)/python -m pytest
 
 clean:

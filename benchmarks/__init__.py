@@ -1,2 +1,3 @@
-"""Benchmarks: parity (``compare``) and throughput (``bench``) across runtimes, with the shared data
-loading and parity metrics that ``exporter`` also uses. Imports ``runtimes``, never ``exporter``."""
+"""Benchmarks: throughput (``bench``), gates, ``inspect``/``env``, and the benchmark scripts
+(``compression.py``, ``quantization.py``). Imports ``runtimes``, ``evaluation`` and ``exporter``,
+never ``enginewright``."""

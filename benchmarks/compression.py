@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import load_texts
-from benchmarks.metrics import accuracy_with_ci
-from benchmarks.report import fmt, md_table, report_header, write_report
-from benchmarks.machine import describe_machine, machine_line
+from evaluation.data import load_texts
+from evaluation.metrics import accuracy_with_ci
+from evaluation.report import fmt, md_table, report_header, write_report
+from evaluation.machine import describe_machine, machine_line
 
 
 def split_train(train: Path, out: Path, val_fraction: float, seed: int) -> tuple[Path, Path]:
@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = time.perf_counter() - t
 
     # every variant scored on the held-out test file, through its ONNX export on ONNX Runtime
-    from benchmarks.compare import CompareConfig, encode_batches, run_plan
-    from benchmarks.data import load_tokenizer
-    from benchmarks.runset import plan_runners
+    from evaluation.compare import CompareConfig, encode_batches, run_plan
+    from evaluation.data import load_tokenizer
+    from evaluation.runset import plan_runners
 
     test_ds = load_texts(test)
     labels = ft.manifest["labels"]

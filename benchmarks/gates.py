@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.report import REPORT_SCHEMA_VERSION
+from evaluation.report import REPORT_SCHEMA_VERSION
 from runtimes.artifact import write_text_atomic
 from runtimes.errors import UsageError
 

@@ -32,7 +32,7 @@ EW="${ENGINEWRIGHT:-$(command -v enginewright || echo "$ROOT/.venv/bin/enginewri
 EW="$(command -v "$EW" || echo "$EW")"  # a bare name on PATH, as ENGINEWRIGHT=enginewright
 PY="$(dirname "$EW")/python"
 [ -x "$PY" ] || PY=python3
-SAMPLES="$ROOT/benchmarks/samples/sentences.txt"
+SAMPLES="$ROOT/evaluation/samples/sentences.txt"
 SHARED="$ROOT/../shared/data"
 pick() { if [ -f "$1" ]; then echo "$1"; else echo "$SAMPLES"; fi; }
 CALIB="${CALIB:-$(pick "$SHARED/quotes_topics_train.jsonl")}"

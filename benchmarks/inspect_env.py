@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from benchmarks.machine import describe_machine, machine_line
+from evaluation.machine import describe_machine, machine_line
 from runtimes import load_artifact
 from runtimes.artifact import library_versions
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import TextDataset, feeds_for, load_texts, load_tokenizer, tokenize
-from benchmarks.machine import describe_machine, machine_line
-from benchmarks.metrics import accuracy_with_ci
-from benchmarks.parity import masked_mean_pool, mean_row_cosine
-from benchmarks.report import fmt, md_table, report_header, write_report
+from evaluation.data import TextDataset, feeds_for, load_texts, load_tokenizer, tokenize
+from evaluation.machine import describe_machine, machine_line
+from evaluation.metrics import accuracy_with_ci
+from evaluation.parity import masked_mean_pool, mean_row_cosine
+from evaluation.report import fmt, md_table, report_header, write_report
 from runtimes import load_artifact, open_runner
 
 OPTIMUM_RECIPES = {

@@ -375,7 +375,7 @@ def _usable_cores() -> int:
 
 
 def _load_data(args):
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
 
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
@@ -384,7 +384,7 @@ def _load_data(args):
 
 
 def _tolerances(args):
-    from benchmarks.parity import Tolerance
+    from evaluation.parity import Tolerance
 
     fields = {"atol": args.atol, "rtol": args.rtol, "min_cosine": args.min_cosine, "min_top1": args.min_top1,
               "min_pooled_cosine": args.min_pooled_cosine}
@@ -399,7 +399,7 @@ def _tolerances(args):
 
 
 def cmd_export(args, command: str) -> int:
-    from benchmarks.parity import Tolerance
+    from evaluation.parity import Tolerance
     from exporter import export_hf
 
     data = _load_data(args)
@@ -436,7 +436,7 @@ def cmd_optimize(args, command: str) -> int:
 
 
 def cmd_quantize(args, command: str) -> int:
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
 
     config = QuantizeConfig(mode=args.mode, target=args.target, method=args.method, per_channel=args.per_channel,
@@ -540,8 +540,8 @@ def cmd_check(args, command: str) -> int:
 
 
 def cmd_compare(args, command: str) -> int:
-    from benchmarks.compare import CompareConfig, run_compare
-    from benchmarks.report import write_report
+    from evaluation.compare import CompareConfig, run_compare
+    from evaluation.report import write_report
     from runtimes.artifact import check_output_free
 
     fail_on = {x.strip() for x in args.fail_on.split(",") if x.strip()}
@@ -575,7 +575,7 @@ def cmd_compare(args, command: str) -> int:
 
 
 def cmd_bench(args, command: str) -> int:
-    from benchmarks.report import write_report
+    from evaluation.report import write_report
     from benchmarks.throughput import BenchConfig, bench_markdown, run_bench
     from runtimes.artifact import check_output_free
 
@@ -611,7 +611,7 @@ def cmd_bench(args, command: str) -> int:
 
 
 def cmd_finetune(args, command: str) -> int:
-    from benchmarks.metrics import format_report
+    from evaluation.metrics import format_report
     from exporter.finetune import LoraSettings, finetune
 
     lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha) if args.lora else None
@@ -635,7 +635,7 @@ def _print_eval(report: dict, format_report) -> None:
 
 
 def cmd_compress(args, command: str) -> int:
-    from benchmarks.metrics import format_report
+    from evaluation.metrics import format_report
     from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, QATConfig, Sparse24Config, compress
 
     techniques = []

@@ -264,7 +264,7 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
         optimize(src, out, target=o.get("target", "cpu"), fp16=bool(o.get("fp16")), force=True, command=command,
                  progress=progress)
     elif stage.name == "quantize":
-        from benchmarks.data import load_texts
+        from evaluation.data import load_texts
         from exporter.quantize import QuantizeConfig, quantize
 
         keys = {"mode", "target", "method", "per_channel", "max_cosine_loss", "max_float_nodes", "calib_rows"}
@@ -283,7 +283,7 @@ def _run_artifact_stage(stage: Stage, src: Path, out: Path, progress: bool) -> N
 
 
 def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: bool, say, reports: dict) -> dict:
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
 
     from runtimes import load_artifact
 
@@ -299,8 +299,8 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
     if not cands:
         raise UsageError(f"{pipe.path}:{stage.line}: {stage.name} needs an export (or later) stage before it")
     if stage.name == "compare":
-        from benchmarks.compare import CompareConfig, run_compare
-        from benchmarks.parity import Tolerance
+        from evaluation.compare import CompareConfig, run_compare
+        from evaluation.parity import Tolerance
 
         tol = Tolerance(**{k: o[k] for k in ("atol", "rtol", "min_cosine", "min_pooled_cosine") if k in o})
         outcome = run_compare(ref, cands, data, config=CompareConfig(
@@ -324,8 +324,8 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
 def write_summary(run_dir: Path, compare: dict, bench: dict) -> Path:
     """``summary.md``/``summary.html`` and ``tradeoff.png``: each artifact's accuracy (task metric, else
     mean pooled or row cosine against the reference) against its throughput at the largest batch."""
-    from benchmarks.plots import markdown_to_html, tradeoff_plot
-    from benchmarks.report import fmt, md_table
+    from evaluation.plots import markdown_to_html, tradeoff_plot
+    from evaluation.report import fmt, md_table
     from runtimes.artifact import write_text_atomic
 
     big = max(r["batch"] for r in bench["results"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.data import TextDataset, load_texts, load_tokenizer
+from evaluation.data import TextDataset, load_texts, load_tokenizer
 from exporter.training import Checkpoint, Encoded, TrainConfig, train
 from runtimes.artifact import (
     SCHEMA_VERSION, Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, library_versions,
@@ -101,7 +101,7 @@ def prepare_text_classification(tokenizer, train_path, eval_path, max_length: in
 
 def prepare_token_classification(tokenizer, train_path, eval_path, max_length: int,
                                  names: list[str] | None = None) -> TaskData:
-    from benchmarks.conll import align_labels, load_conll
+    from evaluation.conll import align_labels, load_conll
 
     train_ds, eval_ds = load_conll(train_path), load_conll(eval_path)
     given = names
@@ -160,7 +160,7 @@ def evaluate_report(model, data: TaskData, batch_size: int, device: str, pad_id:
     """Per-class precision/recall/F1 with micro and macro averages (token- and entity-level for
     token classification), plus accuracy with a bootstrap 95% interval. ``preds``: the model's
     ``predict`` output on ``data.eval`` when the caller has it already."""
-    from benchmarks.metrics import accuracy_with_ci, classification_report, entity_report
+    from evaluation.metrics import accuracy_with_ci, classification_report, entity_report
 
     if preds is None:
         preds = predict(model, data.eval, batch_size, device, pad_id)

@@ -9,9 +9,9 @@ import os
 import warnings
 from pathlib import Path
 
-from benchmarks.compare import CompareConfig, run_compare
-from benchmarks.data import TextDataset, load_texts
-from benchmarks.parity import Tolerance
+from evaluation.compare import CompareConfig, run_compare
+from evaluation.data import TextDataset, load_texts
+from evaluation.parity import Tolerance
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
 from runtimes.artifact import TASKS, Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic

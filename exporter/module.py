@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.parity import RowCollector, Tolerance, compare_collected
+from evaluation.parity import RowCollector, Tolerance, compare_collected
 from exporter.hf import quiet_export
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
@@ -147,7 +147,7 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
     source artifact's tokenizer and config beside it and ``src`` recorded as its origin."""
     import torch
 
-    from benchmarks.data import load_texts, load_tokenizer, tokenize
+    from evaluation.data import load_texts, load_tokenizer, tokenize
     from exporter.manifest import COMPANION_FILES
     from runtimes.pyt.runner import text_input_names
 

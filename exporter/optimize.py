@@ -18,9 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
-from benchmarks.compare import CompareConfig, run_compare
-from benchmarks.data import TextDataset, load_texts
-from benchmarks.parity import Tolerance
+from evaluation.compare import CompareConfig, run_compare
+from evaluation.data import TextDataset, load_texts
+from evaluation.parity import Tolerance
 from exporter.manifest import COMPANION_FILES, onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic

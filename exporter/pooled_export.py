@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.parity import Tolerance
+from evaluation.parity import Tolerance
 from exporter.module import export_hf_head, load_eager
 from runtimes.artifact import Artifact
 from runtimes.pyt.runner import pool

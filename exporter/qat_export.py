@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.parity import Tolerance
+from evaluation.parity import Tolerance
 from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales, quantized_attention_matmuls
 from exporter.module import export_hf_head, load_eager
 from exporter.onnx_file import save_model

@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.data import TextDataset, feeds_for, load_tokenizer, tokenize
-from benchmarks.machine import describe_machine
-from benchmarks.parity import masked_mean_pool, mean_row_cosine
+from evaluation.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from evaluation.machine import describe_machine
+from evaluation.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
 from exporter.manifest import COMPANION_FILES
 from exporter.optimize import contrib_ops, op_counts
@@ -301,7 +301,7 @@ def _name_nodes(path: Path) -> None:
 
 
 def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tuple[list[dict], list[dict]]:
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
 
     tok = load_tokenizer(src.path)
     with open_runner(src, "onnxruntime:cpu") as r:

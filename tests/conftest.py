@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SAMPLES = Path(__file__).resolve().parents[1] / "benchmarks" / "samples" / "sentences.txt"
+SAMPLES = Path(__file__).resolve().parents[1] / "evaluation" / "samples" / "sentences.txt"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = ("calm", "busy", "odd")
 

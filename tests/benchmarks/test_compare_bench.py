@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from benchmarks.compare import CompareConfig, run_compare
-from benchmarks.data import load_texts
-from benchmarks.report import write_report
+from evaluation.compare import CompareConfig, run_compare
+from evaluation.data import load_texts
+from evaluation.report import write_report
 from benchmarks.throughput import BenchConfig, bench_markdown, run_bench
 from runtimes.errors import UsageError
 
@@ -124,7 +124,7 @@ def test_duel_times_the_two_artifacts_in_paired_rounds(tiny_onnx, tmp_path):
     import shutil
     import types
 
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
     from benchmarks.quantization import duel
 
     other = tmp_path / "same-graph"

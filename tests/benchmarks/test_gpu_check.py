@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-SAMPLES = ROOT / "benchmarks" / "samples" / "sentences.txt"
+SAMPLES = ROOT / "evaluation" / "samples" / "sentences.txt"
 
 
 def _run(*args, **env):

@@ -2,8 +2,8 @@ import pytest
 import torch
 import transformers
 
-from benchmarks.compare import run_compare
-from benchmarks.data import load_texts
+from evaluation.compare import run_compare
+from evaluation.data import load_texts
 from exporter import export_hf
 from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, compress
 from exporter.compress.pruning import encoder_flops, measure_importance, plan_pruning
@@ -43,7 +43,7 @@ def _kw(splits):
 def test_a_decisive_head_survives_gradient_pruning(classifier, splits):
     """Silence every head but one per layer: the gradient ranking must keep exactly those."""
     from exporter.finetune import prepare_text_classification
-    from benchmarks.data import load_tokenizer
+    from evaluation.data import load_tokenizer
 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(classifier))
     d = model.config.hidden_size // model.config.num_attention_heads
@@ -211,7 +211,7 @@ def test_fidelity_and_tie_breaking_epoch_selection(classifier, splits):
     tie-break that improves each epoch, keeps the last epoch; the baseline (epoch 0) loses."""
     import numpy as np
 
-    from benchmarks.data import load_tokenizer
+    from evaluation.data import load_tokenizer
     from exporter.compress.api import fidelity
     from exporter.finetune import prepare_text_classification
     from exporter.training import train
@@ -233,7 +233,7 @@ def test_fidelity_and_tie_breaking_epoch_selection(classifier, splits):
 
 
 def test_qat_percentile_calibration_clips_below_the_maximum(classifier, splits):
-    from benchmarks.data import load_tokenizer
+    from evaluation.data import load_tokenizer
     from exporter.compress import QATConfig
     from exporter.compress.qat import calibrate
     from exporter.finetune import prepare_text_classification
@@ -372,7 +372,7 @@ def test_qat_keeps_a_planted_outlier_attention_matmul_in_float(classifier, split
 
 def test_calibrate_attention_leaves_the_attention_fake_quantized(classifier, splits):
     """The QAT fine-tune must see the attention MatMuls quantized, not merely observed."""
-    from benchmarks.data import load_tokenizer
+    from evaluation.data import load_tokenizer
     from exporter.compress.qat import calibrate_attention
     from exporter.finetune import prepare_text_classification
     from exporter.training import collate

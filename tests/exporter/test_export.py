@@ -4,8 +4,8 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks.compare import run_compare
-from benchmarks.data import load_texts
+from evaluation.compare import run_compare
+from evaluation.data import load_texts
 from exporter import export_hf, export_module
 from runtimes import load_artifact, open_runner
 from runtimes.errors import CheckFailed, UsageError

@@ -2,8 +2,8 @@
 
 import pytest
 
-from benchmarks.compare import CompareConfig, run_compare
-from benchmarks.data import load_texts
+from evaluation.compare import CompareConfig, run_compare
+from evaluation.data import load_texts
 from exporter import export_hf
 from tests.conftest import SHARED_DATA
 
@@ -28,7 +28,7 @@ def test_minilm_pooled_export_matches_sentence_transformers(minilm_dir, tmp_path
     import numpy as np
     import sentence_transformers
 
-    from benchmarks.data import load_tokenizer, tokenize
+    from evaluation.data import load_tokenizer, tokenize
     from runtimes import open_runner
 
     art = export_hf(minilm_dir, tmp_path / "emb", pooling="mean", normalize=True, progress=False)

@@ -1,14 +1,14 @@
 import onnx
 import pytest
 
-from benchmarks.compare import run_compare
-from benchmarks.data import load_texts
-from benchmarks.parity import Tolerance
+from evaluation.compare import run_compare
+from evaluation.data import load_texts
+from evaluation.parity import Tolerance
 from exporter import export_hf
 from exporter.optimize import contrib_ops, op_counts, optimize
 from exporter.quantize import QuantizeConfig, quantize
 from runtimes.errors import CheckFailed, UsageError
-from benchmarks.compare import CompareConfig
+from evaluation.compare import CompareConfig
 from tests.conftest import make_tiny_bert
 
 LOOSE = Tolerance(atol=1e9, rtol=0, min_cosine=-1)

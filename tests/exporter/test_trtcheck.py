@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.data import load_texts
+from evaluation.data import load_texts
 from exporter.optimize import optimize
 from exporter.quantize import QuantizeConfig, quantize
 from exporter.trtcheck import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, check_tensorrt

@@ -6,7 +6,7 @@ HEAVY = ("torch", "onnxruntime", "tensorrt", "transformers", "optimum", "onnx")
 
 def test_importing_the_packages_and_cli_stays_light():
     code = (
-        "import sys, runtimes, exporter, benchmarks, enginewright.cli as c; c.build_parser();"
+        "import sys, runtimes, evaluation, exporter, benchmarks, enginewright.cli as c; c.build_parser();"
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

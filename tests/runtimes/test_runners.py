@@ -137,7 +137,7 @@ def test_tensorrt_runtime_defaults_to_cuda_and_engines_plan_to_it():
 
 
 def test_tensorrt_ep_defaults_follow_the_graph_precision(tiny_onnx, tmp_path):
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
     from exporter.optimize import optimize
     from exporter.quantize import QuantizeConfig, quantize
     from runtimes.onnxrt.runner import tensorrt_ep_defaults

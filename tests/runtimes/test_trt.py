@@ -352,7 +352,7 @@ def test_fp32_engine_matches_onnxruntime(tiny_onnx, tmp_path):
 @pytest.mark.gpu
 def test_qdq_engine_is_close_to_onnxruntime(tiny_onnx, tmp_path):
     trt = _gpu_or_skip()
-    from benchmarks.data import load_texts
+    from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
 
     q = quantize(tiny_onnx, tmp_path / "q", config=QuantizeConfig(target="tensorrt"), calib=load_texts(None), progress=False)

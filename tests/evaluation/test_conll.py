@@ -1,6 +1,6 @@
 import pytest
 
-from benchmarks.conll import IGNORE_INDEX, ConllDataset, align_labels, load_conll
+from evaluation.conll import IGNORE_INDEX, ConllDataset, align_labels, load_conll
 from runtimes.errors import UsageError
 
 CONLL = """-DOCSTART- -X- -X- O

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.metrics import accuracy, label_ids, macro_f1
-from benchmarks.parity import RowCollector, Tolerance, compare_collected, is_token_level
+from evaluation.metrics import accuracy, label_ids, macro_f1
+from evaluation.parity import RowCollector, Tolerance, compare_collected, is_token_level
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 

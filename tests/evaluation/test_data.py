@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.data import BUILTIN, feeds_for, load_texts, load_tokenizer, tokenize
+from evaluation.data import BUILTIN, feeds_for, load_texts, load_tokenizer, tokenize
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (
+from evaluation.metrics import (
     accuracy,
     accuracy_with_ci,
     bio_spans,

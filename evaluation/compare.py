@@ -10,12 +10,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.data import TextDataset, feeds_for, load_tokenizer, tokenize
-from benchmarks.machine import describe_machine, machine_line
-from benchmarks.metrics import label_ids, task_metrics
-from benchmarks.parity import ParityResult, RowCollector, Tolerance, compare_collected
-from benchmarks.report import fmt, md_table, report_header
-from benchmarks.runset import RunnerPlan, plan_runners, tokenizer_source
+from evaluation.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from evaluation.machine import describe_machine, machine_line
+from evaluation.metrics import label_ids, task_metrics
+from evaluation.parity import ParityResult, RowCollector, Tolerance, compare_collected
+from evaluation.report import fmt, md_table, report_header
+from evaluation.runset import RunnerPlan, plan_runners, tokenizer_source
 from runtimes import Artifact, load_artifact
 from runtimes.errors import UsageError
 

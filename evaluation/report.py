@@ -34,7 +34,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 def write_report(out: str | os.PathLike, report: dict, markdown: str, *, force: bool = False) -> Path:
     """Write ``report.json``, ``report.md`` and ``report.html`` (with plots where the report has
     them) into ``out`` atomically (``force`` to replace)."""
-    from benchmarks.plots import latency_plot, markdown_to_html
+    from evaluation.plots import latency_plot, markdown_to_html
 
     with atomic_output_dir(out, force=force) as tmp:
         write_json_atomic(tmp / "report.json", report)

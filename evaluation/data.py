@@ -101,7 +101,7 @@ def load_texts(
     elif suffix in (".txt", ".text", ""):
         return _first(_from_lines(p, str(p)), limit)
     elif suffix in CONLL_SUFFIXES:  # a token-classification file: each sentence's tokens as one text
-        from benchmarks.conll import load_conll
+        from evaluation.conll import load_conll
 
         return _first(TextDataset(str(p), tuple(" ".join(s) for s in load_conll(p).sentences)), limit)
     else:

@@ -1,0 +1,54 @@
+"""The packages import one way, bottom to top:
+``runtimes`` <- ``evaluation`` <- ``exporter`` <- ``benchmarks`` <- ``enginewright``.
+
+Checked on the source (every ``import``, function-level ones too, since lazy imports are where a
+wrong direction hides), and in a subprocess for what importing each package actually loads.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("runtimes", "evaluation", "exporter", "benchmarks", "enginewright")
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of every absolute import in the file."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_imports_only_the_layers_below(layer):
+    above = set(LAYERS[LAYERS.index(layer) + 1:])
+    wrong = []
+    for path in sorted((ROOT / layer).rglob("*.py")):
+        if hits := sorted(imported_packages(path) & above):
+            wrong.append(f"{path.relative_to(ROOT)} imports {', '.join(hits)}")
+    assert not wrong, f"{layer} may import only {LAYERS[:LAYERS.index(layer)]}: " + "; ".join(wrong)
+
+
+def test_the_source_check_sees_function_level_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from benchmarks.throughput import run_bench\n    import exporter.hf\n")
+    assert imported_packages(f) == {"benchmarks", "exporter"}
+
+
+@pytest.mark.parametrize("layer", LAYERS[:-1])
+def test_importing_a_layer_loads_nothing_above_it(layer):
+    above = LAYERS[LAYERS.index(layer) + 1:]
+    code = (f"import sys, pkgutil, importlib, {layer}\n"
+            f"for m in pkgutil.walk_packages({layer}.__path__, '{layer}.'):\n"
+            "    importlib.import_module(m.name)\n"
+            f"print(','.join(p for p in {above!r} if p in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "", f"importing {layer} loaded {out.strip()}"
