@@ -46,8 +46,10 @@ class BenchConfig:
             raise UsageError(f"--seq: lengths must be integers >= 2, got {list(self.seqs)}")
         if self.iters is not None and self.iters < 1:
             raise UsageError(f"--iters must be at least 1, got {self.iters}")
-        if self.time_budget <= 0 or self.rounds < 1 or self.warmup < 0 or self.min_iters < 1:
-            raise UsageError("--time must be > 0, --rounds >= 1, --warmup >= 0")
+        if not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise UsageError(f"--time must be a finite number of seconds > 0, got {self.time_budget}")
+        if self.rounds < 1 or self.warmup < 0 or self.min_iters < 1:
+            raise UsageError("--rounds must be >= 1 and --warmup >= 0")
 
 
 def _rss_mb() -> float:

@@ -67,10 +67,9 @@ def load_conll(path: str | Path) -> ConllDataset:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{p}: CoNLL file not found; pass a file with one token and its tag per line")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{p}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+    from evaluation.data import read_data_text
+
+    text = read_data_text(p)
     sentences: list[tuple[str, ...]] = []
     tags: list[tuple[str, ...]] = []
     words: list[str] = []

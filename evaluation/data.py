@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -24,6 +26,8 @@ BUILTIN = "builtin:samples"
 
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".bio")
+# Models read at most a few thousand tokens of a text; a 10 MB line would cost gigabytes to tokenize.
+MAX_TEXT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,37 @@ def _first(ds: TextDataset, limit: int | None) -> TextDataset:
     return ds.take(min(limit, len(ds))) if limit else ds
 
 
+def read_data_text(p: Path) -> str:
+    """The file's text, refusing binary and non-UTF-8 content in one line.
+
+    Raises:
+        UsageError: the file has NUL bytes, is not UTF-8, or cannot be read.
+    """
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{p}: cannot read the data file ({e.strerror}); check the path and its permissions") from None
+    if b"\0" in raw[:65536]:
+        raise UsageError(f"{p}: looks like a binary file (it has NUL bytes); pass a text data file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise UsageError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+
+
+def _cap(texts: tuple[str, ...], p: Path) -> tuple[str, ...]:
+    """Cut texts longer than ``MAX_TEXT_CHARS``, and say so once."""
+    if not any(len(t) > MAX_TEXT_CHARS for t in texts):
+        return texts
+    long = sum(len(t) > MAX_TEXT_CHARS for t in texts)
+    print(f"warning: {p}: {long} text(s) longer than {MAX_TEXT_CHARS} characters cut to that length "
+          "(models read far fewer tokens)", file=sys.stderr)
+    return tuple(t[:MAX_TEXT_CHARS] for t in texts)
+
+
 def _from_lines(p: Path, source: str) -> TextDataset:
-    texts = tuple(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+    texts = _cap(tuple(line.strip() for line in read_data_text(p).splitlines() if line.strip()), p)
     if not texts:
         raise UsageError(f"{p}: data file is empty; it needs at least one line of text")
     return TextDataset(source, texts)
@@ -125,23 +158,29 @@ def _from_lines(p: Path, source: str) -> TextDataset:
 
 def _jsonl_rows(p: Path) -> list[dict]:
     rows = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{p}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{p}:{lineno}: each line must be a JSON object with named fields")
-            rows.append(row)
+    for lineno, line in enumerate(read_data_text(p).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{p}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(row, dict):
+            raise UsageError(f"{p}:{lineno}: each line must be a JSON object with named fields")
+        rows.append(row)
     return rows
 
 
 def _csv_rows(p: Path, delimiter: str) -> list[dict]:
-    with open(p, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter=delimiter))
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_data_text(p), newline=""), delimiter=delimiter))
+    except csv.Error as e:
+        raise UsageError(f"{p}: not a valid {'TSV' if delimiter == chr(9) else 'CSV'} file ({e}); fix the quoting") from None
+    for i, row in enumerate(rows, 2):
+        if None in row:  # DictReader files extra fields under the key None
+            raise UsageError(f"{p}:{i}: the row has more fields than the header ({len(row) - 1}); quote fields "
+                             "that contain the delimiter")
+    return rows
 
 
 def _from_rows(p: Path, rows: list[dict], text_col: str, pair_col: str | None, label_col: str | None) -> TextDataset:
@@ -167,7 +206,7 @@ def _from_rows(p: Path, rows: list[dict], text_col: str, pair_col: str | None, l
 
     return TextDataset(
         source=str(p),
-        texts=column(text_col, "text"),
+        texts=_cap(column(text_col, "text"), p),
         pairs=column(pair_col, "text pair") if pair_col else None,
         labels=column(label_col, "label") if label_col else None,
     )

@@ -135,3 +135,14 @@ def test_duel_times_the_two_artifacts_in_paired_rounds(tiny_onnx, tmp_path):
     assert d["ours"] == "a (ours)" and d["rounds"] == 4 and len(d["round_ratios"]) == 4
     assert d["verdict"] in ("ahead", "behind", "not separable") and d["ratio"] > 0
     assert duel(h2h, {}, load_texts(None), types.SimpleNamespace(duel_rounds=0, duel_time=1)) is None
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"time_budget": float("nan")}, "--time must be a finite number"),
+    ({"time_budget": float("inf")}, "--time must be a finite number"),
+    ({"time_budget": 0.0}, "--time must be a finite number"),
+    ({"rounds": 0}, "--rounds must be >= 1"),
+])
+def test_bench_settings_are_checked(kwargs, words):
+    with pytest.raises(UsageError, match=words):
+        BenchConfig(**kwargs)

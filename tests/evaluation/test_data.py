@@ -75,3 +75,29 @@ def test_feeds_follow_the_models_real_inputs(tiny_bert):
 def test_fixed_padding(tiny_bert):
     enc = tokenize(load_tokenizer(tiny_bert), load_texts(None).take(2), max_length=64, pad_to_max=True)
     assert enc["input_ids"].shape == (2, 64) and enc["attention_mask"].sum() < 128
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("latin1.txt", "caf\xe9 au lait\n".encode("latin-1"), "latin1.txt:1: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    ("later.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "later.jsonl:2: not UTF-8 text"),
+    ("model.txt", b"\x08\x01\x12\x00\x00binary", "looks like a binary file"),
+    ("wide.csv", b"text,label\nhello,a\nhello, world,b\n", "wide.csv:3: the row has more fields than the header (2)"),
+    ("wide.tsv", b"text\tlabel\nx\ty\tz\n", "wide.tsv:2: the row has more fields"),
+    ("bad.conll", b"EU B-ORG\ncaf\xe9 O\n", "bad.conll:2: not UTF-8 text"),
+])
+def test_undecodable_and_malformed_files_are_refused_in_one_line(tmp_path, name, content, words):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(UsageError) as e:
+        load_texts(p)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_huge_line_is_cut_and_said(tmp_path, capsys):
+    from evaluation.data import MAX_TEXT_CHARS
+
+    p = tmp_path / "one_line.txt"
+    p.write_text("word " * (MAX_TEXT_CHARS // 2) + "\nshort\n")
+    ds = load_texts(p)
+    assert [len(t) for t in ds.texts] == [MAX_TEXT_CHARS, 5]
+    assert "1 text(s) longer than" in capsys.readouterr().err
