@@ -72,8 +72,7 @@ def processor_source(artifacts: Sequence[Artifact], task: Task | str | None = No
     for a in artifacts:
         if task.has_processor(a.path):
             return a
-    what = {"text": "tokenizer files", "image": "an image processor (preprocessor_config.json)"}.get(
-        task.modality, f"the {task.processor_name}'s files")
     raise UsageError(
-        f"none of {[str(a.path) for a in artifacts]} holds {what}; copy them into one of them"
+        f"none of {[str(a.path) for a in artifacts]} holds {task.processor_name} files "
+        f"({', '.join(task.processor_files) or 'manifest.json'}); copy them into one of them"
     )
