@@ -175,3 +175,6 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
         source=src, extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()],
         extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization, rewrite=rewrite,
     )
+
+
+from exporter.factory import export_factory  # noqa: E402,F401 - the torch.export entry point for --module

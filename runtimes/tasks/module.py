@@ -52,16 +52,24 @@ class ModuleTask(Task):
     processor_name: str = "synthetic feed builder"
 
     def has_processor(self, path: Path) -> bool:
-        f = Path(path) / "manifest.json"
-        return f.is_file() and MANIFEST_KEY in json.loads(f.read_text(encoding="utf-8"))
+        return _declared(Path(path)) is not None
 
     def load_processor(self, model_dir: str | Path) -> ModuleFeeds:
-        f = Path(model_dir) / "manifest.json"
-        section = json.loads(f.read_text(encoding="utf-8")).get(MANIFEST_KEY) if f.is_file() else None
-        if not section:
-            raise UsageError(f"{model_dir}: manifest.json has no '{MANIFEST_KEY}' section with the declared inputs; "
-                             "export it with enginewright export --module")
-        return ModuleFeeds(tuple(specs_from_list(section["inputs"])), dict(section.get("dim_sizes", {})))
+        """The declared inputs from the artifact's manifest, or from its source's (a quantized or
+        optimized module artifact keeps them in its lineage).
+
+        Raises:
+            UsageError: neither the artifact nor its sources declare them.
+        """
+        section = _declared(Path(model_dir))
+        if section is None:
+            raise UsageError(f"{model_dir}: manifest.json has no '{MANIFEST_KEY}' section with the declared inputs (nor "
+                             "has its source's); export it with enginewright export --module")
+        return self.processor(specs_from_list(section["inputs"]), section.get("dim_sizes", {}))
+
+    @staticmethod
+    def processor(inputs, dim_sizes: Mapping[str, int]) -> ModuleFeeds:
+        return ModuleFeeds(tuple(inputs), dict(dim_sizes))
 
     def encode(self, processor: ModuleFeeds, batch, *, max_length: int = 128, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """Seeded random arrays of the declared shapes: normal floats, integers in [0, INT_HIGH).
@@ -92,3 +100,18 @@ class ModuleTask(Task):
 
 
 MODULE = ModuleTask("module")
+
+
+def _declared(path: Path, depth: int = 5) -> dict | None:
+    """The ``module`` section of ``path``'s manifest, following ``source.path`` up the lineage."""
+    f = path / "manifest.json"
+    if depth < 0 or not f.is_file():
+        return None
+    try:
+        manifest = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if manifest.get(MANIFEST_KEY):
+        return manifest[MANIFEST_KEY]
+    source = (manifest.get("source") or {}).get("path") if isinstance(manifest.get("source"), dict) else None
+    return _declared(Path(source), depth - 1) if source and Path(source).resolve() != path.resolve() else None
