@@ -32,12 +32,10 @@ class ImageDataset:
         return len(self.paths)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for i, p in enumerate(self.paths):
-            h.update(hashlib.sha256(Path(p).read_bytes()).digest())
-            h.update(str(self.labels[i]).encode() if self.labels else b"")
-            h.update(b"\n")
-        return "sha256:" + h.hexdigest()
+        """A hash of the files' bytes and the labels, in order."""
+        labels = self.labels if self.labels is not None else ("",) * len(self)
+        rows = (hashlib.sha256(Path(p).read_bytes()).hexdigest() + f"\0{lab}" for p, lab in zip(self.paths, labels))
+        return "sha256:" + hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
     def describe(self) -> dict:
         return {"source": self.source, "rows": len(self), "kind": "images", "has_labels": self.labels is not None,

@@ -177,4 +177,9 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
     )
 
 
-from exporter.factory import export_factory  # noqa: E402,F401 - the torch.export entry point for --module
+def export_factory(factory: str, inputs: Sequence[str], out: str | os.PathLike, *, force: bool = False,
+                   opset: int | None = None, dynamo: bool = True) -> Artifact:
+    """``export --module``: see ``exporter.factory.export_factory``."""
+    from exporter.factory import export_factory as export
+
+    return export(factory, inputs, out, force=force, opset=opset, dynamo=dynamo)

@@ -73,6 +73,18 @@ class Task:
         """
         raise NotImplementedError
 
+    def _pretrained(self, auto_class: str, model_dir: str | Path, fix: str):
+        """``transformers.<auto_class>.from_pretrained`` on local files, never remote code; a directory
+        without it is a one-line UsageError that ends in ``fix``."""
+        import transformers
+
+        try:
+            return getattr(transformers, auto_class).from_pretrained(str(model_dir), local_files_only=True,
+                                                                     trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{model_dir}: no usable {self.processor_name} ({str(e).splitlines()[0][:200]}); "
+                             f"{fix}") from None
+
     def encode(self, processor, batch, *, max_length: int = 128, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """One batch of data (``batch.texts``, ``batch.paths``, ...) -> named numpy arrays."""
         raise NotImplementedError

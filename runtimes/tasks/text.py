@@ -8,7 +8,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 from runtimes.tasks.base import BATCH_DIM, SEQ_DIM, Task
 
@@ -45,13 +44,7 @@ class TextTask(Task):
         return [TensorSpec("logits", "float32", (BATCH_DIM, SEQ_DIM, config.num_labels))]
 
     def load_processor(self, model_dir: str | Path):
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{model_dir}: no usable tokenizer ({str(e).splitlines()[0][:200]}); copy the tokenizer "
-                             "files into it") from None
+        return self._pretrained("AutoTokenizer", model_dir, "copy the tokenizer files into it")
 
     def encode(self, processor, batch, *, max_length: int = 128, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """Tokenize to int64 arrays: padded to the longest row, or to ``max_length`` when

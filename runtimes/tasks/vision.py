@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 from runtimes.tasks.base import BATCH_DIM, Task
 
@@ -33,13 +32,7 @@ class ImageClassificationTask(Task):
         return [TensorSpec("logits", "float32", (BATCH_DIM, config.num_labels))]
 
     def load_processor(self, model_dir: str | Path):
-        from transformers import AutoImageProcessor
-
-        try:
-            return AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{model_dir}: no usable image processor ({str(e).splitlines()[0][:200]}); copy "
-                             "preprocessor_config.json into it") from None
+        return self._pretrained("AutoImageProcessor", model_dir, "copy preprocessor_config.json into it")
 
     def encode(self, processor, batch, *, max_length: int = 128, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """Resize and normalize ``batch.images()`` (RGB PIL images) to float32 ``pixel_values``."""
