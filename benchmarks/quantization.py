@@ -27,6 +27,9 @@ from evaluation.metrics import accuracy_with_ci
 from evaluation.parity import masked_mean_pool, mean_row_cosine
 from evaluation.report import fmt, md_table, report_header, write_report
 from runtimes import load_artifact, open_runner
+from runtimes.tasks import get_task
+
+_TEXT = get_task("text-classification")
 
 OPTIMUM_RECIPES = {
     "optimum avx2 dynamic": dict(config="avx2", per_channel=False),
@@ -44,7 +47,7 @@ def outputs(path, data: TextDataset, tokenizer, max_length: int, batch_size: int
         res = []
         for b in data.batches(batch_size):
             enc = tokenize(tokenizer, b, max_length=max_length)
-            res.append(masked_mean_pool(r.infer(feeds_for(enc, r.input_specs(), r.label))[first], enc["attention_mask"]))
+            res.append(masked_mean_pool(r.infer(feeds_for(enc, r.input_specs(), r.label))[first], _TEXT.mask(enc)))
     return res
 
 

@@ -16,11 +16,12 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from evaluation.data import TextDataset, data_for_task
 from evaluation.machine import describe_machine, machine_line
 from evaluation.report import fmt, md_table, report_header
-from evaluation.runset import RunnerPlan, plan_runners, tokenizer_source
+from evaluation.runset import RunnerPlan, plan_runners, processor_source
 from runtimes.errors import UsageError
+from runtimes.tasks import Task, get_task
 
 
 @dataclass(frozen=True)
@@ -69,18 +70,21 @@ class _Cell:
     inputs: list[dict[str, np.ndarray]]  # fixed: one batch; natural: the dataset's batches in order
 
 
-def _cells(tokenizer, data: TextDataset, cfg: BenchConfig) -> list[_Cell]:
+def _cells(task: Task, processor, data: TextDataset, cfg: BenchConfig) -> list[_Cell]:
+    """Fixed-shape cells per batch size and ``--seq`` (one per batch size when the task's shapes do
+    not vary with a sequence length, labelled ``fixed``), or the data's own batches with ``natural``."""
     cells = []
     for b in cfg.batches:
         if cfg.natural:
-            cells.append(_Cell(b, "natural", [tokenize(tokenizer, x, max_length=max(cfg.seqs)) for x in data.batches(b)]))
+            cells.append(_Cell(b, "natural", task.encode_batches(processor, data, b, max_length=max(cfg.seqs))))
         else:
-            for s in cfg.seqs:
-                cells.append(_Cell(b, s, [tokenize(tokenizer, data.take(b), max_length=s, pad_to_max=True)]))
+            for s in cfg.seqs if task.varies_with_seq(processor) else ("fixed",):
+                length = s if isinstance(s, int) else max(cfg.seqs)
+                cells.append(_Cell(b, s, [task.encode(processor, data.take(b), max_length=length, pad_to_max=True)]))
     return cells
 
 
-def _time_runner(runner, feeds: list[dict], start: int, n: int) -> tuple[list[float], int, int, int]:
+def _time_runner(runner, feeds: list[dict], start: int, n: int, task: Task | None = None) -> tuple[list[float], int, int, int]:
     """Run ``n`` iterations over ``feeds`` (cycling from ``start``).
 
     Returns per-iteration seconds, samples, tokens computed (padding included) and real tokens.
@@ -92,9 +96,9 @@ def _time_runner(runner, feeds: list[dict], start: int, n: int) -> tuple[list[fl
         runner.infer(f)
         times.append(time.perf_counter() - t0)
         samples += next(iter(f.values())).shape[0]
-        ids = next(iter(f.values()))
-        computed += ids.size
-        tokens += int(f["attention_mask"].sum()) if "attention_mask" in f else ids.size
+        done, real = get_task(task).token_counts(f)
+        computed += done
+        tokens += real
     return times, samples, computed, tokens
 
 
@@ -106,8 +110,10 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
         UsageError: bad artifacts, runtimes or settings.
     """
     plans = plan_runners(artifacts, runtimes)
-    tokenizer = load_tokenizer(tokenizer_source([p.artifact for p in plans]).path)
-    cells = _cells(tokenizer, data, config)
+    task = get_task(plans[0].artifact.task)
+    data = data_for_task(data, task)
+    processor = task.load_processor(processor_source([p.artifact for p in plans], task).path)
+    cells = _cells(task, processor, data, config)
 
     runners, loaded = [], []
     try:
@@ -120,7 +126,7 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
         total = len(cells) * len(runners)
         with tqdm(total=total, desc="bench", unit="run", disable=not progress) as bar:
             for cell in cells:
-                cell_results, cell_order = _bench_cell(plans, runners, cell, config)
+                cell_results, cell_order = _bench_cell(plans, runners, cell, config, task)
                 results += cell_results
                 order_log.append({"batch": cell.batch, "seq": cell.seq, "rounds": cell_order})
                 bar.update(len(runners))
@@ -151,12 +157,12 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
     return report
 
 
-def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchConfig):
-    feeds = [[feeds_for(x, r.input_specs(), r.label) for x in cell.inputs] for r in runners]
+def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchConfig, task: Task):
+    feeds = [[task.feeds_for(x, r.input_specs(), r.label) for x in cell.inputs] for r in runners]
     per_iter = []
     for r, f in zip(runners, feeds):
-        _time_runner(r, f, 0, max(cfg.warmup, 1))
-        t, *_ = _time_runner(r, f, 0, 1)
+        _time_runner(r, f, 0, max(cfg.warmup, 1), task)
+        t, *_ = _time_runner(r, f, 0, 1, task)
         per_iter.append(max(t[0], 1e-6))
     if cfg.iters:
         chunks = [math.ceil(cfg.iters / cfg.rounds)] * len(runners)
@@ -179,7 +185,7 @@ def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchCon
             n = min(chunks[i], targets[i] - len(times[i]))
             if n <= 0:
                 continue
-            t, s, comp, tok = _time_runner(runners[i], feeds[i], len(times[i]), n)
+            t, s, comp, tok = _time_runner(runners[i], feeds[i], len(times[i]), n, task)
             by_round[i].append(s / max(sum(t), 1e-12))
             times[i] += t
             samples[i] += s
@@ -197,7 +203,7 @@ def _bench_cell(plans: Sequence[RunnerPlan], runners, cell: _Cell, cfg: BenchCon
             "p99_ms": float(np.percentile(t, 99) * 1e3), "mean_ms": float(t.mean() * 1e3),
             "samples_per_s": samples[i] / total,
             "tokens_per_s": computed[i] / total,  # tokens computed, padding included
-            "real_tokens_per_s": tokens[i] / total,  # tokens under the attention mask
+            "real_tokens_per_s": tokens[i] / total,  # tokens under the padding mask (samples for tasks without tokens)
             "samples_per_s_by_round": by_round[i],
         })
     return out, order

@@ -10,14 +10,15 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from evaluation.data import TextDataset, data_for_task
 from evaluation.machine import describe_machine, machine_line
 from evaluation.metrics import label_ids, task_metrics
 from evaluation.parity import ParityResult, RowCollector, Tolerance, compare_collected
 from evaluation.report import fmt, md_table, report_header
-from evaluation.runset import RunnerPlan, plan_runners, tokenizer_source
+from evaluation.runset import RunnerPlan, plan_runners, processor_source
 from runtimes import Artifact, load_artifact
 from runtimes.errors import UsageError
+from runtimes.tasks import Task, get_task
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,19 @@ class CompareOutcome:
         return compare_markdown(self.report)
 
 
-def encode_batches(tokenizer, data: TextDataset, cfg: CompareConfig) -> list[dict[str, np.ndarray]]:
-    return [tokenize(tokenizer, b, max_length=cfg.max_length) for b in data.batches(cfg.batch_size)]
+def encode_batches(processor, data, cfg: CompareConfig, task: Task | str | None = None) -> list[dict[str, np.ndarray]]:
+    """``data`` in batches through the task's feed builder (default: a text encoder's tokenizer)."""
+    return get_task(task).encode_batches(processor, data, cfg.batch_size, max_length=cfg.max_length)
 
 
 def run_plan(plan: RunnerPlan, encoded: Sequence[dict[str, np.ndarray]], cfg: CompareConfig,
-             progress: bool = True, torch_options: dict | None = None) -> RunOutputs:
-    """Run every batch through one runner; keep the valid (unpadded) rows of every output."""
+             progress: bool = True, torch_options: dict | None = None, task: Task | str | None = None) -> RunOutputs:
+    """Run every batch through one runner; keep the valid (unpadded, as the task's mask says) rows of every output."""
+    task = get_task(task)
     with plan.open(threads=cfg.threads, provider_options=cfg.provider_options, torch_options=torch_options) as runner:
         rows = RowCollector(runner.output_specs())
         for enc in tqdm(encoded, desc=plan.label, unit="batch", disable=not progress, leave=False):
-            rows.add(runner.infer(feeds_for(enc, runner.input_specs(), runner.label)), enc.get("attention_mask"))
+            rows.add(runner.infer(task.feeds_for(enc, runner.input_specs(), runner.label)), task.mask(enc))
         return RunOutputs(plan, rows, runner.describe())
 
 
@@ -80,7 +83,7 @@ def _label_map(art: Artifact) -> tuple[dict[str, int], int]:
 
 
 def _task_metric(art: Artifact, rows: RowCollector, data: TextDataset) -> dict | None:
-    if data.labels is None or art.task != "text-classification" or "logits" not in rows.rows:
+    if data.labels is None or not get_task(art.task).scores_labels or "logits" not in rows.rows:
         return None
     label2id, num_labels = _label_map(art)
     gold = label_ids(data.labels, label2id, num_labels or rows.result()["logits"].shape[1], data.source)
@@ -121,8 +124,10 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
         raise UsageError("compare needs at least one CANDIDATE artifact after the reference")
     ref_plan = plan_runners([ref_art], [ref_runtime] if ref_runtime else None)[0]
     cand_plans = plan_runners(cand_arts, runtimes)
-    tok_art = tokenizer_source([ref_art, *cand_arts])
-    encoded = encode_batches(load_tokenizer(tok_art.path), data, config)
+    task = get_task(ref_art.task)
+    data = data_for_task(data, task)
+    processor = task.load_processor(processor_source([ref_art, *cand_arts], task).path)
+    encoded = encode_batches(processor, data, config, task)
 
     # an embedding export with pooling in its graph is compared with the same pooling in PyTorch
     pooling = next((c.manifest["pooling"] for c in cand_arts if c.manifest.get("pooling")), None)
@@ -130,12 +135,12 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     declared = [s.name for s in ref_art.outputs] if ref_art.outputs else None
     if declared is not None:  # known before running: say it before minutes of inference
         _check_tolerance_names(config, declared, ref_plan.label)
-    ref_out = run_plan(ref_plan, encoded, config, progress, torch_options)
+    ref_out = run_plan(ref_plan, encoded, config, progress, torch_options, task)
     _check_tolerance_names(config, list(ref_out.rows.rows), ref_plan.label, pooled=set(ref_out.rows.pooled))
     ref_metric = _task_metric(ref_art, ref_out.rows, data)
     results, cands = [], []
     for plan in cand_plans:
-        out = run_plan(plan, encoded, config, progress, torch_options)
+        out = run_plan(plan, encoded, config, progress, torch_options, task)
         res = compare_collected(ref_plan.label, plan.label, ref_out.rows, out.rows, config.per_output, config.tolerance)
         results.append(res)
         metric = _task_metric(ref_art, out.rows, data) if ref_metric is not None else None
@@ -161,7 +166,7 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
 def _no_metric_reason(art: Artifact, data: TextDataset) -> str:
     if data.labels is None:
         return "data has no labels"
-    return f"task {art.task!r} has no sequence-classification logits to score labels against"
+    return f"task {art.task!r} has no per-sample logits to score labels against"
 
 
 def _tolerance_text(tol: dict) -> str:

@@ -1,5 +1,8 @@
 """Read labelled text data and turn it into model feeds with the artifact's own tokenizer.
 
+``load_texts`` also takes image data (a directory, or a table with an ``image`` column) and hands
+it to ``evaluation.images``, so a command's ``--data`` works for every task.
+
 Shared by export validation, ``compare``, ``bench`` and (later) calibration, so that every stage
 feeds a model the same way. Formats: ``.txt`` (one text per line), ``.jsonl`` and ``.csv``/``.tsv``
 with named columns (``text``, optional ``text_pair`` and ``label``).
@@ -20,6 +23,9 @@ import numpy as np
 
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
+from runtimes.tasks import Task, get_task
+
+_TEXT = get_task("feature-extraction")
 
 SAMPLES = Path(__file__).resolve().parent / "samples" / "sentences.txt"
 BUILTIN = "builtin:samples"
@@ -95,6 +101,10 @@ def load_texts(
     if path is None or str(path) == BUILTIN:
         return _first(_from_lines(SAMPLES, BUILTIN), limit)
     p = Path(path)
+    if p.is_dir() or _is_image_table(p, text_column):
+        from evaluation.images import load_images
+
+        return load_images(p, label_column=label_column, limit=limit)
     if not p.is_file():
         raise UsageError(f"{p}: data file not found; pass a .txt, .jsonl or .csv file")
     suffix = p.suffix.lower()
@@ -114,6 +124,23 @@ def load_texts(
     if limit:
         rows = rows[:limit]
     return _from_rows(p, rows, text_column, pair_column, label_column)
+
+
+def _is_image_table(p: Path, text_column: str) -> bool:
+    """A .jsonl/.csv whose first row has an ``image`` column and no text column lists image files."""
+    if not p.is_file() or p.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
+        return False
+    with open(p, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    if p.suffix.lower() in (".csv", ".tsv"):
+        names = next(csv.reader([first], delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
+    else:
+        try:
+            row = json.loads(first)
+        except json.JSONDecodeError:
+            return False
+        names = list(row) if isinstance(row, dict) else []
+    return "image" in names and text_column not in names
 
 
 def _first(ds: TextDataset, limit: int | None) -> TextDataset:
@@ -218,48 +245,40 @@ def load_tokenizer(model_dir: str | Path):
     Raises:
         UsageError: the directory holds no tokenizer files.
     """
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{model_dir}: no usable tokenizer ({str(e).splitlines()[0][:200]}); copy the tokenizer files into it") from None
+    return _TEXT.load_processor(model_dir)
 
 
 def tokenize(tokenizer, batch: TextDataset, *, max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
     """Tokenize one batch to int64 arrays: padded to the longest row, or to ``max_length`` when
     ``pad_to_max``; always truncated to ``max_length``."""
-    enc = tokenizer(
-        list(batch.texts),
-        list(batch.pairs) if batch.pairs is not None else None,
-        padding="max_length" if pad_to_max else "longest",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="np",
-    )
-    return {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in enc.items()}
+    return _TEXT.encode(tokenizer, batch, max_length=max_length, pad_to_max=pad_to_max)
 
 
 def feeds_for(encoded: dict[str, np.ndarray], inputs: Sequence[TensorSpec], where: str) -> dict[str, np.ndarray]:
-    """Map tokenizer outputs onto a model's real inputs.
-
-    Inputs the model lacks are dropped (a model exported without ``token_type_ids`` just works);
-    ``token_type_ids`` a model wants but the tokenizer did not give are zeros.
+    """Map tokenizer outputs onto a model's real inputs (the text task's rule: inputs the model
+    lacks are dropped, segment ids it wants but the tokenizer did not give are zeros).
 
     Raises:
         UsageError: the model needs an input the tokenizer cannot provide.
     """
-    feeds = {}
-    shape = encoded["input_ids"].shape
-    for spec in inputs:
-        if spec.name in encoded:
-            arr = encoded[spec.name]
-        elif spec.name == "token_type_ids":
-            arr = np.zeros(shape, dtype=np.int64)
-        else:
-            raise UsageError(
-                f"{where}: model input {spec.name!r} is not produced by the tokenizer (it gives {sorted(encoded)}); "
-                "this model needs its own feed mapping"
-            )
-        feeds[spec.name] = arr.astype(spec.dtype, copy=False) if spec.dtype != "int64" else arr
-    return feeds
+    return _TEXT.feeds_for(encoded, inputs, where)
+
+
+def data_for_task(data, task: Task | str | None):
+    """``data`` as the task's feed builder takes it: the project's sample images stand in for the
+    sample sentences (``None`` or ``builtin:samples``) when the task reads images.
+
+    Raises:
+        UsageError: text data given to an image task.
+    """
+    task = get_task(task)
+    if task.modality == "text" and data is not None and not isinstance(data, TextDataset):
+        raise UsageError(f"{data.source}: task {task.name} takes texts; pass a .txt, .jsonl or .csv file")
+    if task.modality != "image" or not isinstance(data, (TextDataset, type(None))):
+        return data if data is not None else load_texts(None)
+    from evaluation.images import load_images
+
+    if data is None or data.source == BUILTIN:
+        return load_images(None)
+    raise UsageError(f"{data.source}: task {task.name} takes images; pass a directory of images or a .jsonl/.csv "
+                     "with an 'image' column")

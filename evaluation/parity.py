@@ -1,6 +1,6 @@
 """Padding-aware parity metrics between a reference's and a candidate's outputs.
 
-Positions that ``attention_mask`` marks as padding are dropped before any metric is computed:
+Positions that the task's padding mask (a text encoder's attention mask) marks as padding are dropped before any metric is computed:
 a model may put anything there, and counting them reports false alarms. Outputs are reduced to
 rows (one per real token for token-level outputs, one per sample otherwise) of features (the last
 axis), gathered over all batches, then compared once.
@@ -16,8 +16,8 @@ import numpy as np
 
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
+from runtimes.tasks import SEQ_DIM_NAMES
 
-SEQ_DIM_NAMES = ("sequence_length", "sequence", "seq_len", "seq")
 REL_FLOOR = 1e-3  # relative error is reported only where |reference| >= this
 
 

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 from runtimes import Artifact, backend_class, default_runtime, load_artifact, open_runner, parse_runtime
 from runtimes.base import Runner
 from runtimes.errors import UsageError
+from runtimes.tasks import Task, get_task
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,18 @@ def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | 
     return plans
 
 
-def tokenizer_source(artifacts: Sequence[Artifact]) -> Artifact:
-    """The first artifact that carries tokenizer files.
+def processor_source(artifacts: Sequence[Artifact], task: Task | str | None = None) -> Artifact:
+    """The first artifact that carries what the task's feed builder reads (tokenizer files for a
+    text encoder, ``preprocessor_config.json`` for an image model).
 
     Raises:
         UsageError: none does.
     """
+    task = get_task(task)
     for a in artifacts:
-        if a.has_tokenizer():
+        if task.has_processor(a.path):
             return a
     raise UsageError(
-        f"none of {[str(a.path) for a in artifacts]} holds tokenizer files; copy the tokenizer into one of them"
+        f"none of {[str(a.path) for a in artifacts]} holds {task.processor_name} files "
+        f"({', '.join(task.processor_files) or 'manifest.json'}); copy them into one of them"
     )

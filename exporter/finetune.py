@@ -16,6 +16,7 @@ from runtimes.artifact import (
 )
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
+from runtimes.tasks import get_task
 
 FINETUNE_TASKS = ("text-classification", "token-classification")
 
@@ -229,7 +230,7 @@ def finetune(
     else:
         data = prepare_token_classification(tokenizer, train_data, eval_data, config.max_length)
 
-    auto = transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModelForTokenClassification
+    auto = getattr(transformers, get_task(task).auto_class)
     id2label = dict(enumerate(data.labels))
     torch.manual_seed(config.seed)
     try:

@@ -10,13 +10,16 @@ import warnings
 from pathlib import Path
 
 from evaluation.compare import CompareConfig, run_compare
-from evaluation.data import TextDataset, load_texts
+from evaluation.data import TextDataset, data_for_task
 from evaluation.parity import Tolerance
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
-from runtimes.artifact import TASKS, Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
+from runtimes.tasks import TASKS as _TASKS, get_task
+
+TASKS = tuple(t.name for t in _TASKS if t.optimum_task)  # what optimum's exporter can export
 
 
 @contextlib.contextmanager
@@ -92,14 +95,14 @@ def export_hf(
 
         return export_qat(src, out, opset=opset, external_data=external_data, force=force,
                           tolerance=None if tolerance == Tolerance() else tolerance, command=command)
-    data = data or load_texts(None)
+    data = data_for_task(data, task)
 
     from optimum.exporters.onnx import main_export
 
     with atomic_output_dir(out, force=force) as tmp:
         try:
             with quiet_export():
-                main_export(str(src.path), tmp, task=task, opset=opset, library_name="transformers", device="cpu",
+                main_export(str(src.path), tmp, task=get_task(task).optimum_task, opset=opset, library_name="transformers", device="cpu",
                             do_validation=False, trust_remote_code=False, local_files_only=True)
         except hf_load_errors() as e:
             raise as_usage_error(src.path, e) from None

@@ -7,10 +7,10 @@ from pathlib import Path
 from exporter.onnx_file import graph_specs, uses_external_data
 from runtimes.artifact import SCHEMA_VERSION, Artifact, dir_hash, file_table, library_versions, now_iso
 from runtimes.specs import specs_to_list
+from runtimes.tasks import processor_files
 
-# Files beside the model that later stages need: the config and the tokenizer
-COMPANION_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                   "merges.txt", "vocab.json", "sentencepiece.bpe.model", "added_tokens.json")
+# Files beside the model that later stages need: the config and what each task's feeds are built from
+COMPANION_FILES = ("config.json", *processor_files())
 
 
 def onnx_manifest(tmp: Path, *, task: str | None, source: Artifact | dict, command: str | None, checks: dict,

@@ -147,14 +147,16 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
     source artifact's tokenizer and config beside it and ``src`` recorded as its origin."""
     import torch
 
-    from evaluation.data import load_texts, load_tokenizer, tokenize
+    from evaluation.data import load_texts
     from exporter.manifest import COMPANION_FILES
-    from runtimes.pyt.runner import text_input_names
+    from runtimes.specs import TensorSpec
+    from runtimes.tasks import get_task
 
-    names = text_input_names(model)
-    enc = tokenize(load_tokenizer(src.path), load_texts(None).take(4), max_length=32)
-    zeros = torch.zeros_like(torch.from_numpy(enc["input_ids"]))
-    example = {n: torch.from_numpy(enc[n]) if n in enc else zeros for n in names}
+    text = get_task(task)  # heads on text encoders: the forward below takes the tokenizer's inputs
+    names = text.model_input_names(model)
+    enc = text.encode(text.load_processor(src.path), load_texts(None).take(4), max_length=32)
+    feeds = text.feeds_for(enc, [TensorSpec(n, "int64", ()) for n in names], str(src.path))
+    example = {n: torch.from_numpy(v) for n, v in feeds.items()}
 
     class Head(torch.nn.Module):
         def __init__(self):
@@ -173,3 +175,11 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
         source=src, extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()],
         extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization, rewrite=rewrite,
     )
+
+
+def export_factory(factory: str, inputs: Sequence[str], out: str | os.PathLike, *, force: bool = False,
+                   opset: int | None = None, dynamo: bool = True) -> Artifact:
+    """``export --module``: see ``exporter.factory.export_factory``."""
+    from exporter.factory import export_factory as export
+
+    return export(factory, inputs, out, force=force, opset=opset, dynamo=dynamo)

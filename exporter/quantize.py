@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.data import TextDataset, feeds_for, load_tokenizer, tokenize
+from evaluation.data import TextDataset, data_for_task
 from evaluation.machine import describe_machine
 from evaluation.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
@@ -37,6 +37,7 @@ from exporter.optimize import contrib_ops, op_counts
 from runtimes import open_runner
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
+from runtimes.tasks import Task, get_task
 
 MODES = ("static", "dynamic")
 TARGETS = ("cpu", "tensorrt")
@@ -175,17 +176,18 @@ class _Quantizer:
 
 
 class _Scorer:
-    """Cosine loss of a candidate graph against the float graph's outputs on fixed feeds."""
+    """Cosine loss of a candidate graph against the float graph's outputs on fixed feeds: the first
+    output, reduced to one row per sample (mean over real tokens where the task has a padding mask)."""
 
-    def __init__(self, art: Artifact, feeds: list[dict]):
-        self.feeds = feeds
+    def __init__(self, art: Artifact, feeds: list[dict], task: Task | None = None):
+        self.feeds, self.task = feeds, get_task(task)
         self.ref = self._outputs(art.model_file)
 
     def _outputs(self, path: Path) -> list[np.ndarray]:
         art = Artifact(path.parent, "onnx", None, {"model_file": path.name})
         with open_runner(art, "onnxruntime:cpu") as r:
             first = r.output_specs()[0].name
-            return [masked_mean_pool(r.infer(f)[first], f.get("attention_mask")) for f in self.feeds]
+            return [masked_mean_pool(r.infer(f)[first], self.task.mask(f)) for f in self.feeds]
 
     def loss(self, path: Path) -> float:
         return 1.0 - mean_row_cosine(np.concatenate(self.ref), np.concatenate(self._outputs(path)))
@@ -234,7 +236,7 @@ def quantize(
             raise UsageError(f"--exclude names nodes that are not in {src.model_file}: {unknown[:5]}; "
                              f"see the node names with onnx or in a previous manifest's 'quantization.node_costs'")
         base = [n for n in nodes if n not in set(config.exclude)]
-        scorer = _Scorer(Artifact(prepared.parent, "onnx", None, {"model_file": prepared.name}), eval_feeds)
+        scorer = _Scorer(Artifact(prepared.parent, "onnx", None, {"model_file": prepared.name}), eval_feeds, src.task)
         search = _search(q, scorer, base, config, progress)
         with atomic_output_dir(out, force=force) as tmp:
             for name in COMPANION_FILES:
@@ -301,19 +303,16 @@ def _name_nodes(path: Path) -> None:
 
 
 def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tuple[list[dict], list[dict]]:
-    from evaluation.data import load_texts
-
-    tok = load_tokenizer(src.path)
+    task = get_task(src.task)
+    processor = task.load_processor(src.path)
     with open_runner(src, "onnxruntime:cpu") as r:
         specs = r.input_specs()
 
-    def encode(ds: TextDataset, fixed: bool) -> list[dict]:
-        length = cfg.max_length
-        if fixed:  # one length for all batches: the longest row, capped
-            length = min(cfg.max_length, max(len(ids) for ids in tok(list(ds.texts), truncation=True, max_length=cfg.max_length)["input_ids"]))
-        return [feeds_for(tokenize(tok, b, max_length=length, pad_to_max=fixed), specs, src.name) for b in ds.batches(cfg.batch_size)]
+    def encode(ds, fixed: bool) -> list[dict]:
+        return [task.feeds_for(e, specs, src.name) for e in task.encode_batches(
+            processor, ds, cfg.batch_size, max_length=cfg.max_length, same_shape=fixed)]
 
-    data = texts if texts is not None else load_texts(None)
+    data = data_for_task(texts, task)
     # onnxruntime's histogram calibrators (entropy, percentile) need equal shapes across batches:
     # one padded length, and full batches (the last one is filled by cycling through the data)
     fixed = cfg.mode == "static" and cfg.method != "minmax"

@@ -31,12 +31,12 @@ from runtimes.artifact import (
 from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, check_profile, specs_to_list
+from runtimes.tasks import get_task
 from runtimes.trt.engine import (
     AMPERE, MODEL_FILE, cc_tuple, engine_manifest, gpu_info, require_cuda, require_tensorrt, trt_logger,
     trt_major,
 )
 
-BATCH_DIM, SEQ_DIM = "batch_size", "sequence_length"
 FP16_ON_11 = "TensorRT 11 takes precision from the graph: optimize --target tensorrt --fp16"
 
 Shape = tuple[int, ...]
@@ -45,11 +45,13 @@ Profile = dict[str, tuple[Shape, Shape, Shape]]
 
 # -- profiles ---------------------------------------------------------------------------------
 def derive_profiles(input_specs: Sequence[TensorSpec | Mapping], shapes=None, batches: Sequence[int] = (1, 8, 32),
-                    seqs: Sequence[int] = (1, 128, 512)) -> list[Profile]:
+                    seqs: Sequence[int] = (1, 128, 512), *, task: str | None = None,
+                    model_dir: Path | None = None) -> list[Profile]:
     """Optimization profiles ``[{input: (min, opt, max)}]`` for the inputs with dynamic dims.
 
-    Without ``shapes``, one profile from the named dims: ``batch_size`` takes ``batches`` and
-    ``sequence_length`` takes ``seqs`` (min, opt, max). ``shapes`` is one profile as a mapping
+    Without ``shapes``, one profile from the named dims the ``task`` gives for the model in
+    ``model_dir`` (default, a text encoder: ``batch_size`` takes ``batches`` and ``sequence_length``
+    takes ``seqs``, as (min, opt, max); an image classifier fixes channels, height and width). ``shapes`` is one profile as a mapping
     ``{input: (min, opt, max)}`` or as ``(input, (min, opt, max))`` pairs (what ``--shapes`` parses to),
     or a list of mappings for several profiles. Inputs it leaves out take their dims from the same
     dim names in the inputs it gives (``input_ids`` fixes ``batch_size`` for ``attention_mask``).
@@ -65,7 +67,7 @@ def derive_profiles(input_specs: Sequence[TensorSpec | Mapping], shapes=None, ba
         if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
             raise UsageError(f"{label} must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(values)}")
     if shapes is None:
-        return [_complete(specs, {}, {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs)}, hint=True)]
+        return [_complete(specs, {}, get_task(task).profile_dims(model_dir, batches, seqs), hint=True)]
     return [_complete(specs, *_check_given(specs, p)) for p in _as_profiles(shapes)]
 
 
@@ -183,7 +185,7 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     out = Path(out)
     check_output_free(out, force)
     inputs, outputs = (art.inputs, art.outputs) if art.inputs else _graph_io(art)
-    profiles = derive_profiles(inputs, shapes)
+    profiles = derive_profiles(inputs, shapes, task=art.task, model_dir=art.path)
     if workspace_gib is not None and not workspace_gib > 0:
         raise UsageError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
     if opt_level is not None and opt_level not in range(6):

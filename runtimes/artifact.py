@@ -21,17 +21,13 @@ from typing import Iterator
 
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, specs_from_list
+from runtimes.tasks import get_task, task_for_architectures, task_names
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 KINDS = ("hf", "onnx", "trt")
-TASKS = ("feature-extraction", "text-classification", "token-classification")
+TASKS = task_names()
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-_ARCH_SUFFIX_TO_TASK = (
-    ("ForSequenceClassification", "text-classification"),
-    ("ForTokenClassification", "token-classification"),
-    ("Model", "feature-extraction"),
-)
 
 
 @dataclass
@@ -81,16 +77,16 @@ class Artifact:
         return name.endswith((".onnx", ".onnx_data", ".onnx.data", ".plan"))
 
     def has_tokenizer(self) -> bool:
-        return any((self.path / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
+        return get_task("feature-extraction").has_processor(self.path)
+
+    def has_processor(self) -> bool:
+        """True when the directory holds what its task's feed builder needs (tokenizer, image processor)."""
+        return get_task(self.task).has_processor(self.path)
 
 
 def task_from_config(config: dict) -> str | None:
     """Infer the task from ``config.json``'s ``architectures`` (``BertModel`` -> feature-extraction)."""
-    for arch in config.get("architectures") or []:
-        for suffix, task in _ARCH_SUFFIX_TO_TASK:
-            if arch.endswith(suffix):
-                return task
-    return None
+    return task_for_architectures(config.get("architectures"))
 
 
 def is_hf_model_dir(path: Path) -> bool:

@@ -49,6 +49,22 @@ def make_tiny_bert(path: Path, task: str = "feature-extraction", seed: int = 0, 
     return path
 
 
+def make_tiny_vit(path: Path, seed: int = 0, num_labels: int = 3) -> Path:
+    """A 2-layer ViT image classifier (hidden size 32, 32x32 images in 8x8 patches) with random
+    weights, saved with its image processor."""
+    import torch
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(path))
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8, num_labels=num_labels,
+                                 id2label={i: LABELS[i] for i in range(num_labels)})
+    torch.manual_seed(seed)
+    transformers.ViTForImageClassification(cfg).eval().save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def write_splits(d: Path) -> Path:
     """``train.jsonl`` (30 rows) and ``eval.jsonl`` (13 rows) of the sample sentences with 3 labels."""
     import json
@@ -90,6 +106,20 @@ def tiny_classifier_onnx(tiny_classifier, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_onnx") / "classifier_onnx"
     export_hf(tiny_classifier, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    return make_tiny_vit(tmp_path_factory.mktemp("tiny") / "vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_onnx(tiny_vit, tmp_path_factory) -> Path:
+    from exporter import export_hf
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "vit_onnx"
+    export_hf(tiny_vit, out, progress=False)
     return out
 
 

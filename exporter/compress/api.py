@@ -39,7 +39,9 @@ from runtimes.pyt.loading import as_usage_error, hf_load_errors
 def _load_classifier(path: Path, task: str, attention: str = "sdpa"):
     import transformers
 
-    auto = transformers.AutoModelForSequenceClassification if task == "text-classification" else transformers.AutoModelForTokenClassification
+    from runtimes.tasks import get_task
+
+    auto = getattr(transformers, get_task(task).auto_class)
     try:
         return auto.from_pretrained(str(path), local_files_only=True, trust_remote_code=False, attn_implementation=attention)
     except hf_load_errors() as e:

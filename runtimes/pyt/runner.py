@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 
 from runtimes.base import Runner
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.specs import TensorSpec
-
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_AUTO_CLASS = {
-    "feature-extraction": "AutoModel",
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-}
-
-
-def text_input_names(model) -> list[str]:
-    """The tokenizer inputs a transformers model's ``forward`` takes, in its order."""
-    return [n for n in inspect.signature(model.forward).parameters if n in TEXT_INPUTS]
-
-
-def hf_output_specs(task: str, config) -> list[TensorSpec]:
-    """Output specs named as transformers' model classes name them."""
-    if task == "feature-extraction":
-        return [TensorSpec("last_hidden_state", "float32", ("batch_size", "sequence_length", config.hidden_size))]
-    if task == "text-classification":
-        return [TensorSpec("logits", "float32", ("batch_size", config.num_labels))]
-    if task == "token-classification":
-        return [TensorSpec("logits", "float32", ("batch_size", "sequence_length", config.num_labels))]
-    raise UsageError(f"unknown task {task!r}; choose one of {sorted(_AUTO_CLASS)}")
+from runtimes.tasks import get_task, task_names
 
 
 def pool(hidden, mask, mode: str, normalize: bool):
@@ -68,13 +44,15 @@ class TorchRunner(Runner):
         if pooling and artifact.task != "feature-extraction":
             raise UsageError(f"{artifact.path}: pooling applies to feature-extraction models, this one is {artifact.task!r}")
         self.pooling, self.normalize = pooling, normalize
+        hf_tasks = [t for t in task_names() if get_task(t).auto_class]
         if artifact.task is None:
             raise UsageError(
                 f"{artifact.path}: cannot tell the task from config.json 'architectures'; pass --task "
-                f"({', '.join(_AUTO_CLASS)})"
+                f"({', '.join(hf_tasks)})"
             )
-        if artifact.task not in _AUTO_CLASS:
-            raise UsageError(f"{artifact.path}: unknown task {artifact.task!r}; choose one of {sorted(_AUTO_CLASS)}")
+        if artifact.task not in hf_tasks:
+            raise UsageError(f"{artifact.path}: unknown task {artifact.task!r}; choose one of {sorted(hf_tasks)}")
+        self.task = get_task(artifact.task)
         self.attn_implementation = attn_implementation
         self._model = None
 
@@ -88,7 +66,7 @@ class TorchRunner(Runner):
             )
         if self.threads:
             torch.set_num_threads(self.threads)
-        auto = getattr(transformers, _AUTO_CLASS[self.artifact.task])
+        auto = getattr(transformers, self.task.auto_class)
         kwargs = dict(local_files_only=True, trust_remote_code=False, dtype=torch.float32)
         try:
             try:
@@ -102,8 +80,8 @@ class TorchRunner(Runner):
             raise as_usage_error(self.artifact.path, e) from None
         self._model = model.eval().to(self.device)
         self._config = model.config
-        self._inputs = [TensorSpec(n, "int64", ("batch_size", "sequence_length")) for n in text_input_names(model)]
-        self._outputs = hf_output_specs(self.artifact.task, model.config)
+        self._inputs = self.task.input_specs(model)
+        self._outputs = self.task.output_specs(model.config)
         if self.pooling:
             self._outputs = [TensorSpec("sentence_embedding", "float32", ("batch_size", model.config.hidden_size))]
 
@@ -127,7 +105,7 @@ class TorchRunner(Runner):
             tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feeds.items()}
             out = self._model(**tensors, return_dict=True)
             if self.pooling:
-                emb = pool(out["last_hidden_state"], tensors.get("attention_mask"), self.pooling, self.normalize)
+                emb = pool(out["last_hidden_state"], self.task.mask(tensors), self.pooling, self.normalize)
                 return {"sentence_embedding": emb.detach().float().cpu().numpy()}
             return {s.name: out[s.name].detach().float().cpu().numpy() for s in self._outputs}
 

@@ -1,0 +1,134 @@
+"""``Task``: what one model family needs, asked by runners, compare, bench, quantize and build.
+
+A task owns the family-specific decisions (the transformers auto class, the input and output specs,
+how a batch of data becomes feeds, which positions of an output count for parity, default
+optimization profiles, which modules compression may touch), so the stages above never name an
+input. Tasks are frozen dataclasses; a family overrides the methods that differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtimes.errors import UsageError
+from runtimes.specs import TensorSpec
+
+BATCH_DIM = "batch_size"
+SEQ_DIM = "sequence_length"
+SEQ_DIM_NAMES = ("sequence_length", "sequence", "seq_len", "seq")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of one model family.
+
+    ``modality`` names the data the feed builder takes (``text``, ``image``, ``tensor``);
+    ``auto_class`` is the transformers class that loads the model (None: not a transformers task);
+    ``optimum_task`` what optimum's exporter calls it; ``arch_suffixes`` the ``config.json``
+    architecture suffixes that mean this task; ``layer_pattern`` the module-name fragment that
+    marks the blocks compression may touch; ``processor_files`` the files beside the model that
+    build its feeds (tokenizer, image processor), copied along by every stage.
+    """
+
+    name: str
+    family: str
+    modality: str
+    auto_class: str | None = None
+    optimum_task: str | None = None
+    arch_suffixes: tuple[str, ...] = ()
+    model_inputs: tuple[str, ...] = ()
+    layer_pattern: str | None = None
+    processor_files: tuple[str, ...] = ()
+    scores_labels: bool = False  # one row of logits per sample: accuracy against data labels
+    processor_name: str = "feed builder"
+
+    # -- the model ------------------------------------------------------------------------------
+    def model_input_names(self, model) -> list[str]:
+        """The inputs of this family a transformers model's ``forward`` takes, in its order."""
+        return [n for n in inspect.signature(model.forward).parameters if n in self.model_inputs]
+
+    def input_specs(self, model) -> list[TensorSpec]:
+        """Input specs of a loaded transformers model, named as the ONNX export names them."""
+        raise NotImplementedError(f"task {self.name} has no transformers inputs")
+
+    def output_specs(self, config) -> list[TensorSpec]:
+        """Output specs named as transformers' model classes name them."""
+        raise NotImplementedError(f"task {self.name} has no transformers outputs")
+
+    # -- feeds ----------------------------------------------------------------------------------
+    def has_processor(self, path: Path) -> bool:
+        """True when ``path`` holds what :meth:`load_processor` needs."""
+        return any((Path(path) / f).is_file() for f in self.processor_files)
+
+    def load_processor(self, model_dir: str | Path) -> Any:
+        """The feed builder's state stored with the model (tokenizer, image processor); never remote code.
+
+        Raises:
+            UsageError: the directory lacks it.
+        """
+        raise NotImplementedError
+
+    def _pretrained(self, auto_class: str, model_dir: str | Path, fix: str):
+        """``transformers.<auto_class>.from_pretrained`` on local files, never remote code; a directory
+        without it is a one-line UsageError that ends in ``fix``."""
+        import transformers
+
+        try:
+            return getattr(transformers, auto_class).from_pretrained(str(model_dir), local_files_only=True,
+                                                                     trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{model_dir}: no usable {self.processor_name} ({str(e).splitlines()[0][:200]}); "
+                             f"{fix}") from None
+
+    def encode(self, processor, batch, *, max_length: int = 128, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+        """One batch of data (``batch.texts``, ``batch.paths``, ...) -> named numpy arrays."""
+        raise NotImplementedError
+
+    def encode_batches(self, processor, data, batch_size: int, *, max_length: int = 128,
+                       same_shape: bool = False) -> list[dict[str, np.ndarray]]:
+        """``data`` in batches of ``batch_size``; with ``same_shape`` every batch has one shape
+        (calibrators that build histograms need that)."""
+        return [self.encode(processor, b, max_length=max_length) for b in data.batches(batch_size)]
+
+    def feeds_for(self, encoded: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], where: str) -> dict[str, np.ndarray]:
+        """Map encoded arrays onto a model's real inputs (cast to their dtypes).
+
+        Raises:
+            UsageError: the model needs an input the feed builder cannot provide.
+        """
+        feeds = {}
+        for spec in inputs:
+            if spec.name not in encoded:
+                raise UsageError(f"{where}: model input {spec.name!r} is not produced by the {self.processor_name} "
+                                 f"(it gives {sorted(encoded)}); this model needs its own feed mapping")
+            arr = encoded[spec.name]
+            feeds[spec.name] = arr if str(arr.dtype) == spec.dtype else arr.astype(spec.dtype)
+        return feeds
+
+    def mask(self, feeds: Mapping[str, Any]):
+        """Which positions are real (1) or padding (0), ``[batch, seq]``; None when every position counts."""
+        return None
+
+    def token_counts(self, feeds: Mapping[str, np.ndarray]) -> tuple[int, int]:
+        """``(computed, real)`` units of work in one batch, for throughput: samples by default."""
+        n = next(iter(feeds.values())).shape[0]
+        return n, n
+
+    def varies_with_seq(self, processor) -> bool:
+        """True when a benchmark's ``--seq`` changes the feeds' shapes."""
+        return False
+
+    # -- profiles -------------------------------------------------------------------------------
+    def profile_dims(self, model_dir: Path, batches: Sequence[int], seqs: Sequence[int]) -> dict[str, tuple]:
+        """Default ``{dim name: (min, opt, max)}`` for an engine's optimization profile of the model
+        in ``model_dir``; ``batches`` and ``seqs`` are the (min, opt, max) the user asked for."""
+        return {BATCH_DIM: tuple(batches)}
+
+
+def is_seq_dim(name) -> bool:
+    return isinstance(name, str) and name in SEQ_DIM_NAMES
