@@ -130,7 +130,7 @@ def _is_image_table(p: Path, text_column: str) -> bool:
     """A .jsonl/.csv whose first row has an ``image`` column and no text column lists image files."""
     if not p.is_file() or p.suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv", ".tsv"):
         return False
-    with open(p, encoding="utf-8") as f:
+    with open(p, encoding="utf-8", errors="replace") as f:  # a sniff; the real read reports bad bytes
         first = next((line for line in f if line.strip()), "")
     if p.suffix.lower() in (".csv", ".tsv"):
         names = next(csv.reader([first], delimiter="\t" if p.suffix.lower() == ".tsv" else ","), [])
