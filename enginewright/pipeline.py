@@ -99,8 +99,11 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         name = key_node.value
         if name not in STAGES:
             raise UsageError(f"{_where(p, key_node)}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
-        options = yaml.safe_load(yaml.serialize(opts_node)) or {}
-        if not isinstance(options, dict):
+        if isinstance(opts_node, yaml.MappingNode):  # keys as written: YAML 1.1 would read `on:` as true
+            options = {k.value: yaml.safe_load(yaml.serialize(v)) for k, v in opts_node.value}
+        elif yaml.safe_load(yaml.serialize(opts_node)) is None:
+            options = {}
+        else:
             raise UsageError(f"{_where(p, opts_node)}: options of {name} must be a mapping")
         opt_nodes = {k.value: k for k, _ in opts_node.value} if isinstance(opts_node, yaml.MappingNode) else {}
         known = stage_options(STAGES[name])

@@ -38,7 +38,7 @@ class ValueType:
 
 
 class CsvInts(ValueType):
-    example = ("1,8", [1, 8])
+    example = ("2,16", [2, 16])
 
     def __call__(self, text: str) -> tuple[int, ...]:
         try:
@@ -96,7 +96,7 @@ class ShapeArg(ValueType):
 
 
 class Percent(ValueType):
-    example = ("5%", "5%")
+    example = ("10%", 0.1)
 
     def __call__(self, text: str) -> float:
         try:
@@ -131,6 +131,13 @@ def provider_options(items) -> dict[str, dict[str, str]]:
     for device, key, value in items:
         out.setdefault(device, {})[key] = value
     return out
+
+
+# What a pipeline sets itself for every artifact stage (see each command's NOT_IN_PIPELINE).
+SET_BY_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides what reruns",
+                   "quiet": "run's own --quiet"}
+# ... and for a check stage (compare, bench)
+REPORTS_BY_PIPELINE = {**SET_BY_PIPELINE, "output": "the pipeline writes its own summary", "junit": "run's own --junit"}
 
 
 # --- option groups ---------------------------------------------------------------------------

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import CsvInts, Percent, add_data_args, add_report_args, load_data, provider_options, threads
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, load_data,
+                                         provider_options, threads)
 
 NAME = "bench"
 HELP = "latency and throughput of artifacts on runtimes, interleaved"
 DESCRIPTION = ("Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts at natural lengths with "
                "--natural); runners take turns so drift hits all alike.")
 STAGE = "check"
-NOT_IN_PIPELINE = {"output": "the pipeline writes its own summary", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet", "junit": "run's own --junit"}
+NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
 
 
 def add_arguments(p) -> None:

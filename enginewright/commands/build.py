@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import ShapeArg, add_output
+from enginewright.commands._args import SET_BY_PIPELINE, ShapeArg, add_output
 
 NAME = "build"
 HELP = "build a TensorRT engine from an ONNX artifact (NVIDIA GPU and TensorRT needed)"
@@ -13,8 +13,7 @@ DESCRIPTION = ("Parse the ONNX artifact with TensorRT's parser and build an engi
                "dynamic dims, a timing cache, and a manifest naming the TensorRT version and GPU the engine is for. "
                "Not yet run on a GPU.")
 STAGE = "artifact"
-NOT_IN_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet"}
+NOT_IN_PIPELINE = SET_BY_PIPELINE
 
 
 def add_shapes(p, help: str) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from enginewright.commands._args import (CliError, add_data_args, add_report_args, add_tolerances, load_data,
-                                         provider_options, threads)
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
+                                         load_data, provider_options, threads)
 
 NAME = "compare"
 HELP = "padding-aware parity of candidates against a reference on real texts"
 DESCRIPTION = ("Run the same texts through REF and every CANDIDATE; report per-output errors (padded positions "
                "excluded), cosine, top-1 agreement and the task metric when the data has labels. Exit 1 when a check fails.")
 STAGE = "check"
-NOT_IN_PIPELINE = {"output": "the pipeline writes its own summary", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet", "junit": "run's own --junit"}
+NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
 
 
 def add_arguments(p) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import CliError, add_data_args, add_output, add_parity_tolerance, load_data
+from enginewright.commands._args import (SET_BY_PIPELINE, CliError, add_data_args, add_output, add_parity_tolerance,
+                                         load_data)
 
 NAME = "export"
 HELP = "export a Hugging Face model to an ONNX artifact, checked against PyTorch"
@@ -12,8 +13,7 @@ DESCRIPTION = ("Export MODEL_DIR to ONNX with dynamic batch and sequence axes, t
                "inference, parity against PyTorch on sample texts). --module exports a PyTorch module from a factory.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
-NOT_IN_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet", "module": "a stage exports the previous stage's model",
+NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "module": "a stage exports the previous stage's model",
                    "inputs": "with --module only"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import add_train_args, print_eval, train_config
+from enginewright.commands._args import SET_BY_PIPELINE, add_train_args, print_eval, train_config
 
 NAME = "finetune"
 HELP = "fine-tune a Hugging Face encoder on labelled data"
@@ -12,8 +12,7 @@ DESCRIPTION = ("Fine-tune MODEL_DIR for a classification task with AdamW, warm-u
                "and checkpoints to resume; writes an artifact that export takes as is, with a per-class evaluation "
                "report in its manifest.")
 STAGE = "artifact"
-NOT_IN_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet", "resume": "the pipeline reruns a stage whole"}
+NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "resume": "the pipeline reruns a stage whole"}
 # exporter.finetune.FINETUNE_TASKS, spelt here because importing it (numpy, the trainer) would slow --help
 TASKS = ("text-classification", "token-classification")
 

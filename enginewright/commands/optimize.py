@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import add_data_args, add_output, load_data
+from enginewright.commands._args import SET_BY_PIPELINE, add_data_args, add_output, load_data
 
 NAME = "optimize"
 HELP = "fuse an ONNX artifact's graph for a target (ONNX Runtime CPU/CUDA, TensorRT)"
@@ -12,8 +12,7 @@ DESCRIPTION = ("cpu/cuda: ONNX Runtime's transformer fusions (contrib ops, ONNX 
                "ops only. --fp16 converts weights and compute to FP16. Parity against the input is checked and recorded.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
-NOT_IN_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet"}
+NOT_IN_PIPELINE = SET_BY_PIPELINE
 
 
 def add_arguments(p) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from enginewright.commands._args import add_output
+from enginewright.commands._args import SET_BY_PIPELINE, add_output
 
 NAME = "quantize"
 HELP = "INT8 post-training quantization (static QDQ or dynamic) with accuracy-driven exclusion"
@@ -14,8 +14,7 @@ DESCRIPTION = ("Quantize an ONNX artifact with ONNX Runtime's tools. --target te
                "costliest nodes in float until met.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
-NOT_IN_PIPELINE = {"output": "the pipeline names each stage's directory", "force": "the pipeline decides",
-                   "quiet": "run's own --quiet"}
+NOT_IN_PIPELINE = SET_BY_PIPELINE
 QUANTIZE_WARN_BELOW = 0.98  # mean pooled cosine: all-MiniLM-L6-v2's --target tensorrt without the search gives 0.82
 
 
