@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="enginewright 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for command in commands.COMMANDS:
-        command.add_arguments(sub.add_parser(command.NAME, help=command.HELP, description=command.DESCRIPTION))
+    for command in commands.COMMANDS:  # a command's docstring is its help line, then its description
+        help_line, _, description = command.__doc__.partition("\n\n")
+        command.add_arguments(sub.add_parser(command.NAME, help=help_line, description=description.strip() or None))
     return parser
 
 

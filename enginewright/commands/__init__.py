@@ -1,7 +1,7 @@
 """The commands, one module each, in the order ``--help`` lists them.
 
-A command module has ``NAME``, ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)`` and
-``run(args, command) -> exit code``. A pipeline stage also has ``STAGE`` (``"artifact"``: it takes
+A command module's docstring is its ``--help`` line, then (after a blank line) its description; it
+has ``NAME``, ``add_arguments(parser)`` and ``run(args, command) -> exit code``. A pipeline stage also has ``STAGE`` (``"artifact"``: it takes
 the previous stage's artifact and writes one with ``make(options, src, out, ...)``; ``"check"``: it
 takes the model and the artifacts made, with ``evaluate``) and ``NOT_IN_PIPELINE``, the options a
 pipeline sets itself, each with the reason. Other commands have ``STAGE = None``. Modules import

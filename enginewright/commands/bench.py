@@ -1,4 +1,8 @@
-"""``bench``: latency and throughput of artifacts on runtimes, interleaved."""
+"""latency and throughput of artifacts on runtimes, interleaved
+
+Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts at natural lengths with
+--natural); runners take turns so drift hits all alike.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, 
                                          provider_options, threads)
 
 NAME = "bench"
-HELP = "latency and throughput of artifacts on runtimes, interleaved"
-DESCRIPTION = ("Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts at natural lengths with "
-               "--natural); runners take turns so drift hits all alike.")
 STAGE = "check"
 NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
 

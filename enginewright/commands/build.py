@@ -1,4 +1,9 @@
-"""``build``: a TensorRT engine from an ONNX artifact."""
+"""build a TensorRT engine from an ONNX artifact (NVIDIA GPU and TensorRT needed)
+
+Parse the ONNX artifact with TensorRT's parser and build an engine: precision follows the graph (FP16 or Q/DQ
+INT8 artifacts build strongly typed), optimization profiles from --shapes or the manifest's dynamic dims, a
+timing cache, and a manifest naming the TensorRT version and GPU the engine is for. Not yet run on a GPU.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,6 @@ from pathlib import Path
 from enginewright.commands._args import SET_BY_PIPELINE, ShapeArg, add_output
 
 NAME = "build"
-HELP = "build a TensorRT engine from an ONNX artifact (NVIDIA GPU and TensorRT needed)"
-DESCRIPTION = ("Parse the ONNX artifact with TensorRT's parser and build an engine: precision follows the graph (FP16 "
-               "or Q/DQ INT8 artifacts build strongly typed), optimization profiles from --shapes or the manifest's "
-               "dynamic dims, a timing cache, and a manifest naming the TensorRT version and GPU the engine is for. "
-               "Not yet run on a GPU.")
 STAGE = "artifact"
 NOT_IN_PIPELINE = SET_BY_PIPELINE
 

@@ -1,4 +1,8 @@
-"""``check``: TensorRT readiness of an ONNX artifact, without a GPU."""
+"""readiness of an ONNX artifact for TensorRT, without a GPU
+
+Check operators, types, Q/DQ placement and profile coverage against TensorRT's ONNX parser support (table from
+onnx-tensorrt's operators.md). Exit 1 when the model cannot build.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ from enginewright.commands._args import CliError
 from enginewright.commands.build import add_shapes
 
 NAME = "check"
-HELP = "readiness of an ONNX artifact for TensorRT, without a GPU"
-DESCRIPTION = ("Check operators, types, Q/DQ placement and profile coverage against TensorRT's ONNX parser support "
-               "(table from onnx-tensorrt's operators.md). Exit 1 when the model cannot build.")
 STAGE = None
 
 

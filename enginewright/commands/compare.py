@@ -1,4 +1,8 @@
-"""``compare``: padding-aware parity (and the task metric) of candidates against a reference."""
+"""padding-aware parity of candidates against a reference on real texts
+
+Run the same texts through REF and every CANDIDATE; report per-output errors (padded positions excluded),
+cosine, top-1 agreement and the task metric when the data has labels. Exit 1 when a check fails.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,6 @@ from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data
                                          load_data, provider_options, threads)
 
 NAME = "compare"
-HELP = "padding-aware parity of candidates against a reference on real texts"
-DESCRIPTION = ("Run the same texts through REF and every CANDIDATE; report per-output errors (padded positions "
-               "excluded), cosine, top-1 agreement and the task metric when the data has labels. Exit 1 when a check fails.")
 STAGE = "check"
 NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
 

@@ -1,4 +1,8 @@
-"""``compress``: prune, drop layers, 2:4-sparsify, quantization-aware train or distil a classifier."""
+"""prune, distil or 2:4-sparsify a fine-tuned classifier
+
+Apply the techniques given (in this order: layer drop, pruning, 2:4 sparsity), then recover with a short
+fine-tune, or distillation with --distill.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ from pathlib import Path
 from enginewright.commands._args import SET_BY_PIPELINE, CliError, add_train_args, print_eval, train_config
 
 NAME = "compress"
-HELP = "prune, distil or 2:4-sparsify a fine-tuned classifier"
-DESCRIPTION = ("Apply the techniques given (in this order: layer drop, pruning, 2:4 sparsity), then recover with a "
-               "short fine-tune, or distillation with --distill.")
 STAGE = "artifact"
 NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "resume": "the pipeline reruns a stage whole"}
 _QAT_ONLY = ("qat_percentile", "qat_float_layers", "qat_dropout", "qat_attention", "qat_float_attention")

@@ -1,12 +1,10 @@
-"""``inspect``: what an artifact is, where it came from and what was measured."""
+"""what an artifact is, where it came from and what was measured"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 NAME = "inspect"
-HELP = "what an artifact is, where it came from and what was measured"
-DESCRIPTION = None
 STAGE = None
 
 

@@ -1,10 +1,8 @@
-"""``env``: the machine and libraries, as the artifacts' manifests record them."""
+"""library versions, ONNX Runtime providers, CUDA, TensorRT and CPU features"""
 
 from __future__ import annotations
 
 NAME = "env"
-HELP = "library versions, ONNX Runtime providers, CUDA, TensorRT and CPU features"
-DESCRIPTION = None
 STAGE = None
 
 

@@ -1,4 +1,8 @@
-"""``export``: a Hugging Face model directory (or a PyTorch module factory) to an ONNX artifact."""
+"""export a Hugging Face model to an ONNX artifact, checked against PyTorch
+
+Export MODEL_DIR to ONNX with dynamic batch and sequence axes, then check it (onnx.checker, shape inference,
+parity against PyTorch on sample texts). --module exports a PyTorch module from a factory.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ from enginewright.commands._args import (SET_BY_PIPELINE, CliError, add_data_arg
                                          load_data)
 
 NAME = "export"
-HELP = "export a Hugging Face model to an ONNX artifact, checked against PyTorch"
-DESCRIPTION = ("Export MODEL_DIR to ONNX with dynamic batch and sequence axes, then check it (onnx.checker, shape "
-               "inference, parity against PyTorch on sample texts). --module exports a PyTorch module from a factory.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
 NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "module": "a stage exports the previous stage's model",

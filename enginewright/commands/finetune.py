@@ -1,4 +1,9 @@
-"""``finetune``: fine-tune a Hugging Face encoder on labelled data."""
+"""fine-tune a Hugging Face encoder on labelled data
+
+Fine-tune MODEL_DIR for a classification task with AdamW, warm-up and decay, early stopping on --eval, and
+checkpoints to resume; writes an artifact that export takes as is, with a per-class evaluation report in its
+manifest.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,6 @@ from pathlib import Path
 from enginewright.commands._args import SET_BY_PIPELINE, add_train_args, print_eval, train_config
 
 NAME = "finetune"
-HELP = "fine-tune a Hugging Face encoder on labelled data"
-DESCRIPTION = ("Fine-tune MODEL_DIR for a classification task with AdamW, warm-up and decay, early stopping on --eval, "
-               "and checkpoints to resume; writes an artifact that export takes as is, with a per-class evaluation "
-               "report in its manifest.")
 STAGE = "artifact"
 NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "resume": "the pipeline reruns a stage whole"}
 # exporter.finetune.FINETUNE_TASKS, spelt here because importing it (numpy, the trainer) would slow --help

@@ -1,4 +1,8 @@
-"""``optimize``: fuse an ONNX artifact's graph for a target."""
+"""fuse an ONNX artifact's graph for a target (ONNX Runtime CPU/CUDA, TensorRT)
+
+cpu/cuda: ONNX Runtime's transformer fusions (contrib ops, ONNX Runtime only); tensorrt: standard ONNX ops
+only. --fp16 converts weights and compute to FP16. Parity against the input is checked and recorded.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ from pathlib import Path
 from enginewright.commands._args import SET_BY_PIPELINE, add_data_args, add_output, load_data
 
 NAME = "optimize"
-HELP = "fuse an ONNX artifact's graph for a target (ONNX Runtime CPU/CUDA, TensorRT)"
-DESCRIPTION = ("cpu/cuda: ONNX Runtime's transformer fusions (contrib ops, ONNX Runtime only); tensorrt: standard ONNX "
-               "ops only. --fp16 converts weights and compute to FP16. Parity against the input is checked and recorded.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
 NOT_IN_PIPELINE = SET_BY_PIPELINE

@@ -1,4 +1,9 @@
-"""``quantize``: INT8 post-training quantization of an ONNX artifact."""
+"""INT8 post-training quantization (static QDQ or dynamic) with accuracy-driven exclusion
+
+Quantize an ONNX artifact with ONNX Runtime's tools. --target tensorrt gives symmetric per-channel QDQ on
+MatMul/Gemm inputs that TensorRT's explicit quantization takes; --max-cosine-loss keeps the costliest nodes in
+float until met.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,6 @@ from pathlib import Path
 from enginewright.commands._args import SET_BY_PIPELINE, add_output
 
 NAME = "quantize"
-HELP = "INT8 post-training quantization (static QDQ or dynamic) with accuracy-driven exclusion"
-DESCRIPTION = ("Quantize an ONNX artifact with ONNX Runtime's tools. --target tensorrt gives symmetric per-channel QDQ "
-               "on MatMul/Gemm inputs that TensorRT's explicit quantization takes; --max-cosine-loss keeps the "
-               "costliest nodes in float until met.")
 STAGE = "artifact"
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
 NOT_IN_PIPELINE = SET_BY_PIPELINE

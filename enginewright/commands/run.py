@@ -1,4 +1,8 @@
-"""``run``: a pipeline file's stages, with step caching."""
+"""run a pipeline file (stages, options, data, gates) with step caching
+
+Validate PIPELINE.yaml, then run its stages in order; unchanged stages are reused from the run directory, a
+changed one reruns with everything after it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ from pathlib import Path
 from enginewright.commands._args import add_quiet
 
 NAME = "run"
-HELP = "run a pipeline file (stages, options, data, gates) with step caching"
-DESCRIPTION = ("Validate PIPELINE.yaml, then run its stages in order; unchanged stages are reused from the run "
-               "directory, a changed one reruns with everything after it.")
 STAGE = None
 NEEDS_ONNXRUNTIME = True  # checked before it runs, with what to install
 

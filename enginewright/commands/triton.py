@@ -1,4 +1,8 @@
-"""``triton``: a Triton Inference Server model repository from artifacts."""
+"""write a Triton Inference Server model repository from ONNX/TensorRT artifacts
+
+One model per artifact: config.pbtxt (validated with Triton's ModelConfig schema) and the model file in
+version folder 1.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,6 @@ from pathlib import Path
 from enginewright.commands._args import add_output
 
 NAME = "triton"
-HELP = "write a Triton Inference Server model repository from ONNX/TensorRT artifacts"
-DESCRIPTION = ("One model per artifact: config.pbtxt (validated with Triton's ModelConfig schema) and the model file "
-               "in version folder 1.")
 STAGE = None
 
 
