@@ -9,8 +9,12 @@
       - compare: {data: builtin:samples, atol: 1, min_cosine: 0.9}
       - bench: {batch: [1, 8], seq: [128], time: 2}
 
-Artifact stages (finetune, compress, export, optimize, quantize, build) each take the previous
-stage's artifact; compare and bench take the model and every artifact made so far. A stage's output
+A stage is a command (enginewright/commands/) and takes that command's long options, spelt with
+``_`` for ``-`` (``per_channel: true`` is ``--per-channel``), less the few the pipeline sets itself
+(the command's ``NOT_IN_PIPELINE``: output, --force, --quiet, ...); its values mean what they mean
+on the command line and run the command's own code. Paths are relative to the file. Artifact stages
+(finetune, compress, export, optimize, quantize, build) each take the previous stage's artifact;
+compare and bench take the model and every artifact made so far. A stage's output
 directory is named by a hash of its input artifact, its options and the tool versions, so an
 unchanged stage is reused and a changed one reruns with everything after it. The file is checked
 before anything runs: an unknown stage or option, or a missing data file, is reported with the
@@ -122,6 +126,10 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             return _where(p, opt_nodes.get(opt, key_node))
 
         values = from_mapping(STAGES[name], options, where)
+        try:
+            getattr(STAGES[name], "check", lambda o: None)(values)
+        except CliError as e:
+            raise UsageError(f"{where(None)}: {name}: {e}") from None
         stages.append(Stage(name, options, key_node.start_mark.line + 1, values))
     return Pipeline(p, model, run_dir.resolve(), stages)
 
@@ -214,7 +222,7 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
             reports["compare"], reports["compare_checks"] = outcome.report, checks["parity"] + checks["accuracy"]
             failed = command.failure(stage.values, gated)
             if failed:
-                raise CheckFailed(f"{pipe.path}:{stage.line}: compare failed {failed}")
+                raise CheckFailed(f"{pipe.path}:{stage.line}: compare failed " + " | ".join(x.strip() for x in failed.splitlines()))
             return {"passed": True}
         from benchmarks.throughput import bench_markdown
 
@@ -226,7 +234,8 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
     if checks is not None and not all(c.passed for c in checks):
         from benchmarks.gates import summary
 
-        raise CheckFailed(f"{pipe.path}:{stage.line}: bench against {stage.values['baseline']}: {summary(checks)}")
+        raise CheckFailed(f"{pipe.path}:{stage.line}: bench against {stage.values['baseline']}: "
+                          + " | ".join(x.strip() for x in summary(checks).splitlines()))
     return {"results": len(report["results"])}
 
 

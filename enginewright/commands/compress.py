@@ -51,14 +51,26 @@ def add_arguments(p) -> None:
     add_train_args(p, epochs=2, lr=5e-5)
 
 
+def check(o) -> None:
+    """Raises CliError for a --qat-* option without --qat, or no technique at all (before anything loads)."""
+    given = [k for k in _QAT_ONLY if not o["qat"] and o[k] is not None and o[k] is not False]
+    if given:
+        raise CliError(f"--{given[0].replace('_', '-')} needs --qat")
+    if not (o["student_layers"] is not None or o["sparse_2_4"] or o["qat"] or o["distill"]
+            or any(o[k] is not None for k in ("prune_heads", "prune_ffn", "flop_target"))):
+        raise CliError("compress needs a technique: --prune-heads/--prune-ffn/--flop-target, --student-layers, "
+                       "--sparse-2-4, --qat or --distill")
+
+
 def techniques(o) -> list:
     """The technique configs the options ask for, in the order they apply.
 
     Raises:
-        CliError: a --qat-* option without --qat; no technique at all.
+        CliError: see ``check``.
     """
     from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, QATConfig, Sparse24Config
 
+    check(o)
     found = []
     if o["student_layers"] is not None:
         found.append(LayerDropConfig(o["student_layers"]))
@@ -71,15 +83,8 @@ def techniques(o) -> list:
         found.append(QATConfig(act_percentile=o["qat_percentile"], float_layers=o["qat_float_layers"] or 0,
                                dropout=o["qat_dropout"], attention=o["qat_attention"],
                                float_attention=o["qat_float_attention"] or 0))
-    else:
-        given = [k for k in _QAT_ONLY if o[k] is not None and o[k] is not False]
-        if given:
-            raise CliError(f"--{given[0].replace('_', '-')} needs --qat")
     if o["distill"]:
         found.append(DistillConfig(temperature=o["temperature"], alpha=o["alpha"], hidden_weight=o["hidden_loss"]))
-    if not found:
-        raise CliError("compress needs a technique: --prune-heads/--prune-ffn/--flop-target, --student-layers, "
-                       "--sparse-2-4, --qat or --distill")
     return found
 
 

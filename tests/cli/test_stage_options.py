@@ -13,9 +13,15 @@ from enginewright.commands._stage import cli_options, parser_of, stage_options
 from tests.cli.test_cli import one_line_error, run
 
 
+# strings a command checks beyond their type (its check()); every other sample comes from the action
+CHECKED_STRINGS = {"--fail-on": "accuracy"}
+
+
 def _sample(action, path: str):
     """(command-line tokens, YAML value) of one option, the same value, not the default."""
     flag = action.option_strings[-1]
+    if flag in CHECKED_STRINGS:
+        return [flag, CHECKED_STRINGS[flag]], CHECKED_STRINGS[flag]
     if action.nargs == 0:
         return [flag], True
     if action.choices is not None:
@@ -102,11 +108,14 @@ stages:
 
 @pytest.mark.parametrize("stage, words", [
     ("compress: {eval: builtin:samples, distill: true}", "pipe.yaml:3: compress needs train"),
+    ("compress: {train: t.txt, eval: t.txt, qat_dropout: true}", "pipe.yaml:3: compress: --qat-dropout needs --qat"),
+    ("compare: {fail_on: speed}", "pipe.yaml:3: compare: --fail-on 'speed'"),
     ("bench: {batch: [1, 0]}", "pipe.yaml:3: bench.batch: --batch takes positive integers"),
     ("export: {task: translation}", "pipe.yaml:3: export.task must be one of feature-extraction"),
     ("build: {shapes: [1, 2]}", "pipe.yaml:3: build.shapes: takes {NAME: [MIN, OPT, MAX]}"),
 ])
 def test_a_bad_option_value_names_file_and_line(capsys, tiny_bert, tmp_path, stage, words):
+    (tmp_path / "t.txt").write_text("hello\n")
     (tmp_path / "pipe.yaml").write_text(f"model: {tiny_bert}\nstages:\n  - {stage}\n")
     code, _, err = run(capsys, "run", str(tmp_path / "pipe.yaml"))
     assert code == 2, err
