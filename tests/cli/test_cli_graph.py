@@ -6,7 +6,7 @@ from tests.cli.test_cli import one_line_error, run
 
 
 def test_optimize_and_quantize_commands(capsys, tiny_onnx, tmp_path, monkeypatch):
-    from enginewright import cli
+    from enginewright.commands import quantize as cli
 
     code, out, _ = run(capsys, "optimize", str(tiny_onnx), "-o", str(tmp_path / "fused"), "-q")
     assert code == 0 and "fused Attention: 2" in out and "contrib ops" in out

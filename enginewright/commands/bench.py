@@ -1,0 +1,81 @@
+"""latency and throughput of artifacts on runtimes, interleaved
+
+Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts at natural lengths with
+--natural); runners take turns so drift hits all alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, load_data,
+                                         provider_options, threads)
+
+NAME = "bench"
+STAGE = "check"
+NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
+
+
+def add_arguments(p) -> None:
+    p.add_argument("artifacts", type=Path, nargs="+", metavar="ARTIFACT")
+    add_data_args(p)
+    p.add_argument("--batch", type=CsvInts("--batch"), default=(1, 8), metavar="B[,B...]", help="batch sizes (default 1,8)")
+    p.add_argument("--seq", type=CsvInts("--seq"), default=(128,), metavar="S[,S...]",
+                   help="sequence lengths (default 128); with --natural, the truncation length")
+    p.add_argument("--natural", action="store_true", help="feed the data's texts at their natural lengths")
+    p.add_argument("--iters", type=int, default=None, metavar="N", help="timed iterations per runner and cell")
+    p.add_argument("--time", type=float, default=3.0, metavar="S", dest="time_budget",
+                   help="timed seconds per runner and cell when --iters is not given (default 3)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N")
+    p.add_argument("--rounds", type=int, default=5, metavar="N", help="interleaved rounds per cell (default 5)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="REPORT",
+                   help="a previous bench report.json: exit 1 when throughput falls more than --max-regression")
+    p.add_argument("--max-regression", type=Percent("--max-regression"), default=0.05, metavar="PCT",
+                   help="allowed throughput drop (default 5%%)")
+    add_report_args(p, "write each throughput check as a JUnit test case")
+
+
+def evaluate(o, artifacts, *, command: str | None, progress: bool):
+    """Time the artifacts; returns ``(report, checks)``, checks against ``--baseline`` (None without one)."""
+    from benchmarks.throughput import BenchConfig, run_bench
+
+    baseline = None
+    if o["baseline"] is not None:
+        from benchmarks.gates import load_baseline
+
+        baseline = load_baseline(o["baseline"])
+    config = BenchConfig(batches=o["batch"], seqs=o["seq"], warmup=o["warmup"], iters=o["iters"],
+                         time_budget=o["time_budget"], rounds=o["rounds"], threads=threads(o), natural=o["natural"],
+                         provider_options=provider_options(o["provider_option"]))
+    report = run_bench(artifacts, load_data(o), runtimes=o["runtimes"], config=config, command=command, progress=progress)
+    if baseline is None:
+        return report, None
+    from benchmarks.gates import regression_checks
+
+    return report, regression_checks(report, baseline, o["max_regression"])
+
+
+def run(args, command: str) -> int:
+    from benchmarks.throughput import bench_markdown
+    from evaluation.report import write_report
+    from runtimes.artifact import check_output_free
+
+    if args.output is not None:
+        check_output_free(args.output, args.force)
+    report, checks = evaluate(vars(args), args.artifacts, command=command, progress=not args.quiet)
+    md = bench_markdown(report)
+    print(md)
+    if args.output is not None:
+        write_report(args.output, report, md, force=args.force)
+        print(f"report: {args.output / 'report.md'}")
+    if checks is None:
+        return 0
+    from benchmarks.gates import summary, write_junit
+
+    if args.junit is not None:
+        write_junit(args.junit, checks, "bench")
+    print(f"throughput against {args.baseline}: {summary(checks)}")
+    for c in checks:
+        if c.skipped:
+            print(f"  skipped {c.name}: {c.message}")
+    return 0 if all(c.passed for c in checks) else 1

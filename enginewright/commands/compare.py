@@ -1,0 +1,109 @@
+"""padding-aware parity of candidates against a reference on real texts
+
+Run the same texts through REF and every CANDIDATE; report per-output errors (padded positions excluded),
+cosine, top-1 agreement and the task metric when the data has labels. Exit 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
+                                         load_data, provider_options, threads)
+
+NAME = "compare"
+STAGE = "check"
+NOT_IN_PIPELINE = REPORTS_BY_PIPELINE
+
+
+def add_arguments(p) -> None:
+    p.add_argument("reference", type=Path, metavar="REF")
+    p.add_argument("candidates", type=Path, nargs="+", metavar="CANDIDATE")
+    p.add_argument("--ref-on", default=None, metavar="RUNTIME", help="runtime for REF (default: by its kind)")
+    add_data_args(p)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    add_tolerances(p)
+    p.add_argument("--fail-on", default="parity,accuracy", metavar="CHECKS",
+                   help="which checks set exit 1: comma-separated from parity, accuracy, or none (default parity,accuracy)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy gate: candidates may trail the reference by this many points (default 1)")
+    add_report_args(p, "write each check as a JUnit test case")
+
+
+def fail_on(o) -> set[str]:
+    """The check kinds that fail the command. Raises CliError for an unknown one."""
+    kinds = {x.strip() for x in o["fail_on"].split(",") if x.strip()}
+    if not kinds <= {"parity", "accuracy", "none"} or ("none" in kinds and len(kinds) > 1):
+        raise CliError(f"--fail-on {o['fail_on']!r}: give parity, accuracy (comma-separated) or none")
+    return kinds - {"none"}
+
+
+check = fail_on  # what the pipeline checks when it loads the file
+
+
+def tolerances(o):
+    """The default Tolerance and one per output named in ``OUTPUT=X`` values."""
+    from evaluation.parity import Tolerance
+
+    fields = {k: o[k] for k in ("atol", "rtol", "min_cosine", "min_top1", "min_pooled_cosine")}
+    default = Tolerance(**{k: v for k, items in fields.items() for name, v in items if name is None})
+    per_output: dict[str, dict] = {}
+    for k, items in fields.items():
+        for name, v in items:
+            if name is not None:
+                per_output.setdefault(name, {})[k] = v
+    return default, {n: Tolerance(**{**vars(default), **kw}) for n, kw in per_output.items()}
+
+
+def evaluate(o, reference, candidates, *, command: str | None, progress: bool):
+    """Run the comparison; returns ``(outcome, checks, gated)``: every check by kind
+    (``parity``/``accuracy``) and those of the kinds ``--fail-on`` gates."""
+    from benchmarks.gates import metric_checks, parity_checks
+    from evaluation.compare import CompareConfig, run_compare
+
+    gated_kinds = fail_on(o)
+    default, per_output = tolerances(o)
+    config = CompareConfig(batch_size=o["batch_size"], max_length=o["max_length"], threads=threads(o),
+                           tolerance=default, per_output=per_output, provider_options=provider_options(o["provider_option"]))
+    outcome = run_compare(reference, candidates, load_data(o), runtimes=o["runtimes"], ref_runtime=o["ref_on"],
+                          config=config, command=command, progress=progress)
+    checks = {"parity": parity_checks(outcome.report), "accuracy": metric_checks(outcome.report, o["max_accuracy_drop"])}
+    gated = [c for kind in sorted(gated_kinds) for c in checks[kind]]
+    return outcome, checks, gated
+
+
+def failure(o, gated) -> str | None:
+    """``(KINDS): SUMMARY`` when a gated check failed, else None."""
+    from benchmarks.gates import summary
+
+    if all(c.passed for c in gated):
+        return None
+    return f"({', '.join(sorted(fail_on(o) or {'none'}))}): {summary(gated)}"
+
+
+def run(args, command: str) -> int:
+    from benchmarks.gates import summary, write_junit
+    from evaluation.report import write_report
+    from runtimes.artifact import check_output_free
+
+    o = vars(args)
+    fail_on(o)
+    if args.output is not None:
+        check_output_free(args.output, args.force)
+    outcome, checks, gated = evaluate(o, args.reference, args.candidates, command=command, progress=not args.quiet)
+    md = outcome.markdown()
+    print(md)
+    if args.output is not None:
+        write_report(args.output, outcome.report, md, force=args.force)
+        print(f"report: {args.output / 'report.md'}")
+    if args.junit is not None:
+        write_junit(args.junit, checks["parity"] + checks["accuracy"], "compare")
+    if checks["accuracy"]:
+        print(f"accuracy gate (max drop {args.max_accuracy_drop:g} points): {summary(checks['accuracy'])}")
+    failed = failure(o, gated)
+    if failed:
+        print(f"compare FAILED {failed}", file=sys.stderr)
+        return 1
+    return 0
