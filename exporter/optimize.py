@@ -23,6 +23,7 @@ from evaluation.data import TextDataset, load_texts
 from evaluation.parity import Tolerance
 from exporter.manifest import COMPANION_FILES, onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
+from exporter.passes import CPU_FUSION_CLEANUP, run_passes
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
 
@@ -62,39 +63,6 @@ SKIP_LAYER_NORM_NOTE = ("SkipLayerNormalization written as Add(input, skip) -> A
                         "CPU: ONNX Runtime's CPU kernel for it measured slower (README, 'optimize')")
 
 
-def _unfuse_skip_layer_norm(model) -> int:
-    """Replace each SkipLayerNormalization (only its first output used) by Add(input, skip) ->
-    Add(bias) -> LayerNormalization(axis -1, same epsilon); returns how many."""
-    import onnx
-    from onnx import helper
-
-    g = model.graph
-    if any(n.op_type == "SkipLayerNormalization" for n in g.node) and \
-            not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
-        raise CheckFailed("unfusing SkipLayerNormalization needs opset 17 (LayerNormalization); please report this")
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    nodes, count = [], 0
-    for n in g.node:
-        if n.op_type != "SkipLayerNormalization" or any(o in used for o in n.output[1:] if o):
-            nodes.append(n)
-            continue
-        eps = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-12)
-        x, skip, gamma = n.input[:3]
-        beta = n.input[3] if len(n.input) > 3 else ""
-        bias = n.input[4] if len(n.input) > 4 else ""
-        total = n.name + "_residual"
-        nodes.append(helper.make_node("Add", [x, skip], [total], name=n.name + "_add"))
-        if bias:
-            nodes.append(helper.make_node("Add", [total, bias], [n.name + "_biased"], name=n.name + "_add_bias"))
-            total = n.name + "_biased"
-        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [n.output[0]],
-                                      name=n.name + "_layernorm", axis=-1, epsilon=eps))
-        count += 1
-    del g.node[:]
-    g.node.extend(nodes)
-    return count
-
-
 def _ort_fusion(src: Path, dst: Path, cfg: dict, target: str, fp16: bool, keep_io_types: bool,
                 skip_layer_norm: bool) -> dict:
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -108,7 +76,7 @@ def _ort_fusion(src: Path, dst: Path, cfg: dict, target: str, fp16: bool, keep_i
     model = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden,
                            opt_level=1 if target == "cpu" else 0, use_gpu=target == "cuda",
                            optimization_options=FusionOptions(model_type))
-    unfused = 0 if skip_layer_norm else _unfuse_skip_layer_norm(model.model)
+    unfused = 0 if skip_layer_norm else run_passes(CPU_FUSION_CLEANUP, model.model).count
     if fp16:
         model.convert_float_to_float16(keep_io_types=keep_io_types)
     model.save_model_to_file(str(dst), use_external_data_format=_needs_external(src))

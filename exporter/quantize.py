@@ -34,6 +34,7 @@ from evaluation.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
 from exporter.manifest import COMPANION_FILES
 from exporter.optimize import contrib_ops, op_counts
+from exporter.passes import BEFORE_QUANTIZE, GraphIndex, run_passes
 from runtimes import open_runner
 from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
 from runtimes.errors import CheckFailed, UsageError
@@ -110,7 +111,7 @@ def _inspect(path: Path, op_types: Sequence[str]) -> _Graph:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
+    inits = GraphIndex(model.graph).initializers
     present = {n.op_type for n in model.graph.node}
     if present & QUANTIZED_OPS:
         raise UsageError(f"{path}: the model is already quantized ({sorted(present & QUANTIZED_OPS)}); quantize the float artifact")
@@ -282,21 +283,11 @@ def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:
 
 
 def _name_nodes(path: Path) -> None:
-    """Give unnamed nodes (ONNX Runtime's fusions leave some) stable names: exclusion works by name."""
+    """Give unnamed nodes stable names (``BEFORE_QUANTIZE``): exclusion works by name."""
     import onnx
 
     model = onnx.load(str(path))
-    taken = {n.name for n in model.graph.node}
-    changed = False
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-            changed = True
-    if changed:
+    if run_passes(BEFORE_QUANTIZE, model).modified:
         onnx.save_model(model, str(path))
 
 
