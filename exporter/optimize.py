@@ -15,16 +15,16 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 from pathlib import Path
 
 from evaluation.compare import CompareConfig, run_compare
 from evaluation.data import TextDataset, load_texts
 from evaluation.parity import Tolerance
-from exporter.manifest import COMPANION_FILES, onnx_manifest
+from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
 from exporter.passes import CPU_FUSION_CLEANUP, run_passes
-from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from exporter.writer import ArtifactWriter, open_input
+from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
 
 TARGETS = ("cpu", "cuda", "tensorrt")
@@ -140,21 +140,15 @@ def optimize(
     """
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    src = load_artifact(artifact)
-    if src.kind != "onnx":
-        raise UsageError(f"{src.path}: optimize takes an ONNX artifact (run enginewright export first), this is {src.kind!r}")
-    out = Path(out)
-    check_output_free(out, force)
+    src = open_input(artifact, "onnx", "optimize")
+    writer = ArtifactWriter(out, force=force)
     before = op_counts(src.model_file)
     if target == "tensorrt" and contrib_ops(before):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(before)} that TensorRT cannot parse; "
                          "optimize the plain export (enginewright export output) for --target tensorrt")
     tolerance = tolerance or DEFAULT_TOLERANCE[fp16]
     cfg = _config(src)
-    with atomic_output_dir(out, force=force) as tmp:
-        for name in COMPANION_FILES:
-            if (src.path / name).is_file():
-                shutil.copy2(src.path / name, tmp / name)
+    def fill(tmp):
         dst = tmp / "model.onnx"
         if target == "tensorrt":
             info = _standard_ops(src.model_file, dst, fp16, keep_io_types)
@@ -169,16 +163,15 @@ def optimize(
         if target == "tensorrt" and contrib_ops(after):
             raise CheckFailed(f"standard-op optimization produced contrib operators {contrib_ops(after)}; please report this")
         checks = check_onnx(dst) if not contrib_ops(after) else {"onnx_checker": "skipped: contrib operators"}
-        parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=out.name), data, tolerance, progress)
-        manifest = onnx_manifest(
+        parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=writer.out.name), data, tolerance, progress)
+        return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"target": target, "fp16": fp16, "keep_io_types": keep_io_types, "tolerance": vars(tolerance)},
-            parity=parity,
+            parity=parity, optimization={**info, "target": target, "fp16": fp16, "ops_before": before,
+                                         "ops_after": after, "contrib_ops": contrib_ops(after)},
         )
-        manifest["optimization"] = {**info, "target": target, "fp16": fp16, "ops_before": before, "ops_after": after,
-                                    "contrib_ops": contrib_ops(after)}
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return load_artifact(out)
+
+    return writer.write(fill, companions_from=src.path)
 
 
 def _parity(src: Artifact, cand: Artifact, data: TextDataset | None, tol: Tolerance, progress: bool) -> dict:
