@@ -248,6 +248,7 @@ def finetune(
     report = evaluate_report(model, data, config.eval_batch_size, device, pad_id)
     if lora is not None:
         model = model.merge_and_unload()
+
     def fill(tmp):
         save_pretrained(tmp, model, tokenizer)
         return HfManifest(

@@ -78,6 +78,7 @@ def export_module(
     # protobuf caps a file at 2 GiB: larger weights must go to external data (the TorchScript
     # exporter decides that itself; the dynamo one is told)
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_ABOVE
+
     def fill(tmp):
         model_path = tmp / "model.onnx"
         with quiet_export():

@@ -148,6 +148,7 @@ def optimize(
                          "optimize the plain export (enginewright export output) for --target tensorrt")
     tolerance = tolerance or DEFAULT_TOLERANCE[fp16]
     cfg = _config(src)
+
     def fill(tmp):
         dst = tmp / "model.onnx"
         if target == "tensorrt":

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from exporter.passes import GraphIndex, attr as _attr
 from exporter.trtbuild import fill_profile
+from exporter.writer import open_input
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
-from runtimes.artifact import Artifact, load_artifact
+from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 
@@ -111,9 +112,7 @@ def _open(artifact_or_path) -> tuple[Path, Artifact | None]:
         if Path(p).suffix != ".onnx":
             raise UsageError(f"{p}: not an ONNX file; pass an ONNX artifact directory or a .onnx file")
         return Path(p), None
-    art = load_artifact(p)
-    if art.kind != "onnx":
-        raise UsageError(f"{art.path}: check_tensorrt takes an ONNX artifact (run enginewright export first), this is {art.kind!r}")
+    art = open_input(p, "onnx", "check_tensorrt")
     return art.model_file, art
 
 
