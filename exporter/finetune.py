@@ -10,10 +10,9 @@ import numpy as np
 
 from evaluation.data import TextDataset, load_texts, load_tokenizer
 from exporter.training import Checkpoint, Encoded, TrainConfig, train
-from runtimes.artifact import (
-    SCHEMA_VERSION, Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, library_versions,
-    load_artifact, now_iso, write_json_atomic,
-)
+from exporter.writer import ArtifactWriter, open_input
+from runtimes.artifact import Artifact, source_record
+from runtimes.manifests import HfManifest
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.tasks import get_task
@@ -218,11 +217,9 @@ def finetune(
 
     if task not in FINETUNE_TASKS:
         raise UsageError(f"unknown task {task!r} for finetune; choose one of {', '.join(FINETUNE_TASKS)}")
-    src = load_artifact(model_dir)
-    if src.kind != "hf":
-        raise UsageError(f"{src.path}: finetune takes a Hugging Face model directory, this is a {src.kind!r} artifact")
-    out = Path(out)
-    check_output_free(out, force)
+    src = open_input(model_dir, "hf", "finetune")
+    writer = ArtifactWriter(out, force=force)
+    out = writer.out
     device = _device(device)
     tokenizer = load_tokenizer(src.path)
     if task == "text-classification":
@@ -252,19 +249,25 @@ def finetune(
     report = evaluate_report(model, data, config.eval_batch_size, device, pad_id)
     if lora is not None:
         model = model.merge_and_unload()
-    with atomic_output_dir(out, force=force) as tmp:
-        model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(tmp / "manifest.json", {
-            "schema_version": SCHEMA_VERSION, "kind": "hf", "task": task, "labels": data.labels,
-            "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},
-            "command": command, "options": {"train": asdict(config), "lora": asdict(lora) if lora else None,
-                                            "device": device},
-            "data": data.fingerprints, "training": result.to_dict(), "eval": report,
-            "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
-        })
+
+    def fill(tmp):
+        save_pretrained(tmp, model, tokenizer)
+        return HfManifest(
+            task=task, labels=data.labels, source=source_record(src), command=command,
+            options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},
+            extra={"data": data.fingerprints, "training": result.to_dict(), "eval": report},
+        )
+
+    art = writer.write(fill)
     ckpt.remove()
-    return load_artifact(out)
+    return art
+
+
+def save_pretrained(tmp: Path, model, tokenizer) -> None:
+    """The weights (safetensors, on the CPU), config and tokenizer of an ``hf`` artifact."""
+    model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+
 
 
 def run_fingerprint(config: TrainConfig, data: TaskData, lora: LoraSettings | None, src: Artifact) -> str:

@@ -2,41 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
-from pathlib import Path
 
 from evaluation.compare import CompareConfig, run_compare
 from evaluation.data import TextDataset, data_for_task
 from evaluation.parity import Tolerance
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
-from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from exporter.pooled_export import export_pooled
+from exporter.qat_export import export_qat
+from exporter.quiet import quiet_export
+from exporter.writer import ArtifactWriter, open_input
+from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.tasks import TASKS as _TASKS, get_task
 
 TASKS = tuple(t.name for t in _TASKS if t.optimum_task)  # what optimum's exporter can export
-
-
-@contextlib.contextmanager
-def quiet_export():
-    """Hide tracer warnings and library chatter during export; errors still propagate."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
 
 
 def export_hf(
@@ -66,9 +48,7 @@ def export_hf(
         UsageError: not a Hugging Face model, unknown task, output exists without ``force``.
         CheckFailed: parity beyond ``tolerance`` (nothing is written).
     """
-    src = load_artifact(model_dir)
-    if src.kind != "hf":
-        raise UsageError(f"{src.path}: export takes a Hugging Face model directory, this is a {src.kind!r} artifact")
+    src = open_input(model_dir, "hf", "export")
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     task = task or src.task
@@ -76,30 +56,25 @@ def export_hf(
         raise UsageError(f"{src.path}: cannot tell the task from config.json 'architectures'; pass --task ({', '.join(TASKS)})")
     if opset is not None and not 14 <= opset <= 23:
         raise UsageError(f"--opset {opset}: choose an opset between 14 and 23")
-    out = Path(out)
-    check_output_free(out, force)
+    writer = ArtifactWriter(out, force=force)
     src = Artifact(src.path, "hf", task, src.manifest)
     if pooling is not None:
         if pooling not in ("mean", "cls"):
             raise UsageError(f"--pooling {pooling!r}: choose mean or cls")
         if task != "feature-extraction":
             raise UsageError(f"--pooling needs --task feature-extraction, not {task}")
-        from exporter.pooled_export import export_pooled
-
-        return export_pooled(src, out, pooling=pooling, normalize=normalize, opset=opset, external_data=external_data,
+        return export_pooled(src, writer.out, pooling=pooling, normalize=normalize, opset=opset, external_data=external_data,
                              force=force, tolerance=tolerance, command=command)
     if normalize:
         raise UsageError("--normalize needs --pooling mean|cls")
     if src.manifest.get("qat"):
-        from exporter.qat_export import export_qat
-
-        return export_qat(src, out, opset=opset, external_data=external_data, force=force,
+        return export_qat(src, writer.out, opset=opset, external_data=external_data, force=force,
                           tolerance=None if tolerance == Tolerance() else tolerance, command=command)
     data = data_for_task(data, task)
 
     from optimum.exporters.onnx import main_export
 
-    with atomic_output_dir(out, force=force) as tmp:
+    def fill(tmp):
         try:
             with quiet_export():
                 main_export(str(src.path), tmp, task=get_task(task).optimum_task, opset=opset, library_name="transformers", device="cpu",
@@ -110,18 +85,18 @@ def export_hf(
         if external_data:
             save_with_external_data(model_path)
         checks = check_onnx(model_path)
-        outcome = run_compare(src, [Artifact(tmp, "onnx", task, {}, alias=out.name)], data,
+        outcome = run_compare(src, [Artifact(tmp, "onnx", task, {}, alias=writer.out.name)], data,
                               config=CompareConfig(batch_size=8, max_length=max_length, tolerance=tolerance),
                               progress=progress)
         if not outcome.passed:
             raise CheckFailed(f"export parity check failed, nothing written: {outcome.results[0]}".replace("\n", " |"))
         parity = outcome.report["candidates"][0]
-        parity["artifact"] = str(out)
-        manifest = onnx_manifest(
+        parity["artifact"] = str(writer.out)
+        return onnx_manifest(
             tmp, task=task, source=src, command=command, checks=checks,
             options={"task": task, "opset": opset, "external_data": external_data, "max_length": max_length,
                      "tolerance": vars(tolerance), "exporter": "optimum-onnx main_export (library transformers)"},
             parity={"reference": outcome.report["reference"]["label"], "data": outcome.report["data"], **parity},
         )
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return load_artifact(out)
+
+    return writer.write(fill)

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from evaluation.parity import RowCollector, Tolerance, compare_collected
-from exporter.hf import quiet_export
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
+from exporter.quiet import quiet_export
+from exporter.writer import ArtifactWriter
 from runtimes import open_runner
-from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def export_module(
     extra_manifest: Mapping | None = None,
     parity_graph_optimization: str = "all",
     rewrite: Callable[[Path], Mapping] | None = None,
+    companions_from: Path | None = None,
 ) -> Artifact:
     """Export ``module`` called as ``module(**example_inputs)`` to an ONNX artifact at ``out``.
 
@@ -50,7 +52,8 @@ def export_module(
     input and output is ``batch_size``. ``dynamo`` picks torch.onnx's exporter (``torch.export``
     based, the default) or the TorchScript one. The export is checked with ``onnx.checker``, strict
     shape inference, and the example inputs through PyTorch and ONNX Runtime. ``extra_files``
-    (tokenizer, config) are copied into the artifact; ``source`` is recorded as its origin.
+    and the companion files (tokenizer, config) of ``companions_from`` are copied into the artifact;
+    ``source`` is recorded as its origin.
     ``rewrite(model_path)`` may rewrite the exported graph in place before the checks; what it
     returns goes into the manifest as ``rewrite``.
 
@@ -60,8 +63,7 @@ def export_module(
     """
     import torch
 
-    out = Path(out)
-    check_output_free(out, force)
+    writer = ArtifactWriter(out, force=force)
     names = list(example_inputs)
     output_names = list(output_names)
     if not output_names:
@@ -76,7 +78,8 @@ def export_module(
     # protobuf caps a file at 2 GiB: larger weights must go to external data (the TorchScript
     # exporter decides that itself; the dynamo one is told)
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_ABOVE
-    with atomic_output_dir(out, force=force) as tmp:
+
+    def fill(tmp):
         model_path = tmp / "model.onnx"
         with quiet_export():
             torch.onnx.export(module, (), str(model_path), kwargs=dict(example_inputs), input_names=names,
@@ -89,7 +92,7 @@ def export_module(
             shutil.copy2(f, tmp / Path(f).name)
         checks = check_onnx(model_path)
         feeds = {k: v.detach().cpu().numpy() for k, v in example_inputs.items()}
-        art = Artifact(tmp, "onnx", task, {}, alias=out.name)
+        art = Artifact(tmp, "onnx", task, {}, alias=writer.out.name)
         with open_runner(art, "onnxruntime:cpu", graph_optimization=parity_graph_optimization) as runner:
             got = runner.infer({s.name: feeds[s.name] for s in runner.input_specs()})
             specs = runner.output_specs()
@@ -99,19 +102,17 @@ def export_module(
         result = compare_collected("torch.nn.Module", "model.onnx @ onnxruntime:cpu", r, c, default=tolerance)
         if not result:
             raise CheckFailed(f"export parity check failed, nothing written: {result}".replace("\n", " |"))
-        manifest = onnx_manifest(
+        return onnx_manifest(
             tmp, task=task,
             source=source or {"path": None, "kind": "torch.nn.Module", "hash": None, "class": type(module).__qualname__},
             command=command, checks=checks,
             options={"opset": opset, "external_data": external_data, "dynamo": dynamo, "dynamic_axes":
                      {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes.items()}, "tolerance": vars(tolerance)},
             parity={**result.to_dict(), "onnxruntime_graph_optimization": parity_graph_optimization},
+            **({"rewrite": rewritten} if rewritten is not None else {}), **(extra_manifest or {}),
         )
-        if rewritten is not None:
-            manifest["rewrite"] = rewritten
-        manifest.update(extra_manifest or {})
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return load_artifact(out)
+
+    return writer.write(fill, companions_from=companions_from)
 
 
 def _as_dict(ref, output_names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -148,7 +149,6 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
     import torch
 
     from evaluation.data import load_texts
-    from exporter.manifest import COMPANION_FILES
     from runtimes.specs import TensorSpec
     from runtimes.tasks import get_task
 
@@ -172,14 +172,7 @@ def export_hf_head(src: Artifact, model, head, out: Path, *, output_name: str, o
     return export_module(
         Head(), example, out, output_names=[output_name], dynamic_axes=axes, opset=max(opset or 17, min_opset),
         external_data=external_data, dynamo=False, force=force, tolerance=tolerance, task=task, command=command,
-        source=src, extra_files=[src.path / f for f in COMPANION_FILES if (src.path / f).is_file()],
+        source=src, companions_from=src.path,
         extra_manifest=extra_manifest, parity_graph_optimization=parity_graph_optimization, rewrite=rewrite,
     )
 
-
-def export_factory(factory: str, inputs: Sequence[str], out: str | os.PathLike, *, force: bool = False,
-                   opset: int | None = None, dynamo: bool = True) -> Artifact:
-    """``export --module``: see ``exporter.factory.export_factory``."""
-    from exporter.factory import export_factory as export
-
-    return export(factory, inputs, out, force=force, opset=opset, dynamo=dynamo)

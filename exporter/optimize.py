@@ -15,15 +15,16 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 from pathlib import Path
 
 from evaluation.compare import CompareConfig, run_compare
 from evaluation.data import TextDataset, load_texts
 from evaluation.parity import Tolerance
-from exporter.manifest import COMPANION_FILES, onnx_manifest
+from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
-from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from exporter.passes import CPU_FUSION_CLEANUP, run_passes
+from exporter.writer import ArtifactWriter, open_input
+from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
 
 TARGETS = ("cpu", "cuda", "tensorrt")
@@ -62,39 +63,6 @@ SKIP_LAYER_NORM_NOTE = ("SkipLayerNormalization written as Add(input, skip) -> A
                         "CPU: ONNX Runtime's CPU kernel for it measured slower (README, 'optimize')")
 
 
-def _unfuse_skip_layer_norm(model) -> int:
-    """Replace each SkipLayerNormalization (only its first output used) by Add(input, skip) ->
-    Add(bias) -> LayerNormalization(axis -1, same epsilon); returns how many."""
-    import onnx
-    from onnx import helper
-
-    g = model.graph
-    if any(n.op_type == "SkipLayerNormalization" for n in g.node) and \
-            not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
-        raise CheckFailed("unfusing SkipLayerNormalization needs opset 17 (LayerNormalization); please report this")
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    nodes, count = [], 0
-    for n in g.node:
-        if n.op_type != "SkipLayerNormalization" or any(o in used for o in n.output[1:] if o):
-            nodes.append(n)
-            continue
-        eps = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-12)
-        x, skip, gamma = n.input[:3]
-        beta = n.input[3] if len(n.input) > 3 else ""
-        bias = n.input[4] if len(n.input) > 4 else ""
-        total = n.name + "_residual"
-        nodes.append(helper.make_node("Add", [x, skip], [total], name=n.name + "_add"))
-        if bias:
-            nodes.append(helper.make_node("Add", [total, bias], [n.name + "_biased"], name=n.name + "_add_bias"))
-            total = n.name + "_biased"
-        nodes.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [n.output[0]],
-                                      name=n.name + "_layernorm", axis=-1, epsilon=eps))
-        count += 1
-    del g.node[:]
-    g.node.extend(nodes)
-    return count
-
-
 def _ort_fusion(src: Path, dst: Path, cfg: dict, target: str, fp16: bool, keep_io_types: bool,
                 skip_layer_norm: bool) -> dict:
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -108,7 +76,7 @@ def _ort_fusion(src: Path, dst: Path, cfg: dict, target: str, fp16: bool, keep_i
     model = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden,
                            opt_level=1 if target == "cpu" else 0, use_gpu=target == "cuda",
                            optimization_options=FusionOptions(model_type))
-    unfused = 0 if skip_layer_norm else _unfuse_skip_layer_norm(model.model)
+    unfused = 0 if skip_layer_norm else run_passes(CPU_FUSION_CLEANUP, model.model).count
     if fp16:
         model.convert_float_to_float16(keep_io_types=keep_io_types)
     model.save_model_to_file(str(dst), use_external_data_format=_needs_external(src))
@@ -172,21 +140,16 @@ def optimize(
     """
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    src = load_artifact(artifact)
-    if src.kind != "onnx":
-        raise UsageError(f"{src.path}: optimize takes an ONNX artifact (run enginewright export first), this is {src.kind!r}")
-    out = Path(out)
-    check_output_free(out, force)
+    src = open_input(artifact, "onnx", "optimize")
+    writer = ArtifactWriter(out, force=force)
     before = op_counts(src.model_file)
     if target == "tensorrt" and contrib_ops(before):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(before)} that TensorRT cannot parse; "
                          "optimize the plain export (enginewright export output) for --target tensorrt")
     tolerance = tolerance or DEFAULT_TOLERANCE[fp16]
     cfg = _config(src)
-    with atomic_output_dir(out, force=force) as tmp:
-        for name in COMPANION_FILES:
-            if (src.path / name).is_file():
-                shutil.copy2(src.path / name, tmp / name)
+
+    def fill(tmp):
         dst = tmp / "model.onnx"
         if target == "tensorrt":
             info = _standard_ops(src.model_file, dst, fp16, keep_io_types)
@@ -201,16 +164,15 @@ def optimize(
         if target == "tensorrt" and contrib_ops(after):
             raise CheckFailed(f"standard-op optimization produced contrib operators {contrib_ops(after)}; please report this")
         checks = check_onnx(dst) if not contrib_ops(after) else {"onnx_checker": "skipped: contrib operators"}
-        parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=out.name), data, tolerance, progress)
-        manifest = onnx_manifest(
+        parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=writer.out.name), data, tolerance, progress)
+        return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"target": target, "fp16": fp16, "keep_io_types": keep_io_types, "tolerance": vars(tolerance)},
-            parity=parity,
+            parity=parity, optimization={**info, "target": target, "fp16": fp16, "ops_before": before,
+                                         "ops_after": after, "contrib_ops": contrib_ops(after)},
         )
-        manifest["optimization"] = {**info, "target": target, "fp16": fp16, "ops_before": before, "ops_after": after,
-                                    "contrib_ops": contrib_ops(after)}
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return load_artifact(out)
+
+    return writer.write(fill, companions_from=src.path)
 
 
 def _parity(src: Artifact, cand: Artifact, data: TextDataset | None, tol: Tolerance, progress: bool) -> dict:

@@ -8,6 +8,7 @@ from evaluation.parity import Tolerance
 from exporter.compress.qat import attach, attach_attention, load_attention_scales, load_scales, quantized_attention_matmuls
 from exporter.module import export_hf_head, load_eager
 from exporter.onnx_file import save_model
+from exporter.passes import QAT_EXPORT, run_passes
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 
@@ -51,74 +52,19 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
 
 
 def fold_weight_quantization(path: Path) -> dict:
-    """Rewrite each quantized Linear weight the way ``quantize --target tensorrt`` places it.
+    """Run the ``QAT_EXPORT`` passes on the model at ``path`` and save it when they changed it.
 
     The TorchScript exporter writes ``float W [out, in] -> QuantizeLinear -> DequantizeLinear(axis 0)
-    -> Transpose -> MatMul``: a Transpose between the DequantizeLinear and the MatMul (which TensorRT's
-    explicit quantization does not read as a quantized MatMul input; ``check --target tensorrt``
-    flags it), and the weight stored as float. This folds the QuantizeLinear of the constant
-    (divide, round half to even, saturate, exactly as ONNX defines it) and the Transpose into an
-    INT8 initializer ``[in, out]`` feeding ``DequantizeLinear(axis 1) -> MatMul``: the same values,
-    a quarter of the weight bytes. Returns ``{"folded_weights": n}``."""
-    import numpy as np
+    -> Transpose -> MatMul``; the Transpose between the DequantizeLinear and the MatMul is not read by
+    TensorRT's explicit quantization as a quantized MatMul input (``check --target tensorrt`` flags it).
+    ``fold_transposed_weight_qdq`` makes it an INT8 initializer ``[in, out]`` feeding
+    ``DequantizeLinear(axis 1) -> MatMul``. Returns ``{"folded_weights": n}``."""
     import onnx
-    from onnx import numpy_helper
 
     m = onnx.load(str(path))
-    g = m.graph
-    consts = {i.name: i for i in g.initializer}
-    const_nodes = {o: n for n in g.node if n.op_type == "Constant" for o in n.output}
-
-    def value(name):
-        if name in consts:
-            return numpy_helper.to_array(consts[name])
-        n = const_nodes.get(name)
-        return numpy_helper.to_array(n.attribute[0].t) if n is not None and n.attribute[0].name == "value" else None
-
-    def attr(node, name, default):
-        return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
-    for o in g.output:
-        uses[o.name] = uses.get(o.name, 0) + 1
-
-    drop, replace, folded = set(), {}, 0
-    for t in g.node:
-        if t.op_type != "Transpose" or list(attr(t, "perm", [])) != [1, 0]:
-            continue
-        dq = producer.get(t.input[0])
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or uses.get(dq.output[0]) != 1 or uses.get(q.output[0]) != 1:
-            continue
-        w, scale = value(q.input[0]), value(q.input[1])
-        zp = value(q.input[2]) if len(q.input) > 2 and q.input[2] else None
-        if w is None or w.ndim != 2 or scale is None or scale.shape != (w.shape[0],) or attr(q, "axis", 1) != 0 \
-                or attr(dq, "axis", 1) != 0 or zp is None or zp.dtype != np.int8 or np.any(zp != 0) \
-                or list(dq.input[1:]) != list(q.input[1:]):
-            continue
-        wq = np.clip(np.rint(w.astype(np.float32) / scale.astype(np.float32)[:, None]), -128, 127).astype(np.int8)
-        name = f"{q.input[0]}_int8_t"
-        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(wq.T), name))
-        replace[id(t)] = onnx.helper.make_node("DequantizeLinear", [name, dq.input[1], dq.input[2]], list(t.output),
-                                                name=dq.name, axis=1)
-        drop |= {id(q), id(dq)}
-        folded += 1
-    if folded:
-        nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-        del g.node[:]
-        g.node.extend(nodes)
-        used = {i for n in g.node for i in n.input}
-        keep_init = [i for i in g.initializer if i.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep_init)
-        nodes = [n for n in g.node if n.op_type != "Constant" or any(o in used for o in n.output)]
-        del g.node[:]
-        g.node.extend(nodes)
+    result = run_passes(QAT_EXPORT, m)
+    if result.modified:
         # a graph past protobuf's 2 GiB (the exporter then wrote external data) stays external, in
         # one file, and the exporter's per-tensor files go
         save_model(m, path, external=m.ByteSize() > 1_800_000_000)
-    return {"folded_weights": folded}
+    return {"folded_weights": result.count}

@@ -32,10 +32,11 @@ from evaluation.data import TextDataset, data_for_task
 from evaluation.machine import describe_machine
 from evaluation.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
-from exporter.manifest import COMPANION_FILES
 from exporter.optimize import contrib_ops, op_counts
+from exporter.passes import BEFORE_QUANTIZE, GraphIndex, run_passes
+from exporter.writer import ArtifactWriter, open_input
 from runtimes import open_runner
-from runtimes.artifact import Artifact, atomic_output_dir, check_output_free, load_artifact, write_json_atomic
+from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
 from runtimes.tasks import Task, get_task
 
@@ -111,7 +112,7 @@ def _inspect(path: Path, op_types: Sequence[str]) -> _Graph:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
+    inits = GraphIndex(model.graph).initializers
     present = {n.op_type for n in model.graph.node}
     if present & QUANTIZED_OPS:
         raise UsageError(f"{path}: the model is already quantized ({sorted(present & QUANTIZED_OPS)}); quantize the float artifact")
@@ -210,14 +211,11 @@ def quantize(
             for ``--target tensorrt``, excluded nodes that do not exist, output exists.
         CheckFailed: the cosine target cannot be met within ``max_float_nodes`` (exit 1).
     """
-    src = load_artifact(artifact)
-    if src.kind != "onnx":
-        raise UsageError(f"{src.path}: quantize takes an ONNX artifact (run enginewright export first), this is {src.kind!r}")
+    src = open_input(artifact, "onnx", "quantize")
     if config.mode == "static" and calib is None:
         raise UsageError("static quantization (the default, and the only mode of --target tensorrt) needs calibration "
                          "data: pass --calib FILE (real texts, a few hundred rows), or --mode dynamic for --target cpu")
-    out = Path(out)
-    check_output_free(out, force)
+    writer = ArtifactWriter(out, force=force)
     ops = op_counts(src.model_file)
     if config.target == "tensorrt" and contrib_ops(ops):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(ops)} that TensorRT cannot parse; "
@@ -238,28 +236,24 @@ def quantize(
         base = [n for n in nodes if n not in set(config.exclude)]
         scorer = _Scorer(Artifact(prepared.parent, "onnx", None, {"model_file": prepared.name}), eval_feeds, src.task)
         search = _search(q, scorer, base, config, progress)
-        with atomic_output_dir(out, force=force) as tmp:
-            for name in COMPANION_FILES:
-                if (src.path / name).is_file():
-                    shutil.copy2(src.path / name, tmp / name)
-            final = search["quantized_nodes"]
-            q.run(final, tmp / "model.onnx")
-            art = Artifact(tmp, "onnx", src.task, {}, alias=out.name)
-            parity = _parity(src, art, eval_feeds, scorer)
-            manifest = onnx_manifest(
+
+        def fill(tmp):
+            q.run(search["quantized_nodes"], tmp / "model.onnx")
+            parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=writer.out.name), eval_feeds, scorer)
+            return onnx_manifest(
                 tmp, task=src.task, source=src, command=command, checks={"onnx_checker": "skipped: quantized graph"},
-                options={**asdict(config), "reduce_range": reduce_range}, parity=parity,
+                options={**asdict(config), "reduce_range": reduce_range}, parity=parity, quantization={
+                    "mode": config.mode, "target": config.target,
+                    "method": config.method if config.mode == "static" else None,
+                    "per_channel": config.per_channel or config.target == "tensorrt", "reduce_range": reduce_range,
+                    "format": "QDQ" if config.mode == "static" else "dynamic (MatMulInteger)",
+                    "calibration": {"source": texts.source, "rows": min(len(texts), config.calib_rows),
+                                    "hash": texts.fingerprint()} if texts is not None else None,
+                    "ops_after": op_counts(tmp / "model.onnx"), **search,
+                },
             )
-            manifest["quantization"] = {
-                "mode": config.mode, "target": config.target, "method": config.method if config.mode == "static" else None,
-                "per_channel": config.per_channel or config.target == "tensorrt", "reduce_range": reduce_range,
-                "format": "QDQ" if config.mode == "static" else "dynamic (MatMulInteger)",
-                "calibration": {"source": texts.source, "rows": min(len(texts), config.calib_rows),
-                                "hash": texts.fingerprint()} if texts is not None else None,
-                "ops_after": op_counts(tmp / "model.onnx"), **search,
-            }
-            write_json_atomic(tmp / "manifest.json", manifest)
-        return load_artifact(out)
+
+        return writer.write(fill, companions_from=src.path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -284,21 +278,11 @@ def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:
 
 
 def _name_nodes(path: Path) -> None:
-    """Give unnamed nodes (ONNX Runtime's fusions leave some) stable names: exclusion works by name."""
+    """Give unnamed nodes stable names (``BEFORE_QUANTIZE``): exclusion works by name."""
     import onnx
 
     model = onnx.load(str(path))
-    taken = {n.name for n in model.graph.node}
-    changed = False
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-            changed = True
-    if changed:
+    if run_passes(BEFORE_QUANTIZE, model).modified:
         onnx.save_model(model, str(path))
 
 

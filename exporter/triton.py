@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from runtimes.artifact import Artifact, atomic_output_dir, load_artifact
+from exporter.writer import ArtifactWriter, copy_companions
+from runtimes.artifact import Artifact, load_artifact
 from runtimes.errors import UsageError
 
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
@@ -129,16 +130,11 @@ def ensemble_configs(art: Artifact, name: str, cfg: TritonConfig):
 def _write_tokenizer_model(art: Artifact, root: Path, tok_config, cfg: TritonConfig) -> None:
     import json
 
-    from exporter.manifest import COMPANION_FILES
-
     version = root / tok_config.name / "1"
     (version / "tokenizer").mkdir(parents=True)
     shutil.copy2(Path(__file__).resolve().parent / "triton_assets" / "tokenizer_model.py", version / "model.py")
-    files = [f for f in COMPANION_FILES if f != "config.json" and (art.path / f).is_file()]
-    if not files:
+    if not copy_companions(art.path, version / "tokenizer", skip=("config.json",)):
         raise UsageError(f"{art.path}: no tokenizer files to put in front of the model; --ensemble needs them")
-    for f in files:
-        shutil.copy2(art.path / f, version / "tokenizer" / f)
     (version / "settings.json").write_text(json.dumps({"input_names": [s.name for s in art.inputs],
                                                         "max_length": cfg.ensemble_max_length}))
     (root / tok_config.name / "config.pbtxt").write_text(config_text(tok_config), encoding="utf-8")
@@ -160,7 +156,7 @@ def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: Tri
                          "Triton model names must differ")
     configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
     ensembles = [ensemble_configs(a, n, config) for a, n in zip(arts, names)] if config.ensemble else []
-    with atomic_output_dir(out, force=force) as tmp:
+    with ArtifactWriter(out, force=force).directory() as tmp:
         for art, (tok, ens) in zip(arts, ensembles):
             _write_tokenizer_model(art, tmp, tok, config)
             (tmp / ens.name / "1").mkdir(parents=True)  # ensembles have a version folder but no model file

@@ -16,18 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from exporter.manifest import COMPANION_FILES
-from runtimes.artifact import (
-    Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, load_artifact, model_files_sha256,
-    write_json_atomic,
-)
+from exporter.writer import ArtifactWriter, open_input
+from runtimes.artifact import Artifact, model_files_sha256, source_record
+from runtimes.manifests import EngineManifest
 from runtimes.onnx_graph import graph_precision
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, check_profile, specs_to_list
@@ -179,11 +176,8 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
             TensorRT or a GPU missing; ``fp16_flag`` on TensorRT 11 or on an FP16 graph; the ONNX
             parser or the builder rejects the model.
     """
-    art = load_artifact(artifact)
-    if art.kind != "onnx":
-        raise UsageError(f"{art.path}: build takes an ONNX artifact (run enginewright export first); this one is {art.kind!r}")
-    out = Path(out)
-    check_output_free(out, force)
+    art = open_input(artifact, "onnx", "build")
+    writer = ArtifactWriter(out, force=force)
     inputs, outputs = (art.inputs, art.outputs) if art.inputs else _graph_io(art)
     profiles = derive_profiles(inputs, shapes, task=art.task, model_dir=art.path)
     if workspace_gib is not None and not workspace_gib > 0:
@@ -225,21 +219,19 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_bytes_atomic(cached, plan)
-    manifest = engine_manifest(
+    manifest = EngineManifest.from_dict(engine_manifest(
         tensorrt_version=trt.__version__, gpu=gpu, profiles=profiles, precision=built_as,
         builder_options=builder_options, onnx_sha256=onnx_sha, version_compatible=version_compatible,
         hardware_compatible=hardware_compatible, inputs=specs_to_list(inputs), outputs=specs_to_list(outputs),
         task=art.task, command=command, cache_key=key,
-        source={"path": str(art.path.resolve()), "kind": art.kind, "hash": dir_hash(art.path)},
-    )
-    with atomic_output_dir(out, force=force) as tmp:
+        source=source_record(art),
+    ))
+
+    def fill(tmp):
         (tmp / MODEL_FILE).write_bytes(plan)
-        for name in COMPANION_FILES:
-            if (art.path / name).is_file():
-                shutil.copy2(art.path / name, tmp / name)
-        manifest["files"] = file_table(tmp)
-        write_json_atomic(tmp / "manifest.json", manifest)
-    return Artifact(path=out, kind="trt", task=art.task, manifest=manifest)
+        return manifest
+
+    return writer.write(fill, companions_from=art.path)
 
 
 def _graph_io(art: Artifact) -> tuple[list[TensorSpec], list[TensorSpec]]:

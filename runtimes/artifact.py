@@ -8,24 +8,27 @@ Writes are atomic: a stage fills a temporary sibling directory and renames it in
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Iterator
 
 from runtimes.errors import UsageError
+from runtimes.manifests import SCHEMA_VERSION, library_versions, now_iso, read_manifest
 from runtimes.specs import TensorSpec, specs_from_list
 from runtimes.tasks import get_task, task_for_architectures, task_names
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
 KINDS = ("hf", "onnx", "trt")
+__all__ = [
+    "KINDS", "MANIFEST", "SCHEMA_VERSION", "TASKS", "Artifact", "atomic_output_dir", "check_output_free", "dir_hash",
+    "file_sha256", "file_table", "is_hf_model_dir", "library_versions", "load_artifact", "model_files_sha256",
+    "now_iso", "read_json", "source_record", "task_from_config", "write_json_atomic", "write_text_atomic",
+]
 TASKS = task_names()
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -122,9 +125,7 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
         raise UsageError(f"{p}: not a directory; pass the directory that holds manifest.json or config.json")
     if (p / MANIFEST).is_file():
         manifest = read_json(p / MANIFEST, "manifest")
-        kind = manifest.get("kind")
-        if kind not in KINDS:
-            raise UsageError(f"{p / MANIFEST}: field 'kind' is {kind!r}; expected one of {list(KINDS)}")
+        kind = read_manifest(manifest, p / MANIFEST).kind  # checks every field it knows
         art = Artifact(path=p, kind=kind, task=task or manifest.get("task"), manifest=manifest)
         if kind in ("onnx", "trt") and not art.model_file.is_file():
             raise UsageError(f"{p}: manifest names {art.model_file.name} but the file is missing; re-export the artifact")
@@ -167,6 +168,11 @@ def dir_hash(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def source_record(art: Artifact) -> dict:
+    """What a manifest records about the artifact a stage read: its path, kind and content hash."""
+    return {"path": str(art.path.resolve()), "kind": art.kind, "hash": dir_hash(art.path)}
+
+
 def file_table(path: Path) -> dict[str, dict]:
     """``{relative name: {bytes, sha256}}`` for every file but the manifest."""
     return {
@@ -174,27 +180,6 @@ def file_table(path: Path) -> dict[str, dict]:
         for f in sorted(Path(path).rglob("*"))
         if f.is_file() and f.name != MANIFEST
     }
-
-
-_VERSIONED = (
-    "enginewright", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxscript",
-    "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "numpy", "tokenizers",
-)
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries that shape an artifact (absent ones are left out)."""
-    out = {}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_output_free(out: Path, force: bool) -> None:

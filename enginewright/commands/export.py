@@ -54,7 +54,7 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
 def _from_module(args):
     if args.model_dir is not None:
         raise CliError(f"give MODEL_DIR or --module, not both (got {args.model_dir} and --module {args.module})")
-    from exporter.module import export_factory  # only when used: it lives in the exporter, not the CLI
+    from exporter.factory import export_factory  # only when used: it lives in the exporter, not the CLI
 
     return export_factory(args.module, args.inputs, args.output, force=args.force, opset=args.opset)
 

@@ -25,13 +25,12 @@ from exporter.compress.qat import (
 from exporter.compress.sparsity import Sparse24Config, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
-    prepare_token_classification,
+    prepare_token_classification, save_pretrained,
 )
 from exporter.training import Checkpoint, TrainConfig, train
-from runtimes.artifact import (
-    SCHEMA_VERSION, Artifact, atomic_output_dir, check_output_free, dir_hash, file_table, library_versions,
-    load_artifact, now_iso, write_json_atomic,
-)
+from exporter.writer import ArtifactWriter
+from runtimes.artifact import Artifact, load_artifact, source_record
+from runtimes.manifests import HfManifest
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
 
@@ -87,8 +86,8 @@ def compress(
     changing = [t for t in techniques if not isinstance(t, DistillConfig)]
     if any(isinstance(t, QATConfig) for t in changing[:-1]):
         raise UsageError("QAT must come after every other model change (pruning, layer drop, sparsity)")
-    out = Path(out)
-    check_output_free(out, force)
+    writer = ArtifactWriter(out, force=force)
+    out = writer.out
     device = _device(device)
     # QAT of the attention MatMuls sees them only in the eager attention (SDPA fuses them)
     qat_attention = any(isinstance(t, QATConfig) and t.attention for t in techniques)
@@ -196,26 +195,26 @@ def compress(
              "params": param_count(model), "encoder_flops_seq128": encoder_flops(model.config, 128)}
     sparsity = next((a for a in applied if a["technique"] == "sparsity"), None)
     qat = next((a for a in applied if a["technique"] == "qat"), None)
-    with atomic_output_dir(out, force=force) as tmp:
-        model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+
+    def fill(tmp):
+        save_pretrained(tmp, model, tokenizer)
         if qat:
             save_scales(tmp, act_scales, qat["float_layers"], attn_scales)
-        write_json_atomic(tmp / "manifest.json", {
-            "schema_version": SCHEMA_VERSION, "kind": "hf", "task": src.task, "labels": names,
-            "source": {"path": str(src.path.resolve()), "kind": src.kind, "hash": dir_hash(src.path)},
-            "command": command,
-            "options": {"techniques": [{"type": type(t).__name__, **asdict(t)} for t in techniques],
-                        "recovery": asdict(recovery) if recovery else None, "device": device},
-            "compression": applied, "sparsity": sparsity, "qat": qat,
-            "before": before, "after": after,
-            "training": {**result.to_dict(), "selected_by": "agreement with the input model's eval-split predictions, "
-                         "then the mean KL divergence from its logits" if qat_selection else "eval metric"} if result else None,
-            "data": data.fingerprints, "versions": library_versions(), "created": now_iso(), "files": file_table(tmp),
-        })
+        return HfManifest(
+            task=src.task, labels=names, source=source_record(src), command=command,
+            options={"techniques": [{"type": type(t).__name__, **asdict(t)} for t in techniques],
+                     "recovery": asdict(recovery) if recovery else None, "device": device},
+            extra={"compression": applied, "sparsity": sparsity, "qat": qat, "before": before, "after": after,
+                   "training": {**result.to_dict(), "selected_by": "agreement with the input model's eval-split "
+                                "predictions, then the mean KL divergence from its logits" if qat_selection
+                                else "eval metric"} if result else None,
+                   "data": data.fingerprints},
+        )
+
+    art = writer.write(fill)
     if recovery is not None:
         ckpt.remove()
-    return load_artifact(out)
+    return art
 
 
 def _top(cost: dict[str, float], n: int) -> dict[str, float]:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from exporter.passes import GraphIndex, attr
 from runtimes.errors import UsageError
 
 FilterFn = Callable[[object, str], bool]
@@ -179,8 +180,8 @@ def check_nm_onnx(path: str | os.PathLike, n: int = 2, m: int = 4, *, min_size: 
         model = onnx.load(str(path), load_external_data=True)
     except (OSError, ValueError, DecodeError) as e:
         raise UsageError(f"{path}: cannot read this ONNX model ({type(e).__name__}); pass an exported model.onnx") from None
-    inits = {t.name: t for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
+    index = GraphIndex(model.graph)
+    inits = index.initializers
     result = {"checked": [], "sparse": [], "violations": [], "skipped": []}
     seen = set()
     for node in model.graph.node:
@@ -188,10 +189,10 @@ def check_nm_onnx(path: str | os.PathLike, n: int = 2, m: int = 4, *, min_size: 
             continue
         name, axis = node.input[1], 0
         if node.op_type == "Gemm":
-            axis = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        src = producers.get(name)
-        if name not in inits and src is not None and src.op_type == "Transpose" and src.input[0] in inits:
-            perm = next((list(a.ints) for a in src.attribute if a.name == "perm"), [1, 0])
+            axis = attr(node, "transB", 0)
+        src = index.made_by(name, "Transpose")
+        if name not in inits and src is not None and src.input[0] in inits:
+            perm = list(attr(src, "perm", [1, 0]))
             name, axis = src.input[0], (1 - axis if perm == [1, 0] else axis)
         if name not in inits or name in seen or len(inits[name].dims) != 2:
             continue

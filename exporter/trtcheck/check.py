@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from exporter.passes import GraphIndex, attr as _attr
 from exporter.trtbuild import fill_profile
+from exporter.writer import open_input
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
-from runtimes.artifact import Artifact, load_artifact
+from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 
@@ -76,16 +78,14 @@ class ReadinessReport:
                 "ready": bool(self), "findings": [asdict(f) for f in self.findings]}
 
 
-class _Graph:
-    """The main graph with lookups: producers, consumers, constant values (read when asked), types."""
+class _Graph(GraphIndex):
+    """The main graph's index with element types (after ONNX shape inference) added."""
 
     def __init__(self, model, base_dir: Path):
         import onnx
 
-        self.g, self.base_dir = model.graph, base_dir
-        self.inits = {t.name: t for t in self.g.initializer}
-        self.producer = {o: n for n in self.g.node for o in n.output if o}
-        self.used = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
+        super().__init__(model.graph, base_dir)
+        self.g = model.graph
         self.types = {t.name: t.data_type for t in self.g.initializer}
         try:  # contrib ops are skipped by inference, not fatal
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
@@ -97,44 +97,13 @@ class _Graph:
         for n in self.g.node:
             self.types.update((n.output[0], a.t.data_type) for a in n.attribute if n.op_type == "Constant" and a.name == "value")
 
-    def _source(self, name: str) -> str:
-        while name in self.producer and self.producer[name].op_type == "Identity":
-            name = self.producer[name].input[0]
-        return name
-
-    def is_const(self, name: str) -> bool:
-        name = self._source(name)
-        return name in self.inits or self.made_by(name, "Constant") is not None
-
     def const(self, name: str):
         """The value of an initializer or Constant output (through Identity), else None."""
-        import numpy as np
-        from onnx import numpy_helper
-
-        name = self._source(name)
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name], base_dir=str(self.base_dir))
-        node = self.made_by(name, "Constant")
-        for a in node.attribute if node is not None else ():
-            if a.name == "value":
-                return numpy_helper.to_array(a.t)
-            if a.name in ("value_int", "value_ints", "value_float", "value_floats"):
-                return np.asarray(_attr(node, a.name))
-        return None
+        return super().const(name, through_identity=True)
 
     def type_of(self, name: str) -> str | None:
         t = self.types.get(name)
         return TYPE_NAMES.get(t, str(t)) if t else None
-
-    def made_by(self, name: str, op: str):
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op else None
-
-
-def _attr(node, name: str, default=None):
-    import onnx
-
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _open(artifact_or_path) -> tuple[Path, Artifact | None]:
@@ -143,9 +112,7 @@ def _open(artifact_or_path) -> tuple[Path, Artifact | None]:
         if Path(p).suffix != ".onnx":
             raise UsageError(f"{p}: not an ONNX file; pass an ONNX artifact directory or a .onnx file")
         return Path(p), None
-    art = load_artifact(p)
-    if art.kind != "onnx":
-        raise UsageError(f"{art.path}: check_tensorrt takes an ONNX artifact (run enginewright export first), this is {art.kind!r}")
+    art = open_input(p, "onnx", "check_tensorrt")
     return art.model_file, art
 
 
@@ -240,7 +207,7 @@ def _check_nodes(g: _Graph, model, opset: int, add) -> None:
         elif op.startswith("Reduce") and opset >= (13 if op == "ReduceSum" else 18) and ins[1] and not g.is_const(ins[1]):
             add("error", label, op, "the axes input is computed in the graph; TensorRT needs an initializer",
                 "make the axes a constant initializer")
-        elif op == "LayerNormalization" and (used := [o for o in n.output[1:] if o in g.used]):
+        elif op == "LayerNormalization" and (used := [o for o in n.output[1:] if g.is_used(o)]):
             add("error", label, op, f"uses outputs {used}; TensorRT gives only the first output (Y)",
                 "compute mean and inverse std-dev with separate ops")
         elif op == "Dropout" and ins[2] and ((v := g.const(ins[2])) is None or bool(v.any())):

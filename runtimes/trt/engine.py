@@ -12,7 +12,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runtimes.artifact import SCHEMA_VERSION, library_versions, now_iso
+from runtimes.manifests import EngineManifest
 from runtimes.errors import UsageError
 
 INSTALL_HINT = ("TensorRT is not installed: on a GPU machine, make install EXTRAS=gpu,dev (TensorRT 10 for CUDA 13, "
@@ -87,29 +87,14 @@ def engine_manifest(*, tensorrt_version: str, gpu: Mapping, profiles: Sequence[P
                     command: str | None = None, cache_key: str | None = None) -> dict:
     """The manifest of an engine artifact (``kind: trt``): what it was built from, with what, for which
     GPU, and the optimization profiles it accepts. Plain data; file hashes are added by the writer."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "trt",
-        "task": task,
-        "model_file": MODEL_FILE,
-        "inputs": [dict(s) for s in inputs],
-        "outputs": [dict(s) for s in outputs],
-        "profiles": [{name: [list(s) for s in mom] for name, mom in p.items()} for p in profiles],
-        "precision": precision,
-        "tensorrt": {
-            "version": str(tensorrt_version),
-            "version_compatible": bool(version_compatible),
-            "hardware_compatibility": "ampere_plus" if hardware_compatible else "none",
-        },
-        "gpu": {"name": gpu["name"], "compute_capability": str(gpu["compute_capability"])},
-        "builder": dict(builder_options),
-        "onnx_sha256": onnx_sha256,
-        "source": dict(source) if source else None,
-        "cache_key": cache_key,
-        "command": command,
-        "versions": library_versions(),
-        "created": now_iso(),
-    }
+    return EngineManifest(
+        task=task, model_file=MODEL_FILE, inputs=[dict(s) for s in inputs], outputs=[dict(s) for s in outputs],
+        profiles=[{name: [list(s) for s in mom] for name, mom in p.items()} for p in profiles], precision=precision,
+        tensorrt={"version": str(tensorrt_version), "version_compatible": bool(version_compatible),
+                  "hardware_compatibility": "ampere_plus" if hardware_compatible else "none"},
+        gpu={"name": gpu["name"], "compute_capability": str(gpu["compute_capability"])}, builder=dict(builder_options),
+        onnx_sha256=onnx_sha256, source=dict(source) if source else None, cache_key=cache_key, command=command,
+    ).to_dict()
 
 
 def check_engine_compat(manifest: Mapping, trt_version: str, gpu_name: str, compute_capability) -> str | None:

@@ -155,7 +155,7 @@ def test_the_compress_seed_reaches_random_pruning_from_cli_and_pipeline(capsys, 
 
 
 def test_export_takes_a_model_dir_or_a_module(capsys, monkeypatch, tiny_bert, tmp_path):
-    import exporter.module
+    import exporter.factory
 
     out = str(tmp_path / "o")
     for argv, words in ((["export", "-o", out], "needs MODEL_DIR or --module"),
@@ -174,7 +174,7 @@ def test_export_takes_a_model_dir_or_a_module(capsys, monkeypatch, tiny_bert, tm
         calls.append((factory, list(inputs), str(out), force, opset))
         return Art()
 
-    monkeypatch.setattr(exporter.module, "export_factory", export_factory, raising=False)
+    monkeypatch.setattr(exporter.factory, "export_factory", export_factory)
     code, stdout, _ = run(capsys, "export", "--module", "pkg.mod:make", "--inputs", "x:batch_size,16:float32",
                           "--inputs", "y:batch_size:int64", "--opset", "18", "-o", out, "--force")
     assert code == 0 and "exported pkg.mod:make" in stdout

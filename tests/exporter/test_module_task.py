@@ -9,7 +9,7 @@ from benchmarks.throughput import BenchConfig, run_bench
 from evaluation.compare import CompareConfig, run_compare
 from evaluation.parity import Tolerance
 from exporter.factory import parse_inputs
-from exporter.module import export_factory
+from exporter.factory import export_factory
 from exporter.quantize import QuantizeConfig, quantize
 from exporter.trtbuild import derive_profiles
 from runtimes import load_artifact
@@ -115,3 +115,20 @@ def test_build_profiles_come_from_the_declared_dims(module_onnx):
     art = load_artifact(module_onnx.path)
     assert derive_profiles(art.inputs, task=art.task, model_dir=art.path) == [
         {"x": ((1, 1, 16), (8, 128, 16), (32, 512, 16)), "ids": ((1, 1), (8, 128), (32, 512))}]
+
+
+def test_the_command_line_runs_a_module_export(capsys, factory, tmp_path):
+    from enginewright.cli import main
+
+    net, q = str(tmp_path / "net"), str(tmp_path / "q")
+    args = ["--inputs", INPUTS[0], "--inputs", INPUTS[1]]
+    assert main(["export", "--module", factory, *args, "-o", net, "-q"]) == 0
+    assert main(["quantize", net, "-o", q, "--mode", "dynamic", "-q"]) == 0
+    assert main(["compare", net, q, "--atol", "0.5", "--rtol", "0.1", "--min-cosine", "0.99", "-q"]) == 0
+    assert main(["bench", net, q, "--batch", "1,2", "--seq", "8", "--iters", "2", "--rounds", "1", "--warmup", "0",
+                 "-q"]) == 0
+    assert main(["check", net, "--target", "tensorrt"]) == 0
+    out = capsys.readouterr().out
+    assert "exported ew_tiny_factory:make" in out and "PASS" in out
+    assert main(["export", "--module", factory, "-o", str(tmp_path / "x")]) == 2  # no --inputs
+    assert "--inputs" in capsys.readouterr().err

@@ -1,0 +1,20 @@
+"""ONNX graph passes: each a function ``model -> PassResult``, sharing one ``GraphIndex``.
+
+A pass rewrites the ``onnx.ModelProto`` it is given in place and returns it in a ``PassResult``
+that says whether anything changed. Pipelines are plain tuples of passes run by ``run_passes``.
+"""
+
+from exporter.passes.core import GraphIndex, PassResult, attr, run_passes
+from exporter.passes.naming import name_unnamed_nodes
+from exporter.passes.qdq import fold_transposed_weight_qdq
+from exporter.passes.skip_layer_norm import unfuse_skip_layer_norm
+
+# after ONNX Runtime's transformer fusion for the CPU (see exporter/optimize.py for why)
+CPU_FUSION_CLEANUP = (unfuse_skip_layer_norm,)
+# after the TorchScript export of a QAT model, for TensorRT's explicit quantization
+QAT_EXPORT = (fold_transposed_weight_qdq,)
+# before ONNX Runtime's quantizer: exclusion works by node name
+BEFORE_QUANTIZE = (name_unnamed_nodes,)
+
+__all__ = ["BEFORE_QUANTIZE", "CPU_FUSION_CLEANUP", "GraphIndex", "PassResult", "QAT_EXPORT", "attr",
+           "fold_transposed_weight_qdq", "name_unnamed_nodes", "run_passes", "unfuse_skip_layer_norm"]
