@@ -15,9 +15,9 @@ from runtimes.artifact import Artifact, source_record
 from runtimes.manifests import HfManifest
 from runtimes.errors import UsageError
 from runtimes.pyt.loading import as_usage_error, hf_load_errors
-from runtimes.tasks import get_task
+from runtimes.tasks import get_task, task_names
 
-FINETUNE_TASKS = ("text-classification", "token-classification")
+FINETUNE_TASKS = task_names(trainable=True)
 
 
 @dataclass(frozen=True)

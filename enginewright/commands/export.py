@@ -19,7 +19,7 @@ NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "module": "a stage exports the previous st
 
 
 def add_arguments(p) -> None:
-    from runtimes.artifact import TASKS
+    from runtimes.tasks import TASKS
 
     p.add_argument("model_dir", type=Path, nargs="?", default=None, metavar="MODEL_DIR",
                    help="Hugging Face model directory (config.json + weights); or give --module")
@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
                    help="export the torch.nn.Module this factory returns instead of MODEL_DIR")
     p.add_argument("--inputs", action="append", default=[], metavar="NAME:DIMS:DTYPE",
                    help="with --module, repeatable: an input with its dims (names are dynamic), e.g. x:batch_size,16:float32")
-    p.add_argument("--task", choices=TASKS, default=None, help="default: from config.json 'architectures'")
+    p.add_argument("--task", choices=[t.name for t in TASKS if t.optimum_task], default=None, help="default: from config.json 'architectures'")
     p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: optimum's for the model)")
     p.add_argument("--pooling", choices=("mean", "cls"), default=None,
                    help="feature-extraction: put pooling into the graph; the output is sentence_embedding")

@@ -14,13 +14,13 @@ from enginewright.commands._args import SET_BY_PIPELINE, add_train_args, print_e
 NAME = "finetune"
 STAGE = "artifact"
 NOT_IN_PIPELINE = {**SET_BY_PIPELINE, "resume": "the pipeline reruns a stage whole"}
-# exporter.finetune.FINETUNE_TASKS, spelt here because importing it (numpy, the trainer) would slow --help
-TASKS = ("text-classification", "token-classification")
 
 
 def add_arguments(p) -> None:
+    from runtimes.tasks import task_names
+
     p.add_argument("model_dir", type=Path, metavar="MODEL_DIR")
-    p.add_argument("--task", choices=TASKS, default="text-classification")
+    p.add_argument("--task", choices=task_names(trainable=True), default="text-classification")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) and merge them into the weights")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-alpha", type=int, default=16)

@@ -22,7 +22,7 @@ from exporter.compress.qat import (
     QATConfig, attach, attach_attention, attention_sensitivity, calibrate, calibrate_attention, disable_dropout,
     keep_attention_float, layer_sensitivity, quantized_attention_matmuls, save_scales,
 )
-from exporter.compress.sparsity import Sparse24Config, sparsify_
+from exporter.compress.sparsity import Sparse24Config, linear_filter, sparsify_
 from exporter.finetune import (
     FINETUNE_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
     prepare_token_classification, save_pretrained,
@@ -125,9 +125,9 @@ def compress(
     applied, after_step, layer_map = [], [], None
     for t in techniques:
         if isinstance(t, PruneConfig):
-            applied.append(prune_(model, data.train, t, device, pad_id, progress))
+            applied.append(prune_(model, data.train, t, device, pad_id, progress, task=src.task))
         elif isinstance(t, LayerDropConfig):
-            info = drop_layers_(model, t)
+            info = drop_layers_(model, t, task=src.task)
             layer_map = info["teacher_layers_kept"]
             applied.append(info)
         elif isinstance(t, QATConfig):
@@ -136,7 +136,7 @@ def compress(
             order = epoch_order(len(data.train), recovery.seed if recovery else 0, 0)
             bs = recovery.batch_size if recovery else 32
             batches = [collate(data.train, order[i:i + bs], pad_id) for i in range(0, min(len(order), t.calib_batches * bs), bs)]
-            act_scales = calibrate(model, batches, device, percentile=t.act_percentile)
+            act_scales = calibrate(model, batches, device, filter_fn=linear_filter(src.task, 1), percentile=t.act_percentile)
             float_layers, cost = [], {}
             if t.float_layers >= len(act_scales):
                 raise UsageError(f"--qat-float-layers {t.float_layers} leaves nothing to quantize: the model has "
@@ -170,7 +170,7 @@ def compress(
             applied.append({"technique": "distillation", **asdict(t),
                             "teacher": str(Path(teacher).resolve()) if teacher else str(src.path.resolve())})
         else:
-            masks = sparsify_(model, t)
+            masks = sparsify_(model, t, filter_fn=linear_filter(src.task, t.m))
             after_step.append(masks.apply)
             applied.append({**masks.to_manifest(), "technique": "sparsity"})
 

@@ -46,14 +46,13 @@ def kept_layers(n_teacher: int, n_student: int) -> list[int]:
     return [int(round((i + 1) * step)) - 1 for i in range(n_student)]
 
 
-def drop_layers_(model, cfg: LayerDropConfig) -> dict:
-    """Keep ``cfg.layers`` evenly spaced encoder layers of ``model`` in place."""
-    import torch
+def drop_layers_(model, cfg: LayerDropConfig, task: str | None = None) -> dict:
+    """Keep ``cfg.layers`` evenly spaced blocks of ``model`` in place (where ``task`` places them)."""
+    from runtimes.tasks import get_task
 
-    base = getattr(model, model.base_model_prefix, model)
-    layers = base.encoder.layer
+    layers = get_task(task).blocks(model)
     keep = kept_layers(len(layers), cfg.layers)
-    base.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
+    get_task(task).set_blocks(model, [layers[i] for i in keep])
     pruned = model.config.pruned_heads or {}
     model.config.pruned_heads = {j: pruned[i] for j, i in enumerate(keep) if i in pruned}
     model.config.num_hidden_layers = cfg.layers

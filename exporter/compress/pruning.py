@@ -55,12 +55,11 @@ class PruneConfig:
             raise UsageError(f"importance {self.importance!r}: choose one of {list(IMPORTANCE)}")
 
 
-def _layers(model):
-    base = getattr(model, model.base_model_prefix, model)
-    try:
-        return base.encoder.layer
-    except AttributeError:
-        raise UsageError(f"{type(model).__name__}: structured pruning supports BERT-style encoders (encoder.layer)") from None
+def _layers(model, task: str | None = None):
+    """The blocks pruning edits, as the task places them (BERT-style heads and FFN inside)."""
+    from runtimes.tasks import get_task
+
+    return get_task(task).blocks(model)
 
 
 def encoder_flops(config, seq: int = 128) -> int:
@@ -96,11 +95,11 @@ def param_count(model) -> int:
 
 
 def measure_importance(model, data: Encoded, cfg: PruneConfig, device: str = "cpu", pad_id: int = 0,
-                       progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                       progress: bool = True, task: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Head scores ``[layers, heads]`` and FFN neuron scores ``[layers, intermediate]``."""
     import torch
 
-    layers = _layers(model)
+    layers = _layers(model, task)
     n_layers, n_heads = len(layers), model.config.num_attention_heads
     if cfg.importance == "random":
         rng = np.random.default_rng(cfg.seed)
@@ -180,7 +179,7 @@ def plan_pruning(head_score: np.ndarray, ffn_score: np.ndarray, heads: float | N
     return plan
 
 
-def apply_plan(model, plan: PrunePlan) -> None:
+def apply_plan(model, plan: PrunePlan, task: str | None = None) -> None:
     """Remove the planned heads and FFN neurons in place; updates ``config.pruned_heads`` and
     ``config.intermediate_size``."""
     import torch
@@ -188,7 +187,7 @@ def apply_plan(model, plan: PrunePlan) -> None:
     if plan.heads:
         model.prune_heads({layer: sorted(h) for layer, h in plan.heads.items()})
     if plan.ffn_keep:
-        for layer_idx, layer in enumerate(_layers(model)):
+        for layer_idx, layer in enumerate(_layers(model, task)):
             keep = torch.tensor(plan.ffn_keep[layer_idx], dtype=torch.long)
             layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, dim=0)
             layer.output.dense = _slice_linear(layer.output.dense, keep, dim=1)
@@ -232,8 +231,10 @@ def solve_flop_target(config, target: float, seq: int, ffn_multiple: int = 8) ->
                      f"(at most {removed(grid[-1]):.0%}); lower it or add --student-layers")
 
 
-def prune_(model, data: Encoded, cfg: PruneConfig, device: str = "cpu", pad_id: int = 0, progress: bool = True) -> dict:
-    """Measure importance on ``data``, then remove heads and FFN neurons from ``model`` in place.
+def prune_(model, data: Encoded, cfg: PruneConfig, device: str = "cpu", pad_id: int = 0, progress: bool = True,
+           task: str | None = None) -> dict:
+    """Measure importance on ``data``, then remove heads and FFN neurons from ``model`` in place; ``task``
+    says where the blocks are (default: a BERT-style text encoder's).
 
     Returns what goes into the manifest: the plan, the scores, FLOPs and parameters before and after.
     """
@@ -243,9 +244,9 @@ def prune_(model, data: Encoded, cfg: PruneConfig, device: str = "cpu", pad_id: 
     heads, ffn = cfg.heads, cfg.ffn
     if cfg.flop_target is not None:
         heads = ffn = solve_flop_target(model.config, cfg.flop_target, cfg.seq, cfg.ffn_multiple)
-    head_score, ffn_score = measure_importance(model, data, cfg, device, pad_id, progress)
+    head_score, ffn_score = measure_importance(model, data, cfg, device, pad_id, progress, task)
     plan = plan_pruning(head_score, ffn_score, heads, ffn, cfg.ffn_multiple)
-    apply_plan(model, plan)
+    apply_plan(model, plan, task)
     flops_after = encoder_flops(model.config, cfg.seq)
     return {
         "technique": "structured_pruning", "importance": cfg.importance, "fractions": {"heads": heads, "ffn": ffn},

@@ -65,10 +65,11 @@ class QATConfig:
 
 
 def qat_filter(module, fqn: str) -> bool:
-    """The encoder's Linear layers (classifier head, pooler and embeddings stay float)."""
-    import torch
+    """A text encoder's block Linear layers (classifier head, pooler and embeddings stay float); for
+    another task pass ``sparsity.linear_filter(task, 1)``."""
+    from exporter.compress.sparsity import linear_filter
 
-    return isinstance(module, torch.nn.Linear) and "encoder.layer" in fqn
+    return linear_filter(None, 1)(module, fqn)
 
 
 def weight_scales(weight):
@@ -346,7 +347,7 @@ def calibrate(model, batches, device: str = "cpu", filter_fn=qat_filter, percent
                     seen.setdefault(name, []).append(float(x.kthvalue(k).values))
             hooks.append(m.register_forward_pre_hook(hook))
     if not hooks:
-        raise UsageError(f"{type(model).__name__}: no Linear layer to quantize under 'encoder.layer'")
+        raise UsageError(f"{type(model).__name__}: no Linear layer to quantize inside the blocks compression may touch")
     model.to(device).eval()
     try:
         with torch.inference_mode():

@@ -34,13 +34,23 @@ class Sparse24Config:
             raise UsageError(f"sparsity n:m = {self.n}:{self.m}: n and m must be integers with 0 < n < m (e.g. 2:4)")
 
 
-def default_filter(module, fqn: str) -> bool:
-    """True for ``nn.Linear`` layers inside a transformer encoder (``encoder.layer`` in ``fqn``) whose
-    ``in_features`` is divisible by 4; embeddings, pooler and classifier heads stay dense.
-    For ``m`` other than 4 pass a ``filter_fn`` that checks divisibility by your ``m``."""
-    import torch
+def linear_filter(task: str | None = None, multiple_of: int = 4) -> FilterFn:
+    """Selects ``nn.Linear`` layers inside the blocks ``task`` lets compression touch whose
+    ``in_features`` divides by ``multiple_of``; embeddings, pooler and classifier heads stay dense."""
+    from runtimes.tasks import get_task
 
-    return isinstance(module, torch.nn.Linear) and "encoder.layer" in fqn and module.in_features % 4 == 0
+    scope = get_task(task)
+
+    def select(module, fqn: str) -> bool:
+        import torch
+
+        return isinstance(module, torch.nn.Linear) and scope.in_compress_scope(fqn) and module.in_features % multiple_of == 0
+    return select
+
+
+def default_filter(module, fqn: str) -> bool:
+    """``linear_filter()`` for a text encoder and 2:4 (for another ``m`` pass ``linear_filter(task, m)``)."""
+    return linear_filter()(module, fqn)
 
 
 def nm_mask(weight, n: int, m: int):

@@ -18,8 +18,9 @@ __all__ = ["BATCH_DIM", "DEFAULT", "SEQ_DIM", "SEQ_DIM_NAMES", "TASKS", "Task", 
            "processor_files", "task_for_architectures", "task_names"]
 
 
-def task_names() -> tuple[str, ...]:
-    return tuple(t.name for t in TASKS)
+def task_names(*, trainable: bool = False) -> tuple[str, ...]:
+    """Every task's name, or only those finetune and compress can train."""
+    return tuple(t.name for t in TASKS if t.trainable or not trainable)
 
 
 def get_task(name: "str | Task | None") -> Task:

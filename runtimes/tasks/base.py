@@ -45,9 +45,43 @@ class Task:
     layer_pattern: str | None = None
     processor_files: tuple[str, ...] = ()
     scores_labels: bool = False  # one row of logits per sample: accuracy against data labels
+    trainable: bool = False  # finetune and compress have a training recipe for this head
     processor_name: str = "feed builder"
 
     # -- the model ------------------------------------------------------------------------------
+    def in_compress_scope(self, fqn: str) -> bool:
+        """True for a module name inside the blocks compression may touch (``layer_pattern``)."""
+        return self.layer_pattern is not None and self.layer_pattern in fqn
+
+    def blocks(self, model):
+        """The ``ModuleList`` of transformer blocks at ``layer_pattern`` under the base model, which
+        pruning and layer dropping edit.
+
+        Raises:
+            UsageError: the model has no such list.
+        """
+        owner, name = self._blocks_owner(model)
+        return getattr(owner, name)
+
+    def set_blocks(self, model, blocks) -> None:
+        """Replace the block list (``blocks``: the modules to keep, in order)."""
+        import torch
+
+        owner, name = self._blocks_owner(model)
+        setattr(owner, name, torch.nn.ModuleList(blocks))
+
+    def _blocks_owner(self, model):
+        import torch
+
+        owner = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        *path, name = (self.layer_pattern or "-").split(".")
+        for part in path:
+            owner = getattr(owner, part, None)
+        if self.layer_pattern is None or not isinstance(getattr(owner, name, None), torch.nn.ModuleList):
+            raise UsageError(f"{type(model).__name__}: compression needs the model's blocks at "
+                             f"'{self.layer_pattern}' (task {self.name}); this model has none there")
+        return owner, name
+
     def model_input_names(self, model) -> list[str]:
         """The inputs of this family a transformers model's ``forward`` takes, in its order."""
         return [n for n in inspect.signature(model.forward).parameters if n in self.model_inputs]

@@ -92,7 +92,7 @@ FEATURE_EXTRACTION = TextTask("feature-extraction", auto_class="AutoModel", opti
                               arch_suffixes=("Model",), head="hidden")
 TEXT_CLASSIFICATION = TextTask("text-classification", auto_class="AutoModelForSequenceClassification",
                                optimum_task="text-classification", arch_suffixes=("ForSequenceClassification",),
-                               head="sequence", scores_labels=True)
+                               head="sequence", scores_labels=True, trainable=True)
 TOKEN_CLASSIFICATION = TextTask("token-classification", auto_class="AutoModelForTokenClassification",
                                 optimum_task="token-classification", arch_suffixes=("ForTokenClassification",),
-                                head="token")
+                                head="token", trainable=True)

@@ -128,3 +128,25 @@ def test_check_nm_onnx_follows_transb_and_transpose(tmp_path):
     onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
     found = check_nm_onnx(tmp_path / "m.onnx")
     assert found["sparse"] == ["enc.q", "enc.k", "enc.v", "enc.o"] and found["violations"] == ["w_dense"]
+
+
+def test_compression_scope_comes_from_the_task(tiny_vit):
+    """The task says where the blocks are: a ViT's encoder Linears are selected and its blocks can be
+    dropped; the classifier head stays out; a module without blocks is refused in one line."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    from exporter.compress.distill import LayerDropConfig, drop_layers_
+    from exporter.compress.sparsity import linear_filter
+    from runtimes.errors import UsageError
+    from runtimes.tasks import get_task
+
+    vit = AutoModelForImageClassification.from_pretrained(tiny_vit)
+    select = linear_filter("image-classification", 4)
+    chosen = [n for n, m in vit.named_modules() if select(m, n)]
+    assert chosen and all(n.startswith("vit.encoder.layer.") for n in chosen)
+    assert not select(vit.classifier, "classifier")
+    assert drop_layers_(vit, LayerDropConfig(1), task="image-classification")["teacher_layers_kept"] == [1]
+    assert len(get_task("image-classification").blocks(vit)) == 1 and vit.config.num_hidden_layers == 1
+    with pytest.raises(UsageError, match="compression needs the model's blocks at 'encoder.layer'"):
+        get_task("text-classification").blocks(torch.nn.Linear(2, 2))
