@@ -151,7 +151,7 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     report.update({
         "data": data.describe(),
         "settings": {"batch_size": config.batch_size, "max_length": config.max_length, "threads": config.threads,
-                     "padding": "longest in batch; padded positions excluded from every metric",
+                     "padding": task.feeds_note(config.max_length),
                      "tolerance": vars(config.tolerance),
                      "per_output_tolerance": {k: vars(v) for k, v in config.per_output.items()}},
         "reference": {"artifact": str(ref_art.path), "runtime": ref_plan.runtime, "label": ref_plan.label,
@@ -183,7 +183,7 @@ def compare_markdown(report: dict) -> str:
         "",
         f"- reference: `{ref['label']}`",
         f"- data: {report['data']['source']} ({report['data']['rows']} rows), batch {report['settings']['batch_size']}, "
-        f"max length {report['settings']['max_length']}; padded positions excluded",
+        f"{report['settings']['padding']}",
         f"- machine: {machine_line(report['machine'])}",
         f"- result: **{'PASS' if report['passed'] else 'FAIL'}**",
         "",

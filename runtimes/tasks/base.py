@@ -157,6 +157,10 @@ class Task:
         """True when a benchmark's ``--seq`` changes the feeds' shapes."""
         return False
 
+    def feeds_note(self, max_length: int) -> str:
+        """How a report's feeds were shaped, in a few words."""
+        return f"feeds from the {self.processor_name}; no padding, every output row counts"
+
     # -- profiles -------------------------------------------------------------------------------
     def profile_dims(self, model_dir: Path, batches: Sequence[int], seqs: Sequence[int]) -> dict[str, tuple]:
         """Default ``{dim name: (min, opt, max)}`` for an engine's optimization profile of the model

@@ -84,6 +84,9 @@ class TextTask(Task):
     def varies_with_seq(self, processor) -> bool:
         return True
 
+    def feeds_note(self, max_length: int) -> str:
+        return f"max length {max_length}, padded to the longest in each batch; padded positions excluded from every metric"
+
     def profile_dims(self, model_dir, batches, seqs) -> dict[str, tuple]:
         return {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs)}
 
