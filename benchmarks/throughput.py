@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from evaluation.data import TextDataset, data_for_task
 from evaluation.machine import describe_machine, machine_line
 from evaluation.report import fmt, md_table, report_header
-from evaluation.runset import RunnerPlan, plan_runners, processor_source
+from evaluation.runset import RunnerPlan, check_sequence_length, plan_runners, processor_source
 from runtimes.errors import UsageError
 from runtimes.tasks import Task, get_task
 
@@ -113,6 +113,8 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
     task = get_task(plans[0].artifact.task)
     data = data_for_task(data, task)
     processor = task.load_processor(processor_source([p.artifact for p in plans], task).path)
+    if task.varies_with_seq(processor):
+        check_sequence_length([p.artifact for p in plans], task, max(config.seqs), "--seq")
     cells = _cells(task, processor, data, config)
 
     runners, loaded = [], []

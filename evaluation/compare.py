@@ -15,7 +15,7 @@ from evaluation.machine import describe_machine, machine_line
 from evaluation.metrics import label_ids, task_metrics
 from evaluation.parity import ParityResult, RowCollector, Tolerance, compare_collected
 from evaluation.report import fmt, md_table, report_header
-from evaluation.runset import RunnerPlan, plan_runners, processor_source
+from evaluation.runset import RunnerPlan, check_sequence_length, plan_runners, processor_source
 from runtimes import Artifact, load_artifact
 from runtimes.errors import UsageError
 from runtimes.tasks import Task, get_task
@@ -125,6 +125,7 @@ def run_compare(reference: str | Artifact, candidates: Sequence[str | Artifact],
     ref_plan = plan_runners([ref_art], [ref_runtime] if ref_runtime else None)[0]
     cand_plans = plan_runners(cand_arts, runtimes)
     task = get_task(ref_art.task)
+    check_sequence_length([ref_art, *cand_arts], task, config.max_length, "--max-length")
     data = data_for_task(data, task)
     processor = task.load_processor(processor_source([ref_art, *cand_arts], task).path)
     encoded = encode_batches(processor, data, config, task)

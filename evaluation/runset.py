@@ -61,6 +61,20 @@ def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | 
     return plans
 
 
+def check_sequence_length(artifacts: Sequence[Artifact], task: Task | str | None, length: int, option: str) -> None:
+    """Refuse a sequence length beyond what any of the models takes, before anything runs.
+
+    Raises:
+        UsageError: one line naming the option, the model and its limit.
+    """
+    task = get_task(task)
+    for a in artifacts:
+        limit = task.max_sequence(a.path)
+        if limit is not None and length > limit:
+            raise UsageError(f"{option} {length}: {a.path} takes at most {limit} positions (max_position_embeddings "
+                             f"in its config.json); pass {option} {limit} or less")
+
+
 def processor_source(artifacts: Sequence[Artifact], task: Task | str | None = None) -> Artifact:
     """The first artifact that carries what the task's feed builder reads (tokenizer files for a
     text encoder, ``preprocessor_config.json`` for an image model).

@@ -79,6 +79,8 @@ class QuantizeConfig:
             raise UsageError(f"--max-float-nodes must be >= 0, got {self.max_float_nodes}")
         if self.calib_rows < 1 or self.eval_rows < 1 or self.batch_size < 1:
             raise UsageError("calibration rows, eval rows and batch size must be >= 1")
+        if self.max_length < 2:
+            raise UsageError(f"--max-length must be at least 2, got {self.max_length}")
 
 
 def _cpu_has_vnni() -> bool:

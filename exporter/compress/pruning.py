@@ -43,10 +43,10 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("heads", "ffn", "flop_target"):
+        for name, option in (("heads", "--prune-heads"), ("ffn", "--prune-ffn"), ("flop_target", "--flop-target")):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
-                raise UsageError(f"pruning fraction {name}={v} must be within (0, 1) (exclusive)")
+                raise UsageError(f"{option} {v}: the pruning fraction {name} must be within (0, 1) (exclusive)")
         if self.flop_target is not None and (self.heads is not None or self.ffn is not None):
             raise UsageError("give either a FLOP target or head/FFN fractions, not both")
         if self.heads is None and self.ffn is None and self.flop_target is None:

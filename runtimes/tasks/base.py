@@ -157,6 +157,10 @@ class Task:
         """True when a benchmark's ``--seq`` changes the feeds' shapes."""
         return False
 
+    def max_sequence(self, model_dir: Path) -> int | None:
+        """The longest sequence the model in ``model_dir`` takes (None: no such limit)."""
+        return None
+
     def feeds_note(self, max_length: int) -> str:
         """How a report's feeds were shaped, in a few words."""
         return f"feeds from the {self.processor_name}; no padding, every output row counts"

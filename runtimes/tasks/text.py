@@ -84,6 +84,17 @@ class TextTask(Task):
     def varies_with_seq(self, processor) -> bool:
         return True
 
+    def max_sequence(self, model_dir: Path) -> int | None:
+        """``max_position_embeddings`` of ``config.json`` (a longer sequence indexes past the position
+        table and crashes inside the runtime)."""
+        import json
+
+        try:
+            value = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
     def feeds_note(self, max_length: int) -> str:
         return f"max length {max_length}, padded to the longest in each batch; padded positions excluded from every metric"
 
