@@ -57,7 +57,8 @@ def same_machine(a: dict, b: dict) -> bool:
 def regression_checks(report: dict, baseline: dict, max_regression: float) -> list[Check]:
     """One check per result row found in the baseline (matched by artifact name, runtime, batch and
     sequence): throughput may fall by at most ``max_regression`` (a fraction). A baseline from
-    another machine is not compared: every row is reported as skipped, saying why."""
+    another machine is not compared: every row is reported as skipped, saying why. When no row
+    matches at all, a failed check says that nothing was compared."""
     base = {_key(r): r for r in baseline["results"]}
     other = not same_machine(report["machine"], baseline["machine"])
     checks = []
@@ -75,6 +76,9 @@ def regression_checks(report: dict, baseline: dict, max_regression: float) -> li
             ok = change >= -max_regression
             checks.append(Check("throughput", name, ok, f"{old['samples_per_s']:.4g} -> {row['samples_per_s']:.4g} samples/s "
                                 f"({change:+.1%}; budget -{max_regression:.0%})"))
+    if not other and all(c.skipped for c in checks):  # a gate that compared nothing must not pass
+        checks.append(Check("throughput", "baseline", False, "no result matches a baseline row (artifact name, runtime, "
+                            "batch, seq): nothing was compared; bench the baseline's artifacts and shapes"))
     return checks
 
 
@@ -126,6 +130,7 @@ def write_junit(path: str | os.PathLike, checks: list[Check], suite_name: str) -
 
 def summary(checks: list[Check]) -> str:
     failed = [c for c in checks if not c.passed]
-    lines = [f"{len(checks) - len(failed)} passed, {len(failed)} failed"]
+    skipped = sum(c.skipped for c in checks)
+    lines = [f"{len(checks) - len(failed) - skipped} passed, {len(failed)} failed" + (f", {skipped} skipped" if skipped else "")]
     lines += [f"  FAIL {c.suite}: {c.name}: {c.message}" for c in failed]
     return "\n".join(lines)

@@ -70,3 +70,9 @@ def test_compare_fail_on_chooses_the_gating_checks(capsys, tiny_classifier, tmp_
     code, _, err = run(capsys, *argv, "--min-pooled-cosine", "logits=0.9")
     assert code == 2
     one_line_error(err, "logits is not a token-level output")
+
+
+def test_a_baseline_that_matches_nothing_fails(capsys, tiny_onnx, tmp_path):
+    assert run(capsys, "bench", str(tiny_onnx), *BENCH, "-o", str(tmp_path / "base"))[0] == 0
+    code, out, _ = run(capsys, "bench", str(tiny_onnx), *BENCH[:1], "2", *BENCH[2:], "--baseline", str(tmp_path / "base"))
+    assert code == 1 and "0 passed, 1 failed" in out and "nothing was compared" in out
