@@ -129,7 +129,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
                 continue  # from_mapping reports unknown options
             if opt in DATA_OPTIONS and value != "builtin:samples" and isinstance(value, str):
                 resolved = (base / value).resolve()
-                if not resolved.is_file():
+                if not resolved.exists():  # a file, or a folder of images
                     raise UsageError(f"{_where(p, opt_nodes[opt])}: {name}.{opt}: data file {value!r} not found")
                 options[opt] = str(resolved)
             elif known[opt].type is Path and isinstance(value, str):  # paths are relative to the file, like data

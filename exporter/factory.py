@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from evaluation.parity import Tolerance
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec, specs_to_list
@@ -88,7 +89,8 @@ def load_factory(factory: str):
 
 
 def export_factory(factory: str, inputs: Sequence[str], out: str | os.PathLike, *, force: bool = False,
-                   opset: int | None = None, dynamo: bool = True) -> Artifact:
+                   opset: int | None = None, dynamo: bool = True, external_data: bool = False,
+                   tolerance: Tolerance | None = None, command: str | None = None) -> Artifact:
     """Export the module ``factory`` makes, called with seeded example inputs of the declared shapes,
     to an ONNX artifact at ``out`` (task ``module``), checked on ONNX Runtime like any export.
 
@@ -118,7 +120,8 @@ def export_factory(factory: str, inputs: Sequence[str], out: str | os.PathLike, 
     axes = {s.name: {a: d for a, d in enumerate(s.shape) if isinstance(d, str)} for s in specs}
     return export_module(
         model, example, Path(out), output_names=names, dynamic_axes={k: v for k, v in axes.items() if v},
-        opset=opset or 18, dynamo=dynamo, force=force, task=task.name,
+        opset=opset or 18, dynamo=dynamo, force=force, task=task.name, external_data=external_data,
+        command=command, **({"tolerance": tolerance} if tolerance is not None else {}),
         extra_manifest={"module": {"factory": factory, "inputs": specs_to_list(specs), "dim_sizes": sizes}},
     )
 

@@ -14,13 +14,12 @@ from runtimes.base import Runner
 from runtimes.errors import CheckFailed, EnginewrightError, UsageError
 from runtimes.specs import TensorSpec
 
-# backend name -> (module, class). Adding a backend is adding a module and one line here.
-BACKENDS: dict[str, tuple[str, str]] = {
-    "torch": ("runtimes.pyt.runner", "TorchRunner"),
-    "onnxruntime": ("runtimes.onnxrt.runner", "OnnxRuntimeRunner"),
-    "tensorrt": ("runtimes.trt.runner", "TensorRTRunner"),
+# backend name -> (module, class, default device). Adding a backend is adding a module and one line here.
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "torch": ("runtimes.pyt.runner", "TorchRunner", "cpu"),
+    "onnxruntime": ("runtimes.onnxrt.runner", "OnnxRuntimeRunner", "cpu"),
+    "tensorrt": ("runtimes.trt.runner", "TensorRTRunner", "cuda"),
 }
-_DEFAULT_DEVICE = {"torch": "cpu", "onnxruntime": "cpu", "tensorrt": "cuda"}
 _DEFAULT_FOR_KIND = {"hf": "torch:cpu", "onnx": "onnxruntime:cpu", "trt": "tensorrt:cuda"}
 
 __all__ = [
@@ -39,11 +38,11 @@ def parse_runtime(runtime: str) -> tuple[str, str]:
     backend, _, device = runtime.partition(":")
     if backend not in BACKENDS:
         raise UsageError(f"unknown runtime {runtime!r}; choose one of {sorted(BACKENDS)} (optionally ':cpu', ':cuda', ...)")
-    return backend, device or _DEFAULT_DEVICE[backend]
+    return backend, device or BACKENDS[backend][2]
 
 
 def backend_class(backend: str) -> type[Runner]:
-    module, cls = BACKENDS[backend]
+    module, cls, _ = BACKENDS[backend]
     return getattr(importlib.import_module(module), cls)
 
 

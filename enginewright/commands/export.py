@@ -51,17 +51,27 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
                      normalize=o["normalize"])
 
 
-def _from_module(args):
+# options that describe a Hugging Face model or its text data, meaningless for --module
+_NOT_WITH_MODULE = {"task": "--task", "pooling": "--pooling", "normalize": "--normalize", "data": "--data"}
+
+
+def _from_module(args, command: str):
     if args.model_dir is not None:
         raise CliError(f"give MODEL_DIR or --module, not both (got {args.model_dir} and --module {args.module})")
+    if given := [flag for dest, flag in _NOT_WITH_MODULE.items() if getattr(args, dest)]:
+        raise CliError(f"{given[0]} applies to MODEL_DIR exports; --module exports are checked on synthetic inputs of "
+                       "the --inputs shapes")
+    from evaluation.parity import Tolerance
     from exporter.factory import export_factory  # only when used: it lives in the exporter, not the CLI
 
-    return export_factory(args.module, args.inputs, args.output, force=args.force, opset=args.opset)
+    return export_factory(args.module, args.inputs, args.output, force=args.force, opset=args.opset,
+                          external_data=args.external_data, tolerance=Tolerance(atol=args.atol, rtol=args.rtol),
+                          command=command)
 
 
 def run(args, command: str) -> int:
     if args.module is not None:
-        art = _from_module(args)
+        art = _from_module(args, command)
         print(f"exported {args.module} -> {art.model_file}")
         summarize(art)
         return 0
@@ -78,7 +88,10 @@ def run(args, command: str) -> int:
 
 
 def summarize(art) -> None:
+    from runtimes.tasks import get_task
+
     m = art.manifest
+    padding = " (padding excluded)" if get_task(art.task).is_padded else ""
     for o in (m.get("parity") or {}).get("outputs", ()):
         print(f"  parity {o['name']} vs {m['parity'].get('reference', 'PyTorch')}: max abs {o['max_abs']:.3g}, "
-              f"min cos {o['cos_min']:.6f} over {o['rows']} rows (padding excluded): ok")
+              f"min cos {o['cos_min']:.6f} over {o['rows']} rows{padding}: ok")

@@ -144,6 +144,11 @@ class Task:
             feeds[spec.name] = arr if str(arr.dtype) == spec.dtype else arr.astype(spec.dtype)
         return feeds
 
+    @property
+    def is_padded(self) -> bool:
+        """True when batches are padded and a mask says which positions count."""
+        return type(self).mask is not Task.mask
+
     def mask(self, feeds: Mapping[str, Any]):
         """Which positions are real (1) or padding (0), ``[batch, seq]``; None when every position counts."""
         return None

@@ -169,8 +169,9 @@ def test_export_takes_a_model_dir_or_a_module(capsys, monkeypatch, tiny_bert, tm
     class Art:
         model_file = tmp_path / "o" / "model.onnx"
         manifest = {}
+        task = "module"
 
-    def export_factory(factory, inputs, out, *, force=False, opset=None, dynamo=True):
+    def export_factory(factory, inputs, out, *, force=False, opset=None, dynamo=True, **checks):
         calls.append((factory, list(inputs), str(out), force, opset))
         return Art()
 

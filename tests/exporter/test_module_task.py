@@ -132,3 +132,6 @@ def test_the_command_line_runs_a_module_export(capsys, factory, tmp_path):
     assert "exported ew_tiny_factory:make" in out and "PASS" in out
     assert main(["export", "--module", factory, "-o", str(tmp_path / "x")]) == 2  # no --inputs
     assert "--inputs" in capsys.readouterr().err
+    assert main(["export", "--module", factory, *args, "--pooling", "mean", "-o", str(tmp_path / "x")]) == 2
+    assert "--pooling applies to MODEL_DIR exports" in capsys.readouterr().err
+    assert load_artifact(net).manifest["command"].startswith("enginewright export --module")

@@ -63,3 +63,8 @@ def test_image_profile_fixes_channels_and_size_from_the_config(tmp_path):
 def test_missing_image_processor_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="no usable image processor.*preprocessor_config.json"):
         get_task("image-classification").load_processor(tmp_path)
+
+
+def test_only_text_tasks_pad_their_batches():
+    assert [t.name for t in TASK_OBJECTS if t.is_padded] == ["feature-extraction", "text-classification",
+                                                             "token-classification"]
