@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,6 +36,14 @@ CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".bio")
 MAX_TEXT_CHARS = 100_000
 
 
+def rows_digest(rows: Iterable[bytes]) -> str:
+    """``sha256:<hex>`` of the rows, each followed by a newline: a data set's fingerprint."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(row + b"\n")
+    return "sha256:" + h.hexdigest()
+
+
 @dataclass(frozen=True)
 class TextDataset:
     """Texts (and optional second texts and labels) in file order."""
@@ -49,13 +57,8 @@ class TextDataset:
         return len(self.texts)
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for i, t in enumerate(self.texts):
-            h.update(t.encode())
-            h.update(b"\0" + (self.pairs[i].encode() if self.pairs else b"") + b"\0")
-            h.update(str(self.labels[i]).encode() if self.labels else b"")
-            h.update(b"\n")
-        return "sha256:" + h.hexdigest()
+        return rows_digest(t.encode() + b"\0" + (self.pairs[i].encode() if self.pairs else b"") + b"\0"
+                           + (str(self.labels[i]).encode() if self.labels else b"") for i, t in enumerate(self.texts))
 
     def describe(self) -> dict:
         return {
