@@ -200,12 +200,12 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             try:
                 results[stage.name] = _run_check_stage(stage, pipe, made, progress, say, reports)
             finally:
-                if junit is not None and stage.name == "compare" and "compare_checks" in reports:
+                if junit is not None and stage.name == "compare" and "compare" in reports:
                     from benchmarks.gates import write_junit
 
-                    write_junit(junit, reports["compare_checks"], f"pipeline {pipe.path.name}")
+                    write_junit(junit, reports["compare"].checks, f"pipeline {pipe.path.name}")
     if "compare" in reports and "bench" in reports:
-        results["summary"] = str(write_summary(pipe.run_dir, reports["compare"], reports["bench"]))
+        results["summary"] = str(write_summary(pipe.run_dir, reports["compare"].report, reports["bench"].report))
         say(f"summary: {results['summary']} (trade-off plot: {pipe.run_dir / 'tradeoff.png'})")
     return results
 
@@ -229,29 +229,14 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
     cands = [p for p in made[made.index(ref) + 1 if ref in made else 0:] if kinds[p] != "hf"]
     if not cands:
         raise UsageError(f"{pipe.path}:{stage.line}: {stage.name} needs an export (or later) stage before it")
-    command = STAGES[stage.name]
     try:
-        if stage.name == "compare":
-            outcome, checks, gated = command.evaluate(stage.values, ref, cands, command=None, progress=progress)
-            say(outcome.markdown())
-            reports["compare"], reports["compare_checks"] = outcome.report, checks["parity"] + checks["accuracy"]
-            failed = command.failure(stage.values, gated)
-            if failed:
-                raise CheckFailed(f"{pipe.path}:{stage.line}: compare failed " + " | ".join(x.strip() for x in failed.splitlines()))
-            return {"passed": True}
-        from benchmarks.throughput import bench_markdown
-
-        report, checks = command.evaluate(stage.values, [ref, *cands], command=None, progress=progress)
+        outcome = STAGES[stage.name].stage(stage.values, ref, cands, progress=progress, say=say)
     except CliError as e:
         raise UsageError(f"{pipe.path}:{stage.line}: {stage.name}: {e}") from None
-    say(bench_markdown(report))
-    reports["bench"] = report
-    if checks is not None and not all(c.passed for c in checks):
-        from benchmarks.gates import summary
-
-        raise CheckFailed(f"{pipe.path}:{stage.line}: bench against {stage.values['baseline']}: "
-                          + " | ".join(x.strip() for x in summary(checks).splitlines()))
-    return {"results": len(report["results"])}
+    reports[stage.name] = outcome
+    if outcome.failure:
+        raise CheckFailed(f"{pipe.path}:{stage.line}: {outcome.failure}")
+    return {"passed": True} if stage.name == "compare" else {"results": len(outcome.report["results"])}
 
 
 def write_summary(run_dir: Path, compare: dict, bench: dict) -> Path:

@@ -10,11 +10,22 @@ the parser's defaults) that the command line gives the command, so both run the 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Callable, Mapping
 
 from enginewright.commands._args import ValueType
 from runtimes.errors import UsageError
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What a check stage (``STAGE = "check"``) hands the pipeline: its report, its checks (for
+    JUnit) and, when a gated check failed, one line saying so."""
+
+    report: dict
+    checks: list = field(default_factory=list)
+    failure: str | None = None
 
 
 def parser_of(command: ModuleType) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enginewright.commands._stage import CheckOutcome
 from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, load_data,
                                          provider_options, threads)
 
@@ -53,6 +54,19 @@ def evaluate(o, artifacts, *, command: str | None, progress: bool):
     from benchmarks.gates import regression_checks
 
     return report, regression_checks(report, baseline, o["max_regression"])
+
+
+def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
+    """The pipeline's bench stage: the reference and the candidates side by side, gated on the baseline."""
+    from benchmarks.gates import summary
+    from benchmarks.throughput import bench_markdown
+
+    report, checks = evaluate(o, [reference, *candidates], command=None, progress=progress)
+    say(bench_markdown(report))
+    failed = None
+    if checks is not None and not all(c.passed for c in checks):
+        failed = f"bench against {o['baseline']}: " + " | ".join(x.strip() for x in summary(checks).splitlines())
+    return CheckOutcome(report, checks or [], failed)
 
 
 def run(args, command: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from enginewright.commands._stage import CheckOutcome
 from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
                                          load_data, provider_options, threads)
 
@@ -81,6 +82,15 @@ def failure(o, gated) -> str | None:
     if all(c.passed for c in gated):
         return None
     return f"({', '.join(sorted(fail_on(o) or {'none'}))}): {summary(gated)}"
+
+
+def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
+    """The pipeline's compare stage: the report, every check, and the gated failure."""
+    outcome, checks, gated = evaluate(o, reference, candidates, command=None, progress=progress)
+    say(outcome.markdown())
+    failed = failure(o, gated)
+    return CheckOutcome(outcome.report, checks["parity"] + checks["accuracy"],
+                        "compare failed " + " | ".join(x.strip() for x in failed.splitlines()) if failed else None)
 
 
 def run(args, command: str) -> int:
