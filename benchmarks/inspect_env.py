@@ -72,6 +72,17 @@ def artifact_text(info: dict) -> str:
     return "\n".join(lines)
 
 
+def verify_text(checks) -> str:
+    """``inspect --verify``'s lines: each listed file ok, changed or missing, then the verdict."""
+    if not checks:
+        return "verify: the manifest lists no files (a plain model directory, or a hand-written or older manifest): nothing to verify"
+    bad = [c for c in checks if c.status != "ok"]
+    lines = [f"  {c}" for c in checks]
+    verdict = (f"verify: FAILED, {len(bad)} of {len(checks)} files changed or missing: {', '.join(c.name for c in bad)}"
+               if bad else f"verify: ok, {len(checks)} files as recorded (size and sha256)")
+    return "\n".join(["files:", *lines, verdict])
+
+
 def describe_env() -> dict:
     """Library versions, ONNX Runtime providers, CUDA and TensorRT availability, CPU features."""
     env = {"machine": describe_machine(), "versions": library_versions()}

@@ -39,6 +39,7 @@ class BenchConfig:
     threads: int | None = None
     natural: bool = False
     provider_options: Mapping[str, Mapping] = field(default_factory=dict)  # onnxruntime device -> options
+    trust_engine_code: bool = False  # TensorRT engines that carry host code (runtimes.trt.engine.engine_host_code)
 
     def __post_init__(self):
         if not self.batches or any(b < 1 for b in self.batches):
@@ -121,7 +122,8 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
     try:
         for plan in plans:
             before = _rss_mb()
-            runner = plan.open(threads=config.threads, provider_options=config.provider_options).activate()
+            runner = plan.open(threads=config.threads, provider_options=config.provider_options,
+                               trust_engine_code=config.trust_engine_code).activate()
             runners.append(runner)
             loaded.append(_rss_mb() - before)
         results, order_log = [], []

@@ -186,11 +186,15 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
             out = pipe.run_dir / f"{i + 1:02d}-{stage.name}-{key}"
             if i >= first:
                 rerun = rerun or (start is not None and i == first)
+            changed = None
             if out.is_dir() and (out / "manifest.json").is_file() and not rerun:
+                changed = cached_change(out)
+            if out.is_dir() and (out / "manifest.json").is_file() and not rerun and changed is None:
                 say(f"[{i + 1}/{len(pipe.stages)}] {stage.name}: reused {out}")
             else:
                 rerun = True  # a stage that runs makes everything after it run
-                say(f"[{i + 1}/{len(pipe.stages)}] {stage.name}: running -> {out}")
+                why = f" (the cached output changed: {changed})" if changed else ""
+                say(f"[{i + 1}/{len(pipe.stages)}] {stage.name}: running -> {out}{why}")
                 _run_artifact_stage(stage, pipe.path, current, out, progress)
             current = out
             made.append(out)
@@ -208,6 +212,19 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
         results["summary"] = str(write_summary(pipe.run_dir, reports["compare"].report, reports["bench"].report))
         say(f"summary: {results['summary']} (trade-off plot: {pipe.run_dir / 'tradeoff.png'})")
     return results
+
+
+def cached_change(out: Path) -> str | None:
+    """Why a cached step output may not be reused (a listed file missing or changed since it was written,
+    by sha256, or an unreadable manifest), or None when every file it lists is as recorded."""
+    from runtimes.artifact import load_artifact
+    from runtimes.integrity import verify_files
+
+    try:
+        bad = [c for c in verify_files(load_artifact(out, check_files=False)) if c.status != "ok"]
+    except UsageError as e:
+        return str(e)
+    return str(bad[0]) if bad else None
 
 
 def _run_artifact_stage(stage: Stage, path: Path, src: Path, out: Path, progress: bool) -> None:

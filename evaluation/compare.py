@@ -29,6 +29,7 @@ class CompareConfig:
     tolerance: Tolerance = Tolerance()
     per_output: Mapping[str, Tolerance] = field(default_factory=dict)
     provider_options: Mapping[str, Mapping] = field(default_factory=dict)  # onnxruntime device -> options
+    trust_engine_code: bool = False  # TensorRT engines that carry host code (runtimes.trt.engine.engine_host_code)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -66,7 +67,8 @@ def run_plan(plan: RunnerPlan, encoded: Sequence[dict[str, np.ndarray]], cfg: Co
              progress: bool = True, torch_options: dict | None = None, task: Task | str | None = None) -> RunOutputs:
     """Run every batch through one runner; keep the valid (unpadded, as the task's mask says) rows of every output."""
     task = get_task(task)
-    with plan.open(threads=cfg.threads, provider_options=cfg.provider_options, torch_options=torch_options) as runner:
+    with plan.open(threads=cfg.threads, provider_options=cfg.provider_options, torch_options=torch_options,
+                   trust_engine_code=cfg.trust_engine_code) as runner:
         rows = RowCollector(runner.output_specs())
         for enc in tqdm(encoded, desc=plan.label, unit="batch", disable=not progress, leave=False):
             rows.add(runner.infer(task.feeds_for(enc, runner.input_specs(), runner.label)), task.mask(enc))

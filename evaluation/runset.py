@@ -21,15 +21,18 @@ class RunnerPlan:
         return f"{self.artifact.name} @ {self.runtime}"
 
     def open(self, threads: int | None = None, provider_options: Mapping[str, Mapping] | None = None,
-             torch_options: Mapping | None = None) -> Runner:
+             torch_options: Mapping | None = None, trust_engine_code: bool = False) -> Runner:
         """Open the runner; ``provider_options`` maps an onnxruntime device (``cuda``) to its options,
-        ``torch_options`` go to a torch runner (e.g. the pooling an embedding export carries)."""
+        ``torch_options`` go to a torch runner (e.g. the pooling an embedding export carries),
+        ``trust_engine_code`` to a TensorRT runner (host code in version-compatible or plugin engines)."""
         backend, device = parse_runtime(self.runtime)
         options = {}
         if backend == "onnxruntime" and provider_options and device in provider_options:
             options["provider_options"] = dict(provider_options[device])
         if backend == "torch" and torch_options:
             options.update(torch_options)
+        if backend == "tensorrt":
+            options["trust_engine_code"] = bool(trust_engine_code)
         return open_runner(self.artifact, self.runtime, threads=threads, **options)
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 from exporter.writer import ArtifactWriter, copy_companions
 from runtimes.artifact import Artifact, load_artifact
 from runtimes.errors import UsageError
+from runtimes.integrity import onnx_data_files, require_listed, require_unchanged
 
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
           "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
@@ -155,18 +156,36 @@ def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: Tri
         raise UsageError(f"two artifacts share the directory name {sorted({n for n in names if names.count(n) > 1})}; "
                          "Triton model names must differ")
     configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
+    files = [_model_files(a) for a in arts]
     ensembles = [ensemble_configs(a, n, config) for a, n in zip(arts, names)] if config.ensemble else []
     with ArtifactWriter(out, force=force).directory() as tmp:
         for art, (tok, ens) in zip(arts, ensembles):
             _write_tokenizer_model(art, tmp, tok, config)
             (tmp / ens.name / "1").mkdir(parents=True)  # ensembles have a version folder but no model file
             (tmp / ens.name / "config.pbtxt").write_text(config_text(ens), encoding="utf-8")
-        for art, name, text in zip(arts, names, configs):
+        for art, name, text, (model, data) in zip(arts, names, configs, files):
             version = tmp / name / "1"
             version.mkdir(parents=True)
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
-            model_file = _PLATFORM[art.kind][1]
-            shutil.copy2(art.model_file, version / model_file)
-            for extra in art.path.glob(art.model_file.name + "*data"):  # ONNX external data beside model.onnx
-                shutil.copy2(extra, version / extra.name)
+            shutil.copy2(model, version / _PLATFORM[art.kind][1])
+            for extra in data:  # ONNX external data, at the location the graph names, relative to the model
+                (version / extra.relative_to(model.parent)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(extra, version / extra.relative_to(model.parent))
     return Path(out)
+
+
+def _model_files(art: Artifact) -> tuple[Path, list[Path]]:
+    """The model file and the external-data files it names, checked before anything is copied: each lies
+    inside the artifact and every file the manifest lists still has its recorded sha256.
+
+    Raises:
+        UsageError: a path leaves the artifact, a listed file changed or is missing, or the graph is invalid.
+    """
+    model = art.model_file
+    require_unchanged(art, "triton")
+    data = onnx_data_files(model, art.path) if art.kind == "onnx" else []
+    if any(not d.is_relative_to(model.parent) for d in data):
+        raise UsageError(f"{model}: external data outside the model's folder cannot be placed in a Triton repository; "
+                         "re-export the artifact")
+    require_listed(art, [model, *data], "triton")
+    return model, data

@@ -20,6 +20,7 @@ from runtimes.artifact import (
     MANIFEST, Artifact, atomic_output_dir, check_output_free, file_table, load_artifact, write_json_atomic,
 )
 from runtimes.errors import UsageError
+from runtimes.integrity import onnx_data_files
 from runtimes.manifests import Manifest
 
 _TAKES = {"onnx": "an ONNX artifact (run enginewright export first)", "hf": "a Hugging Face model directory",
@@ -29,12 +30,17 @@ _TAKES = {"onnx": "an ONNX artifact (run enginewright export first)", "hf": "a H
 def open_input(path: "str | os.PathLike | Artifact", kind: str, stage: str) -> Artifact:
     """Open the artifact a stage reads and check its kind.
 
+    An ONNX input's graph must parse and its external data lie inside the artifact.
+
     Raises:
-        UsageError: not an artifact, or one of another kind; one line naming the path and the stage.
+        UsageError: not an artifact, or one of another kind; one line naming the path and the stage;
+            an ONNX graph that does not parse or names external data outside the artifact.
     """
     art = load_artifact(path)
     if art.kind != kind:
         raise UsageError(f"{art.path}: {stage} takes {_TAKES[kind]}, this is a {art.kind!r} artifact")
+    if kind == "onnx":
+        onnx_data_files(art.model_file, art.path)
     return art
 
 

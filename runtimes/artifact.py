@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from runtimes.errors import UsageError
+from runtimes.integrity import check_sizes, file_sha256, inside
 from runtimes.manifests import SCHEMA_VERSION, library_versions, now_iso, read_manifest
 from runtimes.specs import TensorSpec, specs_from_list
 from runtimes.tasks import get_task, task_for_architectures, task_names
@@ -57,10 +58,17 @@ class Artifact:
 
     @property
     def model_file(self) -> Path:
-        """The main model file: ``model.onnx`` (ONNX), ``model.plan`` (TensorRT), the directory itself (HF)."""
+        """The main model file: ``model.onnx`` (ONNX), ``model.plan`` (TensorRT), the directory itself (HF).
+
+        Raises:
+            UsageError: the manifest names a file outside the artifact (absolute, ``..``, a symlink out).
+        """
         if self.kind == "hf":
             return self.path
-        return self.path / self.manifest.get("model_file", "model.plan" if self.kind == "trt" else "model.onnx")
+        name = self.manifest.get("model_file", "model.plan" if self.kind == "trt" else "model.onnx")
+        if not self.manifest:  # a bare model.onnx directory: the user's own files, no manifest to distrust
+            return self.path / name
+        return inside(self.path, name, "model_file", self.path / MANIFEST)
 
     @property
     def name(self) -> str:
@@ -92,6 +100,23 @@ def task_from_config(config: dict) -> str | None:
     return task_for_architectures(config.get("architectures"))
 
 
+# config.json sizes every architecture reads as integers; a string there fails deep inside torch
+_CONFIG_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                "max_position_embeddings", "type_vocab_size", "num_key_value_heads", "image_size", "patch_size",
+                "num_channels", "num_labels")
+
+
+def check_config(config: dict, where: Path) -> None:
+    """Raises:
+        UsageError: a size field of ``config.json`` (``hidden_size``, ...) holds something other than an integer.
+    """
+    for key in _CONFIG_INTS:
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UsageError(f"{where}: field {key!r} is {type(value).__name__} {str(value)[:40]!r}; expected an "
+                             "integer: fix config.json or re-save the model")
+
+
 def is_hf_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and (
         any((path / f).is_file() for f in _WEIGHT_FILES) or any(path.glob("*.safetensors"))
@@ -109,12 +134,17 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = None) -> Artifact:
+def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = None, check_files: bool = True) -> Artifact:
     """Open an artifact directory or a plain Hugging Face model directory (an ``Artifact`` is
     returned as it is).
 
+    With a manifest, the model file it names must lie inside the directory, and (``check_files``)
+    every file its ``files`` table lists must be there with the recorded size; sha256 is checked
+    only where a stage asks (``runtimes.integrity.require_unchanged``).
+
     Raises:
-        UsageError: the path is missing, not a directory, or holds neither a manifest nor a model.
+        UsageError: the path is missing, not a directory, or holds neither a manifest nor a model;
+            a manifest path leaves the directory; a listed file is missing or has another size.
     """
     if isinstance(path, Artifact):
         return path
@@ -127,11 +157,18 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
         manifest = read_json(p / MANIFEST, "manifest")
         kind = read_manifest(manifest, p / MANIFEST).kind  # checks every field it knows
         art = Artifact(path=p, kind=kind, task=task or manifest.get("task"), manifest=manifest)
-        if kind in ("onnx", "trt") and not art.model_file.is_file():
+        model_file = art.model_file  # refuses a path out of the artifact, also when files are not checked
+        if not check_files:
+            return art
+        check_sizes(art)
+        if kind == "hf" and (p / "config.json").is_file():
+            check_config(read_json(p / "config.json", "config.json"), p / "config.json")
+        if kind in ("onnx", "trt") and not model_file.is_file():
             raise UsageError(f"{p}: manifest names {art.model_file.name} but the file is missing; re-export the artifact")
         return art
     if is_hf_model_dir(p):
         config = read_json(p / "config.json", "config.json")
+        check_config(config, p / "config.json")
         inferred = task or task_from_config(config)
         return Artifact(path=p, kind="hf", task=inferred, manifest={})
     if (p / "model.onnx").is_file():
@@ -140,14 +177,6 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
         f"{p}: not a model directory (no manifest.json, no config.json with weights, no model.onnx); "
         "pass a Hugging Face model directory or an enginewright artifact"
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_files_sha256(art: Artifact) -> str:

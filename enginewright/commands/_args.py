@@ -198,6 +198,10 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider-option", action="append", type=ProviderOption("--provider-option"), default=[],
                    metavar="DEVICE:KEY=VALUE",
                    help="onnxruntime provider option, repeatable, e.g. cuda:device_id=1 or tensorrt:trt_fp16_enable=True")
+    p.add_argument("--trust-engine-code", action="store_true",
+                   help="let TensorRT load the host code an engine carries (version-compatible engines embed TensorRT's "
+                        "lean runtime; plugin engines their libraries); refused without it. Only for engines you built "
+                        "or trust (docs/guarantees.md)")
 
 
 def add_report_args(p: argparse.ArgumentParser, junit_help: str) -> None:

@@ -47,7 +47,7 @@ def evaluate(o, artifacts, *, command: str | None, progress: bool):
         baseline = load_baseline(o["baseline"])
     config = BenchConfig(batches=o["batch"], seqs=o["seq"], warmup=o["warmup"], iters=o["iters"],
                          time_budget=o["time_budget"], rounds=o["rounds"], threads=threads(o), natural=o["natural"],
-                         provider_options=provider_options(o["provider_option"]))
+                         provider_options=provider_options(o["provider_option"]), trust_engine_code=o["trust_engine_code"])
     report = run_bench(artifacts, load_data(o), runtimes=o["runtimes"], config=config, command=command, progress=progress)
     if baseline is None:
         return report, None

@@ -29,7 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--workspace", type=float, default=None, metavar="GiB")
     p.add_argument("--opt-level", type=int, default=None, metavar="N", help="builder optimization level 0..5")
     p.add_argument("--sparsity", action="store_true", help="allow 2:4 sparse kernels (for compress --sparse-2-4 models)")
-    p.add_argument("--version-compatible", action="store_true", help="engine runs on later TensorRT versions too")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="engine runs on later TensorRT versions too; it embeds TensorRT's lean runtime (host code), "
+                        "so running it needs --trust-engine-code (docs/guarantees.md)")
     p.add_argument("--hardware-compatible", action="store_true", help="engine runs on any Ampere or newer GPU")
     p.add_argument("--fp16", action="store_true", help="TensorRT 10 only: FP16 builder flag for an FP32 graph, or for "
                                                        "the layers outside Q/DQ of an INT8 graph (which otherwise run in FP32)")

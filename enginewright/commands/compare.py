@@ -67,7 +67,8 @@ def evaluate(o, reference, candidates, *, command: str | None, progress: bool):
     gated_kinds = fail_on(o)
     default, per_output = tolerances(o)
     config = CompareConfig(batch_size=o["batch_size"], max_length=o["max_length"], threads=threads(o),
-                           tolerance=default, per_output=per_output, provider_options=provider_options(o["provider_option"]))
+                           tolerance=default, per_output=per_output, provider_options=provider_options(o["provider_option"]),
+                           trust_engine_code=o["trust_engine_code"])
     outcome = run_compare(reference, candidates, load_data(o), runtimes=o["runtimes"], ref_runtime=o["ref_on"],
                           config=config, command=command, progress=progress)
     checks = {"parity": parity_checks(outcome.report), "accuracy": metric_checks(outcome.report, o["max_accuracy_drop"])}

@@ -10,6 +10,7 @@ import numpy as np
 from runtimes.artifact import model_files_sha256
 from runtimes.base import Runner
 from runtimes.errors import UsageError
+from runtimes.integrity import onnx_data_files
 from runtimes.onnx_graph import graph_precision
 from runtimes.specs import TensorSpec
 
@@ -150,6 +151,7 @@ class OnnxRuntimeRunner(Runner):
         options = {"CUDAExecutionProvider": cuda} if self.device == "tensorrt" else {}
         providers = [(wanted[0], first)] + [(p, options.get(p, {})) for p in wanted[1:]]
         path = self.artifact.model_file
+        onnx_data_files(path, self.artifact.path)  # external data stays inside the artifact; the graph parses
         if self.device != "cpu":
             _load_gpu_libraries(self.device)
         try:

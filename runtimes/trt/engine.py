@@ -133,6 +133,36 @@ def check_engine_compat(manifest: Mapping, trt_version: str, gpu_name: str, comp
     return None
 
 
+TRUST_FLAG = "--trust-engine-code"
+
+
+def engine_host_code(manifest: Mapping, trust: bool, where) -> bool:
+    """Whether to let TensorRT deserialize host code for the engine ``manifest`` describes: True only when
+    the engine needs it and the user trusts it (``trust``, the ``--trust-engine-code`` flag).
+
+    An engine carries host code when it was built version-compatible (TensorRT embeds its lean runtime,
+    a shared library, in the plan) or with plugin libraries (``tensorrt.plugins`` in the manifest, which
+    enginewright's own build never writes). Everything else is loaded with host code refused.
+
+    Raises:
+        UsageError: the engine needs host code and ``trust`` is false; or the manifest's ``tensorrt``
+            fields have the wrong type. One line naming the engine and the flag.
+    """
+    info = manifest.get("tensorrt") or {}
+    if not isinstance(info, Mapping):
+        raise UsageError(f"{where}: field 'tensorrt' must be an object; rebuild the engine with enginewright build")
+    vc, plugins = info.get("version_compatible", False), info.get("plugins") or []
+    if not isinstance(vc, bool) or not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise UsageError(f"{where}: field 'tensorrt' has version_compatible {vc!r} and plugins {plugins!r}; expected "
+                         "true/false and a list of names: rebuild the engine with enginewright build")
+    carries = ([f"plugin libraries {', '.join(plugins)}"] if plugins else []) + (
+        ["TensorRT's lean runtime (it was built version-compatible)"] if vc else [])
+    if carries and not trust:
+        raise UsageError(f"{where}: the engine carries host code ({' and '.join(carries)}), which TensorRT runs when it "
+                         f"loads the engine; pass {TRUST_FLAG} only if you built it or trust whoever did")
+    return bool(carries)
+
+
 def _fmt(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
@@ -177,14 +207,15 @@ def trt_logger(trt):
 def engine_from_bytes(trt, data: bytes, *, path: Path, host_code_allowed: bool = False):
     """Deserialize an engine with ``tensorrt.Runtime``.
 
-    ``host_code_allowed`` is needed for version-compatible engines, which carry their lean runtime.
+    ``host_code_allowed`` is needed for version-compatible engines, which carry their lean runtime; it
+    is set explicitly either way (``engine_host_code`` decides it). No plugin library is loaded here
+    (no ``init_libnvinfer_plugins``, no ``load_library``).
 
     Raises:
         UsageError: the bytes are not an engine this TensorRT can load (truncated, or another version).
     """
     runtime = trt.Runtime(trt_logger(trt))
-    if host_code_allowed:
-        runtime.engine_host_code_allowed = True
+    runtime.engine_host_code_allowed = bool(host_code_allowed)
     engine = runtime.deserialize_cuda_engine(data) if data else None
     if engine is None:
         raise UsageError(f"{path}: TensorRT {trt.__version__} cannot deserialize this engine ({len(data)} bytes: "

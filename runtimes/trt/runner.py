@@ -11,9 +11,10 @@ import numpy as np
 
 from runtimes.base import Runner
 from runtimes.errors import UsageError
+from runtimes.integrity import require_unchanged
 from runtimes.specs import TensorSpec
 from runtimes.trt.engine import (
-    TRT_TO_NUMPY, check_engine_compat, engine_from_bytes, gpu_info, require_cuda, require_tensorrt,
+    TRT_TO_NUMPY, check_engine_compat, engine_from_bytes, engine_host_code, gpu_info, require_cuda, require_tensorrt,
     select_profile,
 )
 
@@ -31,7 +32,8 @@ class TensorRTRunner(Runner):
     """A TensorRT execution context over the artifact's ``model.plan``.
 
     Options: ``cuda_graph`` (capture the engine's launch in a CUDA graph per feed shape and replay it;
-    a new shape captures anew, so it pays off for fixed shapes only).
+    a new shape captures anew, so it pays off for fixed shapes only); ``trust_engine_code`` (let
+    TensorRT load the host code a version-compatible or plugin engine carries; refused without it).
     """
 
     backend = "tensorrt"
@@ -39,18 +41,24 @@ class TensorRTRunner(Runner):
     devices = ("cuda",)
     _buffers_on = "cuda"  # torch device of the bound buffers (a CPU test of the binding logic sets "cpu")
 
-    def __init__(self, artifact, *, device: str = "cuda", threads: int | None = None, cuda_graph: bool = False):
+    def __init__(self, artifact, *, device: str = "cuda", threads: int | None = None, cuda_graph: bool = False,
+                 trust_engine_code: bool = False):
         super().__init__(artifact, device=device, threads=threads)
         self.cuda_graph = bool(cuda_graph)
+        self.trust_engine_code = bool(trust_engine_code)
         self._engine = self._context = self._runtime = self._stream = None
         self._graph = None  # (key, CUDAGraph, static inputs, static outputs)
 
     # -- lifecycle --------------------------------------------------------------------------
     def activate_impl(self) -> None:
         """Raises:
-            UsageError: TensorRT or a GPU is missing, the engine was built for another TensorRT or GPU,
-                or ``model.plan`` is missing or not an engine.
+            UsageError: the engine carries host code and ``trust_engine_code`` is off; its files changed
+                since it was built (sha256); TensorRT or a GPU is missing, the engine was built for another
+                TensorRT or GPU, or ``model.plan`` is missing or not an engine.
         """
+        # decided before anything is read or loaded, and on a machine without TensorRT too
+        host_code = engine_host_code(self.artifact.manifest, self.trust_engine_code, self.artifact.path)
+        require_unchanged(self.artifact, "the TensorRT runner")
         trt = require_tensorrt()
         require_cuda()
         import torch
@@ -63,9 +71,7 @@ class TensorRTRunner(Runner):
         path = self.artifact.model_file
         if not path.is_file():
             raise UsageError(f"{self.artifact.path}: manifest names {path.name} but the file is missing; rebuild the engine")
-        version_compatible = bool((manifest.get("tensorrt") or {}).get("version_compatible"))
-        self._runtime, self._engine = engine_from_bytes(trt, path.read_bytes(), path=path,
-                                                        host_code_allowed=version_compatible)
+        self._runtime, self._engine = engine_from_bytes(trt, path.read_bytes(), path=path, host_code_allowed=host_code)
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise RuntimeError(f"{path}: TensorRT could not create an execution context (see the TensorRT log)")
@@ -183,7 +189,7 @@ class TensorRTRunner(Runner):
         self._graph = (key, graph, inputs, outputs)
 
     def describe(self) -> dict:
-        out = {**super().describe(), "cuda_graph": self.cuda_graph,
+        out = {**super().describe(), "cuda_graph": self.cuda_graph, "trust_engine_code": self.trust_engine_code,
                "precision": self.artifact.manifest.get("precision"),
                "profiles": len(self.artifact.manifest.get("profiles") or [])}
         if self._engine is not None:
