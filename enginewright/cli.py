@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from enginewright import commands
 from enginewright.commands._args import CliError
@@ -21,7 +23,16 @@ _NEEDS_ORT = {c.NAME for c in commands.COMMANDS if getattr(c, "NEEDS_ONNXRUNTIME
 # name -> run(args, command): dispatch, made from commands.COMMANDS (a test swaps one in)
 COMMANDS = {c.NAME: c.run for c in commands.COMMANDS}
 
-__all__ = ["CliError", "COMMANDS", "INTERNAL_ERROR", "build_parser", "main"]
+__all__ = ["CliError", "COMMANDS", "INTERNAL_ERROR", "Terminated", "build_parser", "main"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so every ``with``/``finally`` cleans up as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    raise Terminated()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,12 +74,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = shlex.join(["enginewright", *argv])
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        return _dispatch(args, command)
+    finally:
+        from runtimes.outputs import release_all
+
+        release_all()  # the output locks of a run that stopped before writing
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args, command: str) -> int:
+    from enginewright.commands._args import check_file_outputs
     from runtimes.errors import EnginewrightError
 
-    command = shlex.join(["enginewright", *argv])
     try:
         if args.command in _NEEDS_ORT:
             _require_onnxruntime()
+        check_file_outputs(vars(args))
         return COMMANDS[args.command](args, command)
     except (EnginewrightError, CliError) as e:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
@@ -88,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"enginewright {args.command}: unexpected error (the traceback above; please report it), exit {INTERNAL_ERROR}",
               file=sys.stderr)
         return INTERNAL_ERROR
+    except Terminated:
+        print(f"enginewright {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         hint = "; continue with --resume" if args.command in ("finetune", "compress") else ""
         print(f"enginewright {args.command}: interrupted{hint}", file=sys.stderr)

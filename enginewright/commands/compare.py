@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
-                                         load_data, provider_options, threads)
+                                         command_inputs, load_data, provider_options, threads)
 
 NAME = "compare"
 STAGE = "check"
@@ -86,12 +86,12 @@ def failure(o, gated) -> str | None:
 def run(args, command: str) -> int:
     from benchmarks.gates import summary, write_junit
     from evaluation.report import write_report
-    from runtimes.artifact import check_output_free
+    from runtimes.outputs import claim_output
 
     o = vars(args)
     fail_on(o)
     if args.output is not None:
-        check_output_free(args.output, args.force)
+        claim_output(args.output, args.force, command_inputs(vars(args)))  # locked until written
     outcome, checks, gated = evaluate(o, args.reference, args.candidates, command=command, progress=not args.quiet)
     md = outcome.markdown()
     print(md)
