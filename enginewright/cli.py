@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input, 3 a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -30,9 +31,21 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, so every ``with``/``finally`` cleans up as for Ctrl-C."""
 
 
+_sigterm_seen = threading.Event()
+
+
 def _on_sigterm(signum, frame):
+    from runtimes.outputs import interrupt
+
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    raise Terminated()
+    _sigterm_seen.set()
+    interrupt(Terminated())  # now, or once a rename or a scratch directory's creation is done
+
+
+def _on_sigint(signum, frame):
+    from runtimes.outputs import interrupt
+
+    interrupt(KeyboardInterrupt())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,15 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = shlex.join(["enginewright", *argv])
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    _sigterm_seen.clear()
+    if in_main:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
     try:
         return _dispatch(args, command)
     finally:
         from runtimes.outputs import release_all
 
-        release_all()  # the output locks of a run that stopped before writing
+        with contextlib.suppress(KeyboardInterrupt):  # a signal now finds the run's work done
+            release_all()  # the output locks of a run that stopped before writing
         if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 def _dispatch(args, command: str) -> int:
@@ -92,10 +109,18 @@ def _dispatch(args, command: str) -> int:
     from runtimes.errors import EnginewrightError
 
     try:
-        if args.command in _NEEDS_ORT:
-            _require_onnxruntime()
-        check_file_outputs(vars(args))
-        return COMMANDS[args.command](args, command)
+        try:
+            if args.command in _NEEDS_ORT:
+                _require_onnxruntime()
+            check_file_outputs(vars(args))
+            return COMMANDS[args.command](args, command)
+        except BaseException:
+            if _sigterm_seen.is_set():  # a library may wrap it (an import it cut short raises ImportError)
+                raise Terminated() from None
+            raise
+    except Terminated:
+        print(f"enginewright {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (EnginewrightError, CliError) as e:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -114,9 +139,6 @@ def _dispatch(args, command: str) -> int:
         print(f"enginewright {args.command}: unexpected error (the traceback above; please report it), exit {INTERNAL_ERROR}",
               file=sys.stderr)
         return INTERNAL_ERROR
-    except Terminated:
-        print(f"enginewright {args.command}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         hint = "; continue with --resume" if args.command in ("finetune", "compress") else ""
         print(f"enginewright {args.command}: interrupted{hint}", file=sys.stderr)

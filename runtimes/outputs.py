@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -30,7 +29,7 @@ _OWNED_FILES = ("manifest.json", "report.json")
 _HELD: dict[Path, int] = {}  # output -> the open lock file this process holds for it
 
 __all__ = [
-    "MARKER", "atomic_output_dir", "check_output_file", "check_output_free", "claim_output", "release_all",
+    "MARKER", "atomic_output_dir", "check_apart", "check_output_file", "check_output_free", "claim_output", "interrupt", "release_all",
     "release_output", "scratch_dir", "sweep_stale", "write_json_atomic", "write_text_atomic",
 ]
 
@@ -39,6 +38,13 @@ def _abs(p: str | os.PathLike) -> Path:
     """The path with its parent's symlinks resolved, the last component kept (the name we would replace)."""
     p = Path(os.path.abspath(p))
     return p.parent.resolve() / p.name
+
+
+def check_apart(out: str | os.PathLike, inputs: Iterable) -> None:
+    """Raises:
+        UsageError: ``out`` is one of ``inputs``, holds one or lies inside one (symbolic links resolved).
+    """
+    _check_inputs(Path(out), inputs)
 
 
 def _check_inputs(out: Path, inputs: Iterable) -> None:
@@ -174,6 +180,11 @@ def _lock(out: Path) -> bool:
 
     if out in _HELD:
         return False
+    with _signals_deferred():  # a lock file made is a lock file recorded (and so released)
+        return _take_lock(out, fcntl)
+
+
+def _take_lock(out: Path, fcntl) -> bool:
     path = _lock_file(out)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -198,11 +209,12 @@ def _lock(out: Path) -> bool:
 
 def release_output(out: str | os.PathLike) -> None:
     out = _abs(out)
-    fd = _HELD.pop(out, None)
-    if fd is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_lock_file(out))  # while still holding it: a waiter then sees a fresh file
-        os.close(fd)
+    with _signals_deferred():
+        fd = _HELD.pop(out, None)
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_lock_file(out))  # while still holding it: a waiter then sees a fresh file
+            os.close(fd)
 
 
 def release_all() -> None:
@@ -233,26 +245,41 @@ def claim_output(out: str | os.PathLike, force: bool, inputs: Iterable = ()) -> 
         raise
 
 
+_deferring = 0  # > 0 while a step that must not be cut in half runs
+_pending: list[BaseException] = []
+
+
+def interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` now (from a signal handler), or when the step that must not be cut in half ends.
+    The CLI's SIGTERM and SIGINT handlers call this."""
+    if _deferring:
+        _pending.append(exc)
+        return
+    raise exc
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM wait until the block is done (the two renames of a swap are one step)."""
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, ValueError, OSError):
-        old = None
+    """SIGINT/SIGTERM (through ``interrupt``) wait until the block is done: the two renames of a swap
+    are one step, and a directory made is a directory its caller will remove."""
+    global _deferring
+    _deferring += 1
     try:
         yield
     finally:
-        if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _deferring -= 1
+        if not _deferring and _pending:
+            exc = _pending.pop()
+            _pending.clear()
+            raise exc
 
 
 def _swap(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
     with _signals_deferred():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
         os.replace(out, old / "x")
         try:
             os.replace(tmp, out)
@@ -291,18 +318,31 @@ def atomic_output_dir(out: str | os.PathLike, *, force: bool = False, inputs: It
         raise UsageError(f"{out}: cannot create its folder ({e.strerror}); choose another -o") from None
     claim_output(out, force, inputs)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=_abs(out).parent))
-        try:
+        with _made_dir(f".{out.name}.tmp-{os.getpid()}-", _abs(out).parent) as tmp:
             os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; the result should look like any mkdir
             yield tmp
             if mark:
                 (tmp / MARKER).write_text("written by enginewright; --force may replace this directory\n", encoding="utf-8")
             _swap(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         release_output(out)
+
+
+@contextlib.contextmanager
+def _made_dir(prefix: str, parent: Path) -> Iterator[Path]:
+    """A new directory, removed at the end unless it was renamed away. SIGTERM/SIGINT wait while it is
+    made, so no interruption can leave one that nothing will remove."""
+    made = None
+    with contextlib.ExitStack() as deferred:
+        deferred.enter_context(_signals_deferred())
+        try:
+            made = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            deferred.close()  # a signal that waited lands here, inside the try
+            yield made
+        finally:
+            deferred.close()
+            if made is not None and made.exists():
+                shutil.rmtree(made, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -311,11 +351,8 @@ def scratch_dir(out: str | os.PathLike) -> Iterator[Path]:
     is swept by the next run of ``out``."""
     out = _abs(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-{os.getpid()}-", dir=out.parent))
-    try:
+    with _made_dir(f".{out.name}.work-{os.getpid()}-", out.parent) as work:
         yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -20,8 +20,8 @@ class CliError(Exception):
 
 
 # options whose values a command reads: no output may be, hold or lie inside one of them
-_INPUT_OPTIONS = ("artifact", "artifacts", "model_dir", "reference", "candidates", "teacher", "baseline", "cache_dir",
-                  "data", "calib", "train", "eval", "pipeline")
+_DATA_OPTIONS = ("data", "calib", "train", "eval", "baseline", "teacher")
+_INPUT_OPTIONS = ("artifact", "artifacts", "model_dir", "reference", "candidates", "cache_dir", "pipeline", *_DATA_OPTIONS)
 
 
 def command_inputs(o: dict) -> list:
@@ -32,14 +32,17 @@ def command_inputs(o: dict) -> list:
 
 def check_file_outputs(o: dict) -> None:
     """Check the single files a run will write (``--junit``, check's ``--json``) before its first
-    expensive step; ``-o`` is checked by the stage's writer once its inputs are open.
+    expensive step, and that ``-o`` is apart from the data files; the rest of ``-o`` is checked by the
+    stage's writer once its inputs are open.
 
     Raises:
         UsageError: what ``runtimes.outputs.check_output_file`` refuses, naming the option, the path and why.
     """
-    from runtimes.outputs import check_output_file
+    from runtimes.outputs import check_apart, check_output_file
 
     inputs = command_inputs(o)
+    if o.get("output") is not None:  # the data files; the stage's writer checks its artifacts once they are open
+        check_apart(o["output"], [v for k, v in o.items() if k in _DATA_OPTIONS and v in inputs])
     if o.get("junit") is not None:
         check_output_file(o["junit"], force=None, inputs=inputs, flag="--junit")
     if isinstance(o.get("json"), Path):

@@ -95,3 +95,12 @@ def test_check_json_replaces_a_file_with_force(capsys, case):
 def test_junit_in_a_missing_folder_is_refused_before_the_run(capsys, case):
     _refused(capsys, ["compare", str(case / "p" / "sub" / "hf"), str(case / "p" / "sub" / "onnx"),
                       "--junit", str(case / "no" / "j.xml")], case, "--junit", "does not exist")
+
+
+def test_force_never_deletes_a_data_file_the_run_reads(capsys, case):
+    prev = case / "prev"  # an earlier output of ours that the user then put the calibration file in
+    prev.mkdir()
+    (prev / ".enginewright").write_text("")
+    (prev / "calib.txt").write_text("a sentence\nanother one\n")
+    _refused(capsys, ["quantize", str(case / "p" / "sub" / "onnx"), "--calib", str(prev / "calib.txt"), "-o", str(prev),
+                      "--force"], case, str(prev), "holds the input")
