@@ -8,9 +8,12 @@ Exit codes: 0 ok, 1 a check failed (parity, accuracy), 2 bad usage or input, 3 a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from enginewright import commands
 from enginewright.commands._args import CliError
@@ -21,7 +24,28 @@ _NEEDS_ORT = {c.NAME for c in commands.COMMANDS if getattr(c, "NEEDS_ONNXRUNTIME
 # name -> run(args, command): dispatch, made from commands.COMMANDS (a test swaps one in)
 COMMANDS = {c.NAME: c.run for c in commands.COMMANDS}
 
-__all__ = ["CliError", "COMMANDS", "INTERNAL_ERROR", "build_parser", "main"]
+__all__ = ["CliError", "COMMANDS", "INTERNAL_ERROR", "Terminated", "build_parser", "main"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so every ``with``/``finally`` cleans up as for Ctrl-C."""
+
+
+_sigterm_seen = threading.Event()
+
+
+def _on_sigterm(signum, frame):
+    from runtimes.outputs import interrupt
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+    _sigterm_seen.set()
+    interrupt(Terminated())  # now, or once a rename or a scratch directory's creation is done
+
+
+def _on_sigint(signum, frame):
+    from runtimes.outputs import interrupt
+
+    interrupt(KeyboardInterrupt())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,13 +87,40 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = shlex.join(["enginewright", *argv])
+    in_main = threading.current_thread() is threading.main_thread()
+    _sigterm_seen.clear()
+    if in_main:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        return _dispatch(args, command)
+    finally:
+        from runtimes.outputs import release_all
+
+        with contextlib.suppress(KeyboardInterrupt):  # a signal now finds the run's work done
+            release_all()  # the output locks of a run that stopped before writing
+        if in_main:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+
+
+def _dispatch(args, command: str) -> int:
+    from enginewright.commands._args import check_file_outputs
     from runtimes.errors import EnginewrightError
 
-    command = shlex.join(["enginewright", *argv])
     try:
-        if args.command in _NEEDS_ORT:
-            _require_onnxruntime()
-        return COMMANDS[args.command](args, command)
+        try:
+            if args.command in _NEEDS_ORT:
+                _require_onnxruntime()
+            check_file_outputs(vars(args))
+            return COMMANDS[args.command](args, command)
+        except BaseException:
+            if _sigterm_seen.is_set():  # a library may wrap it (an import it cut short raises ImportError)
+                raise Terminated() from None
+            raise
+    except Terminated:
+        print(f"enginewright {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (EnginewrightError, CliError) as e:
         print(f"enginewright {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -166,6 +166,10 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
     for flag, value in (("--from", start), ("--to", stop)):
         if value is not None and value not in names:
             raise UsageError(f"{flag} {value!r}: the pipeline's stages are {', '.join(names)}")
+    if junit is not None:  # before the stages run, not after
+        from runtimes.outputs import check_output_file
+
+        check_output_file(junit, force=None, inputs=[pipe.model, pipe.path], flag="--junit")
     first = names.index(start) if start else 0
     last = names.index(stop) if stop else len(names) - 1
     if first > last:

@@ -218,7 +218,7 @@ def finetune(
     if task not in FINETUNE_TASKS:
         raise UsageError(f"unknown task {task!r} for finetune; choose one of {', '.join(FINETUNE_TASKS)}")
     src = open_input(model_dir, "hf", "finetune")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[src.path])
     out = writer.out
     device = _device(device)
     tokenizer = load_tokenizer(src.path)

@@ -56,7 +56,7 @@ def export_hf(
         raise UsageError(f"{src.path}: cannot tell the task from config.json 'architectures'; pass --task ({', '.join(TASKS)})")
     if opset is not None and not 14 <= opset <= 23:
         raise UsageError(f"--opset {opset}: choose an opset between 14 and 23")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[src.path])
     src = Artifact(src.path, "hf", task, src.manifest)
     if pooling is not None:
         if pooling not in ("mean", "cls"):

@@ -63,7 +63,8 @@ def export_module(
     """
     import torch
 
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[source.path if source is not None else None,
+                                                        companions_from, *extra_files])
     names = list(example_inputs)
     output_names = list(output_names)
     if not output_names:

@@ -61,7 +61,7 @@ def check_onnx(path: Path) -> dict:
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory(prefix=".shape-", dir=Path(path).parent) as d:  # in the staging dir, not /tmp
             onnx.shape_inference.infer_shapes_path(str(path), str(Path(d) / "inferred.onnx"), check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise UsageError(f"{path}: ONNX check failed: {str(e).strip().splitlines()[0][:300]}") from None

@@ -141,7 +141,7 @@ def optimize(
     if target not in TARGETS:
         raise UsageError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     src = open_input(artifact, "onnx", "optimize")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[src.path])
     before = op_counts(src.model_file)
     if target == "tensorrt" and contrib_ops(before):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(before)} that TensorRT cannot parse; "

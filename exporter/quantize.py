@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -217,15 +216,14 @@ def quantize(
     if config.mode == "static" and calib is None:
         raise UsageError("static quantization (the default, and the only mode of --target tensorrt) needs calibration "
                          "data: pass --calib FILE (real texts, a few hundred rows), or --mode dynamic for --target cpu")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[src.path])
     ops = op_counts(src.model_file)
     if config.target == "tensorrt" and contrib_ops(ops):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(ops)} that TensorRT cannot parse; "
                          "quantize an artifact made by export or by optimize --target tensorrt")
     reduce_range = config.reduce_range if config.reduce_range is not None else (config.target == "cpu" and not _cpu_has_vnni())
     texts = calib if calib is not None else None
-    work = Path(tempfile.mkdtemp(prefix="ew-quant-"))
-    try:
+    with writer.scratch() as work:  # beside the output: same filesystem, swept by the next run if killed
         prepared = work / "float.onnx"
         _preprocess(src.model_file, prepared, has_contrib=bool(contrib_ops(ops)))
         calib_feeds, eval_feeds = _feeds(src, texts, config)
@@ -256,8 +254,6 @@ def quantize(
             )
 
         return writer.write(fill, companions_from=src.path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:

@@ -158,7 +158,7 @@ def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: Tri
     configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
     files = [_model_files(a) for a in arts]
     ensembles = [ensemble_configs(a, n, config) for a, n in zip(arts, names)] if config.ensemble else []
-    with ArtifactWriter(out, force=force).directory() as tmp:
+    with ArtifactWriter(out, force=force, inputs=[a.path for a in arts]).directory(mark=True) as tmp:
         for art, (tok, ens) in zip(arts, ensembles):
             _write_tokenizer_model(art, tmp, tok, config)
             (tmp / ens.name / "1").mkdir(parents=True)  # ensembles have a version folder but no model file

@@ -177,7 +177,7 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
             parser or the builder rejects the model.
     """
     art = open_input(artifact, "onnx", "build")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[art.path])
     inputs, outputs = (art.inputs, art.outputs) if art.inputs else _graph_io(art)
     profiles = derive_profiles(inputs, shapes, task=art.task, model_dir=art.path)
     if workspace_gib is not None and not workspace_gib > 0:

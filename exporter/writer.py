@@ -13,12 +13,11 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from exporter.manifest import COMPANION_FILES
-from runtimes.artifact import (
-    MANIFEST, Artifact, atomic_output_dir, check_output_free, file_table, load_artifact, write_json_atomic,
-)
+from runtimes.artifact import MANIFEST, Artifact, file_table, load_artifact
+from runtimes.outputs import atomic_output_dir, check_output_free, claim_output, scratch_dir, write_json_atomic
 from runtimes.errors import UsageError
 from runtimes.integrity import onnx_data_files
 from runtimes.manifests import Manifest
@@ -55,27 +54,38 @@ def copy_companions(src: Path, dst: Path, *, skip: Sequence[str] = ()) -> list[s
 class ArtifactWriter:
     """Writes one output directory, replacing an existing one only as ``check`` allows.
 
-    This is the one place that decides what ``--force`` may replace: every stage's output goes
-    through ``check`` when the writer is made and again when the directory is swapped into place.
+    This is the one place a stage asks what ``--force`` may replace (the rule itself is
+    ``runtimes.outputs.check_output_free``): every stage's output goes through ``check`` when the
+    writer is made and again when the directory is swapped into place. ``inputs`` are the paths the
+    stage reads (artifacts, data files): the output may not be, hold or lie inside one of them.
+    Making the writer takes the output's lock (``.OUT.lock``), so a second run to the same output is
+    refused before any work; it is released when the directory is written (or the process ends).
     """
 
-    def __init__(self, out: str | os.PathLike, *, force: bool = False):
+    def __init__(self, out: str | os.PathLike, *, force: bool = False, inputs: Iterable = ()):
         self.out, self.force = Path(out), force
-        self.check()
+        self.inputs = [Path(p) for p in inputs if p is not None]
+        claim_output(self.out, self.force, self.inputs)
 
     def check(self) -> None:
         """Raises:
-            UsageError: the output exists and ``force`` is not given, or it exists and is not a directory.
+            UsageError: the output is, holds or lies inside an input; it exists and ``force`` is not
+                given; it is not a directory; it holds files enginewright did not write.
         """
-        check_output_free(self.out, self.force)
+        check_output_free(self.out, self.force, self.inputs)
 
     @contextlib.contextmanager
-    def directory(self) -> Iterator[Path]:
+    def directory(self, *, mark: bool = False) -> Iterator[Path]:
         """A staging directory that replaces the output when the block succeeds (a model repository,
-        or anything else without a manifest); on an exception the output is left as it was."""
+        or anything else without a manifest: ``mark`` writes the ``.enginewright`` marker so a later
+        ``--force`` may replace it); on an exception the output is left as it was."""
         self.check()
-        with atomic_output_dir(self.out, force=self.force) as tmp:
+        with atomic_output_dir(self.out, force=self.force, inputs=self.inputs, mark=mark) as tmp:
             yield tmp
+
+    def scratch(self):
+        """A scratch directory beside the output, removed at the end (swept by a later run if killed)."""
+        return scratch_dir(self.out)
 
     def write(self, fill: Callable[[Path], Manifest], *, companions_from: Path | None = None) -> Artifact:
         """Stage the artifact: copy the companion files of ``companions_from``, call ``fill(staging_dir)``

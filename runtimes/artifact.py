@@ -2,24 +2,21 @@
 
 Every stage reads an artifact directory and writes a new one. A plain Hugging Face model directory
 (``config.json`` plus weights) is accepted wherever an artifact is, as the PyTorch reference.
-Writes are atomic: a stage fills a temporary sibling directory and renames it into place.
+Writes are atomic: a stage fills a temporary sibling directory and renames it into place (runtimes/outputs.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from runtimes.errors import UsageError
 from runtimes.integrity import check_sizes, file_sha256, inside
 from runtimes.manifests import SCHEMA_VERSION, library_versions, now_iso, read_manifest
+from runtimes.outputs import atomic_output_dir, check_output_free, write_json_atomic, write_text_atomic
 from runtimes.specs import TensorSpec, specs_from_list
 from runtimes.tasks import get_task, task_for_architectures, task_names
 
@@ -209,67 +206,3 @@ def file_table(path: Path) -> dict[str, dict]:
         for f in sorted(Path(path).rglob("*"))
         if f.is_file() and f.name != MANIFEST
     }
-
-
-def check_output_free(out: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force``.
-
-    Raises:
-        UsageError: ``out`` exists (or is a file) and ``force`` is false.
-    """
-    if out.exists() and not force:
-        raise UsageError(f"{out}: output already exists; pass --force to replace it or choose another -o")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory; remove it or choose another -o")
-
-
-def _default_mode(base: int) -> int:
-    """``base`` under the process umask: the mode a plain open()/mkdir() would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return base & ~umask
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces ``out`` only when the block succeeds.
-
-    On any exception the temporary directory is removed and ``out`` is left as it was.
-    """
-    out = Path(out)
-    check_output_free(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, _default_mode(0o777))  # mkdtemp makes 0700; the result should look like any mkdir
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to ``path`` through a temporary file in the same directory."""
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _default_mode(0o666))  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise

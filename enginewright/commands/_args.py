@@ -19,6 +19,36 @@ class CliError(Exception):
     exit_code = 2
 
 
+# options whose values a command reads: no output may be, hold or lie inside one of them
+_DATA_OPTIONS = ("data", "calib", "train", "eval", "baseline", "teacher")
+_INPUT_OPTIONS = ("artifact", "artifacts", "model_dir", "reference", "candidates", "cache_dir", "pipeline", *_DATA_OPTIONS)
+
+
+def command_inputs(o: dict) -> list:
+    """The paths a command reads, from its parsed options (built-in data sets left out)."""
+    values = [v for k in _INPUT_OPTIONS for v in (o.get(k) if isinstance(o.get(k), list) else [o.get(k)])]
+    return [v for v in values if isinstance(v, (str, os.PathLike)) and not str(v).startswith("builtin:")]
+
+
+def check_file_outputs(o: dict) -> None:
+    """Check the single files a run will write (``--junit``, check's ``--json``) before its first
+    expensive step, and that ``-o`` is apart from the data files; the rest of ``-o`` is checked by the
+    stage's writer once its inputs are open.
+
+    Raises:
+        UsageError: what ``runtimes.outputs.check_output_file`` refuses, naming the option, the path and why.
+    """
+    from runtimes.outputs import check_apart, check_output_file
+
+    inputs = command_inputs(o)
+    if o.get("output") is not None:  # the data files; the stage's writer checks its artifacts once they are open
+        check_apart(o["output"], [v for k, v in o.items() if k in _DATA_OPTIONS and v in inputs])
+    if o.get("junit") is not None:
+        check_output_file(o["junit"], force=None, inputs=inputs, flag="--junit")
+    if isinstance(o.get("json"), Path):
+        check_output_file(o["json"], force=bool(o.get("force")), inputs=inputs, flag="--json")
+
+
 class ValueType:
     """A parser of one option's text, with the option's name in its messages."""
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
-from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, load_data,
-                                         provider_options, threads)
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, command_inputs,
+                                         load_data, provider_options, threads)
 
 NAME = "bench"
 STAGE = "check"
@@ -72,10 +72,10 @@ def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
 def run(args, command: str) -> int:
     from benchmarks.throughput import bench_markdown
     from evaluation.report import write_report
-    from runtimes.artifact import check_output_free
+    from runtimes.outputs import claim_output
 
     if args.output is not None:
-        check_output_free(args.output, args.force)
+        claim_output(args.output, args.force, command_inputs(vars(args)))  # locked until written
     report, checks = evaluate(vars(args), args.artifacts, command=command, progress=not args.quiet)
     md = bench_markdown(report)
     print(md)

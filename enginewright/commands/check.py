@@ -20,6 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--target", choices=("tensorrt",), default="tensorrt")
     add_shapes(p, "optimization profile per input, dims joined by x, e.g. input_ids:1x8,8x128,32x512")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the findings as JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
 
 
 def run(args, command: str) -> int:

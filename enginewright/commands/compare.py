@@ -11,7 +11,7 @@ from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
 from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
-                                         load_data, provider_options, threads)
+                                         command_inputs, load_data, provider_options, threads)
 
 NAME = "compare"
 STAGE = "check"
@@ -97,12 +97,12 @@ def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
 def run(args, command: str) -> int:
     from benchmarks.gates import summary, write_junit
     from evaluation.report import write_report
-    from runtimes.artifact import check_output_free
+    from runtimes.outputs import claim_output
 
     o = vars(args)
     fail_on(o)
     if args.output is not None:
-        check_output_free(args.output, args.force)
+        claim_output(args.output, args.force, command_inputs(vars(args)))  # locked until written
     outcome, checks, gated = evaluate(o, args.reference, args.candidates, command=command, progress=not args.quiet)
     md = outcome.markdown()
     print(md)

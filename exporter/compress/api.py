@@ -86,7 +86,7 @@ def compress(
     changing = [t for t in techniques if not isinstance(t, DistillConfig)]
     if any(isinstance(t, QATConfig) for t in changing[:-1]):
         raise UsageError("QAT must come after every other model change (pruning, layer drop, sparsity)")
-    writer = ArtifactWriter(out, force=force)
+    writer = ArtifactWriter(out, force=force, inputs=[src.path, teacher])
     out = writer.out
     device = _device(device)
     # QAT of the attention MatMuls sees them only in the eager attention (SDPA fuses them)

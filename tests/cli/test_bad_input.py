@@ -233,15 +233,7 @@ def _snapshot(*roots: Path) -> dict[str, str]:
     return files
 
 
-# Found by this catalogue and not fixed yet (issue 13): strict, so a fix that lands shows up here.
-NOT_YET = {
-    "compare-junit-missing-folder", "check-json-exists", "check-json-is-manifest",
-}
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="issue 13, not fixed yet")) if c.id in NOT_YET else c
-    for c in CASES], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tiny_bert, tiny_onnx, tmp_path, capsys):
     t = tmp_path / "case"
     t.mkdir()

@@ -10,6 +10,7 @@ from exporter.manifest import COMPANION_FILES
 from exporter.writer import ArtifactWriter, copy_companions, open_input
 from runtimes.errors import UsageError
 from runtimes.manifests import HfManifest
+from runtimes.outputs import MARKER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,9 @@ def test_writer_refuses_a_taken_output_before_any_work_and_replaces_with_force(t
     (out / "old").write_text("1")
     with pytest.raises(UsageError, match="--force"):
         ArtifactWriter(out)
+    with pytest.raises(UsageError, match="did not write"):  # --force replaces only what enginewright wrote
+        ArtifactWriter(out, force=True)
+    (out / MARKER).write_text("")
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="not a directory"):
         ArtifactWriter(tmp_path / "file", force=True)
@@ -51,6 +55,7 @@ def test_a_failing_fill_leaves_the_output_as_it_was(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("1")
+    (out / MARKER).write_text("")
 
     def fill(tmp):
         (tmp / "half").write_text("partial")
@@ -58,7 +63,7 @@ def test_a_failing_fill_leaves_the_output_as_it_was(tmp_path):
 
     with pytest.raises(RuntimeError):
         ArtifactWriter(out, force=True).write(fill)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and [p.name for p in out.iterdir()] == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and sorted(p.name for p in out.iterdir()) == [MARKER, "old"]
 
 
 def test_open_input_checks_the_kind(tiny_bert):
