@@ -72,3 +72,13 @@ def test_dir_hash_tracks_content(tmp_path):
     assert dir_hash(tmp_path) == h1
     (tmp_path / "a").write_text("2")
     assert dir_hash(tmp_path) != h1
+
+
+def test_a_full_disk_is_not_blamed_on_the_model(tmp_path):
+    import errno
+
+    from runtimes.pyt.loading import as_usage_error
+
+    full = as_usage_error(tmp_path, OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "model.onnx")))
+    assert str(full) == f"{tmp_path / 'model.onnx'}: no space left on device; free space or fix the permissions, then run again"
+    assert "transformers cannot load this model" in str(as_usage_error(tmp_path, OSError("bad header")))
