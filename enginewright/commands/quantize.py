@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from enginewright.commands._args import SET_BY_PIPELINE, CliError, add_output
+from enginewright.commands._args import SET_BY_PIPELINE, add_output
 
 NAME = "quantize"
 STAGE = "artifact"
@@ -59,17 +59,13 @@ def add_arguments(p) -> None:
     add_output(p)
 
 
-def check(o) -> None:
-    """Raises CliError for options that contradict each other (before anything loads)."""
-    if o["per_channel"] and o["per_tensor"]:
-        raise CliError("--per-channel and --per-tensor contradict each other; give one")
-
-
 def make(o, src, out, *, force: bool, command: str, progress: bool):
     from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
+    from runtimes.errors import UsageError
 
-    check(o)
+    if o["per_channel"] and o["per_tensor"]:
+        raise UsageError("--per-channel and --per-tensor contradict each other; give one")
     config = QuantizeConfig(mode=o["mode"], target=o["target"], method=o["method"],
                             per_channel=True if o["per_channel"] else False if o["per_tensor"] else None,
                             reduce_range=_ON_OFF[o["reduce_range"]], activation=o["activations"],
