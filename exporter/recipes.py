@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from evaluation.machine import describe_machine
+from evaluation.machine import describe_machine, instruction_set
 from exporter.quantizer import Quantizer, Scorer, file_artifact
 from runtimes import open_runner
 
@@ -104,12 +104,13 @@ def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, s
     best = max(timed, key=lambda r: r["samples_per_s"]) if timed else None
     for r in rows:
         r["chosen"] = r is best
+    features = describe_machine()["cpu_features"]
     shape = {k: int(v) for k, v in zip(("batch", "seq"), next(iter(feed.values())).shape)}
     table = {"budget": {"max_cosine_loss": budget, "min_agreement": min_agreement if scorer.task.scores_labels else None},
              "scored_on_rows": scorer.rows, "timing": {**shape, "rounds": base_cfg.select_rounds,
                                                        "seconds_per_round": base_cfg.select_seconds},
              "float_samples_per_s_by_round": by_round[0] if timed else None,
-             "cpu_features": describe_machine()["cpu_features"], "candidates": rows, "chosen": best["name"] if best else None}
+             "cpu_features": features, "instruction_set": instruction_set(features), "candidates": rows, "chosen": best["name"] if best else None}
     chosen = next((c for c in cands if c.name == best["name"]), None) if best else None
     return chosen, table
 
