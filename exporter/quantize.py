@@ -290,7 +290,7 @@ def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tup
     data = data_for_task(texts, task)
     # onnxruntime's histogram calibrators (entropy, percentile) need equal shapes across batches:
     # one padded length, and full batches (the last one is filled by cycling through the data)
-    fixed = cfg.mode == "static" and cfg.method != "minmax"
+    fixed = (cfg.mode == "static" or cfg.select) and cfg.method != "minmax"
     n = min(len(data), cfg.calib_rows)
     calib = encode(data.take(-(-n // cfg.batch_size) * cfg.batch_size if fixed else n), fixed=fixed)
     evald = encode(data.take(min(len(data), cfg.eval_rows)), fixed=False)

@@ -98,3 +98,16 @@ def test_select_from_the_command_line_prints_its_table(capsys, tiny_onnx, tmp_pa
     assert sum(line.startswith("  * ") for line in out.splitlines()) == 1
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert all(r["recipe"]["per_channel"] for r in m["quantization"]["selection"]["candidates"])
+
+
+@pytest.mark.real_model
+def test_the_default_recipe_keeps_minilm_within_budget(minilm_dir, tmp_path):
+    from exporter import export_hf
+
+    onnx_dir = export_hf(minilm_dir, tmp_path / "onnx", task="feature-extraction", progress=False).path
+    art = quantize(onnx_dir, tmp_path / "q", progress=False)
+    q = art.manifest["quantization"]
+    assert art.manifest["parity"]["mean_cosine"] >= 0.99  # 0.9929 on the sample sentences when written
+    assert sum(c["choice"] == "int8" for c in q["node_choices"].values()) == 36  # 6 layers x (Q, K, V, output, 2 FFN)
+    assert {c["why"] for c in q["node_choices"].values() if c["choice"] == "float"} == {
+        "weight not constant (activation x activation product; --all-matmuls quantizes it)"}
