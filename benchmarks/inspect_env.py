@@ -106,7 +106,7 @@ def env_text(env: dict) -> str:
     m = env["machine"]
     feats = set(m["cpu_features"])
     int8 = ("VNNI present: INT8 matrix products run fast" if feats & {"avx512_vnni", "avx_vnni", "amx_int8"}
-            else "no VNNI: INT8 gains are smaller; quantize turns on reduce_range")
+            else "no VNNI: INT8 gains are smaller; quantize --select measures whether reduce_range pays")
     lines = [
         f"machine: {machine_line(m)}",
         f"  CPU features: {', '.join(m['cpu_features']) or 'none of AVX2/AVX-512/VNNI/AMX'} ({int8})",

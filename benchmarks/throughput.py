@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from evaluation.data import TextDataset, data_for_task
-from evaluation.machine import describe_machine, machine_line
+from evaluation.machine import describe_machine, instruction_set, machine_line
 from evaluation.report import fmt, md_table, report_header
 from evaluation.runset import RunnerPlan, check_sequence_length, plan_runners, processor_source
 from runtimes.errors import UsageError
@@ -146,6 +146,7 @@ def run_bench(artifacts: Sequence[str], data: TextDataset, *, runtimes: Sequence
     report = report_header("bench", command, describe_machine())
     report.update({
         "data": data.describe(),
+        "instruction_set": instruction_set(report["machine"]["cpu_features"]),
         "settings": {
             "mode": "natural lengths (each batch padded to its longest text)" if config.natural else "fixed shape (padded to --seq)",
             "batches": list(config.batches), "seqs": ["natural"] if config.natural else list(config.seqs),
@@ -227,6 +228,8 @@ def bench_markdown(report: dict) -> str:
         "# Throughput report",
         "",
         f"- machine: {machine_line(report['machine'])}",
+        f"- instruction set: **{instruction_set(report['machine']['cpu_features'])}** "
+        f"(CPU flags: {' '.join(report['machine']['cpu_features']) or 'none'})",
         f"- mode: {s['mode']}; data: {report['data']['source']} ({report['data']['rows']} rows)",
         f"- per runner and cell: {s['warmup']} warm-up, then {budget} in {s['rounds']} interleaved rounds",
         f"- threads: {s['threads'] or 'library default'}; baseline for speedup: `{s['baseline']}`",

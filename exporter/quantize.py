@@ -1,14 +1,18 @@
 """``quantize``: INT8 post-training quantization of an ONNX artifact with ONNX Runtime's tools,
-plus an accuracy-driven search that keeps the most damaging nodes in float.
+plus an accuracy-driven search that keeps the most damaging nodes in float, and a measured choice
+among recipes (``select``, in ``exporter.recipes``).
 
 Recipes:
+- the default (no ``mode``, ``--target cpu``): dynamic, QInt8 per-channel weights, MatMuls with a
+  constant weight only, 8-bit weights (no ``reduce_range``). It is held to an accuracy budget:
+  below it, nothing is written and the error says what to try.
 - ``--target tensorrt``: static QDQ in the placement TensorRT's explicit quantization expects:
   symmetric INT8 activations and weights (zero point 0), per-channel weights, Q/DQ on the inputs of
   MatMul/Gemm, standard operators only. The same file runs on ONNX Runtime CPU.
-- ``--target cpu``: the fast form for ONNX Runtime on CPUs. Static QDQ (U8 activations, S8
-  weights) or dynamic (weights quantized offline, activations at run time); weight-only MatMuls
-  by default for dynamic. ``reduce_range`` (7-bit weights) is turned on where the CPU lacks VNNI,
-  where U8S8 products can saturate.
+- ``--target cpu`` with a ``mode``: static QDQ (U8 or S8 activations, S8 weights) or dynamic
+  (weights quantized offline, U8 activations at run time). ``reduce_range`` (7-bit weights, against
+  U8S8 saturation on CPUs without VNNI) is off unless asked for or chosen by ``select``: whether it
+  pays on a machine is measured, never assumed from the CPU flags.
 
 Accuracy-driven exclusion: the cost of each quantized node is the output cosine loss when only
 that node is quantized, measured on the calibration data; the costliest nodes are kept in float
@@ -19,180 +23,106 @@ and cached, so the search re-quantizes without re-calibrating.
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from evaluation.data import TextDataset, data_for_task
-from evaluation.machine import describe_machine
-from evaluation.parity import masked_mean_pool, mean_row_cosine
 from exporter.manifest import onnx_manifest
 from exporter.optimize import contrib_ops, op_counts
-from exporter.passes import BEFORE_QUANTIZE, GraphIndex, run_passes
+from exporter.passes import BEFORE_QUANTIZE, run_passes
+from exporter.quantizer import QUANTIZED_OPS, Quantizer, Scorer
+from exporter.recipes import candidates, node_choices, select
 from exporter.writer import ArtifactWriter, open_input
 from runtimes import open_runner
 from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
-from runtimes.tasks import Task, get_task
+from runtimes.tasks import get_task
 
 MODES = ("static", "dynamic")
 TARGETS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul",
-                 "QLinearConv", "ConvInteger", "DynamicQuantizeMatMul", "QAttention", "QGemm", "MatMulNBits",
-                 "MatMulIntegerToFloat", "QOrderedMatMul"}
+DEFAULT_BUDGET = 0.01  # pooled cosine loss: all-MiniLM-L6-v2's default recipe measures about 0.008
+__all__ = ["QuantizeConfig", "quantize", "QUANTIZED_OPS", "DEFAULT_BUDGET"]
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    mode: str = "static"
+    """What to quantize and how. ``None`` leaves a setting to the recipe: ``mode`` dynamic on the
+    CPU (static for ``tensorrt``), ``per_channel`` on, ``reduce_range`` off, ``activation`` U8;
+    ``select`` measures every open setting instead (``exporter.recipes``).
+
+    The tool's own recipe (no ``mode``) and ``select`` are held to an accuracy budget: the written
+    artifact's pooled cosine loss against the float model at most ``accuracy_budget`` (default
+    ``max_cosine_loss``, else ``DEFAULT_BUDGET``), and for a classifier top-1 agreement at least
+    ``min_agreement``; an explicit ``mode`` is held to ``accuracy_budget`` only when that is given."""
+
+    mode: str | None = None
     target: str = "cpu"
     method: str = "minmax"
-    per_channel: bool = False
-    reduce_range: bool | None = None  # None: on where the CPU has no VNNI (cpu target only)
+    per_channel: bool | None = None
+    reduce_range: bool | None = None  # never assumed from the CPU: U8S8 saturation without VNNI is measured, not guessed
     weight_only: bool = True  # dynamic: quantize only MatMuls whose second input is a weight
+    attention: bool = True  # dynamic on a fused graph: the Attention nodes as QAttention
+    activation: str | None = None  # static on the cpu target: "u8" (default) or "s8"
     exclude: tuple[str, ...] = ()
     max_cosine_loss: float | None = None
     max_float_nodes: int | None = None
+    accuracy_budget: float | None = None
+    min_agreement: float = 0.98
+    select: bool = False
+    select_rounds: int = 3
+    select_seconds: float = 1.0
     calib_rows: int = 128
     eval_rows: int = 64
     batch_size: int = 8
     max_length: int = 128
 
     def __post_init__(self):
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.target not in TARGETS:
             raise UsageError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
         if self.method not in METHODS:
             raise UsageError(f"unknown calibration method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.target == "tensorrt" and self.mode != "static":
+        if self.activation not in (None, "u8", "s8"):
+            raise UsageError(f"unknown activation type {self.activation!r}; choose u8 or s8")
+        if self.target == "tensorrt" and self.mode == "dynamic":
             raise UsageError("--target tensorrt takes --mode static: TensorRT runs explicit (QDQ) quantization only")
-        if self.max_cosine_loss is not None and not 0 <= self.max_cosine_loss < 1:
-            raise UsageError(f"--max-cosine-loss must be within [0, 1), got {self.max_cosine_loss}")
+        if self.select and (self.target != "cpu" or self.exclude or self.max_float_nodes is not None):
+            raise UsageError("--select chooses among CPU recipes as a whole: it does not take --target tensorrt, "
+                             "--exclude or --max-float-nodes (use --max-cosine-loss for its budget)")
+        for name, v in (("--max-cosine-loss", self.max_cosine_loss), ("--accuracy-budget", self.accuracy_budget)):
+            if v is not None and not 0 <= v < 1:
+                raise UsageError(f"{name} must be within [0, 1), got {v}")
+        if not 0 <= self.min_agreement <= 1:
+            raise UsageError(f"--min-agreement must be within [0, 1], got {self.min_agreement}")
         if self.max_float_nodes is not None and self.max_float_nodes < 0:
             raise UsageError(f"--max-float-nodes must be >= 0, got {self.max_float_nodes}")
-        if self.calib_rows < 1 or self.eval_rows < 1 or self.batch_size < 1:
-            raise UsageError("calibration rows, eval rows and batch size must be >= 1")
+        if self.calib_rows < 1 or self.eval_rows < 1 or self.batch_size < 1 or self.select_rounds < 1:
+            raise UsageError("calibration rows, eval rows, batch size and --select-rounds must be >= 1")
+        if not self.select_seconds > 0:
+            raise UsageError(f"--select-seconds must be > 0, got {self.select_seconds}")
         if self.max_length < 2:
             raise UsageError(f"--max-length must be at least 2, got {self.max_length}")
 
+    @property
+    def tool_chosen(self) -> bool:
+        """The recipe is the tool's (no --mode on the CPU, or --select), so it answers for the accuracy."""
+        return self.select or (self.mode is None and self.target == "cpu")
 
-def _cpu_has_vnni() -> bool:
-    feats = describe_machine()["cpu_features"]
-    return any(f in feats for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    def budget(self) -> float | None:
+        """The pooled cosine loss the written artifact must not exceed (None: no check)."""
+        if self.accuracy_budget is not None:
+            return self.accuracy_budget
+        return (self.max_cosine_loss if self.max_cosine_loss is not None else DEFAULT_BUDGET) if self.tool_chosen else None
 
-
-class _Reader:
-    """An onnxruntime CalibrationDataReader over pre-tokenized feeds."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds = feeds
-        self.it = iter(feeds)
-
-    def get_next(self):
-        return next(self.it, None)
-
-    def rewind(self):
-        self.it = iter(self.feeds)
-
-
-@dataclass
-class _Graph:
-    path: Path
-    candidates: list[str]  # nodes the recipe quantizes, in graph order
-    weight_matmuls: list[str]
-    op_of: dict[str, str] = field(default_factory=dict)
-
-
-def _inspect(path: Path, op_types: Sequence[str]) -> _Graph:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = GraphIndex(model.graph).initializers
-    present = {n.op_type for n in model.graph.node}
-    if present & QUANTIZED_OPS:
-        raise UsageError(f"{path}: the model is already quantized ({sorted(present & QUANTIZED_OPS)}); quantize the float artifact")
-    cands = [n.name for n in model.graph.node if n.op_type in op_types]
-    weights = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
-    return _Graph(path, cands, weights, {n.name: n.op_type for n in model.graph.node})
-
-
-class _Quantizer:
-    """Quantizes one prepared float graph with fixed settings and cached calibration ranges."""
-
-    def __init__(self, float_path: Path, work: Path, cfg: QuantizeConfig, calib: list[dict], reduce_range: bool):
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-        self.float_path, self.work, self.cfg, self.calib = float_path, work, cfg, calib
-        self.reduce_range = reduce_range
-        self.cache = work / "calibration_ranges.json"
-        self.method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}[cfg.method]
-        self.QuantFormat, self.QuantType = QuantFormat, QuantType
-        has_attention = "com.microsoft::Attention" in op_counts(float_path)
-        if cfg.mode == "dynamic":
-            self.op_types = ["MatMul", "Gemm"] + (["Attention"] if has_attention else [])
-        else:
-            self.op_types = ["MatMul", "Gemm"]
-        self.graph = _inspect(float_path, self.op_types)
-        self.n = 0
-
-    def nodes(self) -> list[str]:
-        if self.cfg.mode == "dynamic" and self.cfg.weight_only:
-            return [n for n in self.graph.candidates if n in self.graph.weight_matmuls or self.graph.op_of[n] == "Attention"]
-        return list(self.graph.candidates)
-
-    def run(self, quantize_nodes: Sequence[str], out: Path | None = None) -> Path:
-        """Quantize exactly ``quantize_nodes``; returns the written model path."""
-        from onnxruntime.quantization import quantize_dynamic, quantize_static
-
-        self.n += 1
-        out = out or self.work / f"q{self.n}.onnx"
-        if not quantize_nodes:  # onnxruntime reads an empty node list as "quantize everything"
-            shutil.copy2(self.float_path, out)
-            return out
-        common = dict(nodes_to_quantize=list(quantize_nodes), op_types_to_quantize=self.op_types,
-                      per_channel=self.cfg.per_channel or self.cfg.target == "tensorrt")
-        if self.cfg.mode == "dynamic":
-            # MatMulConstBOnly: onnxruntime's dynamic default skips activation x activation MatMuls
-            quantize_dynamic(str(self.float_path), str(out), weight_type=self.QuantType.QInt8,
-                             reduce_range=self.reduce_range, extra_options={"MatMulConstBOnly": self.cfg.weight_only},
-                             **common)
-        elif self.cfg.target == "tensorrt":
-            quantize_static(str(self.float_path), str(out), _Reader(self.calib), quant_format=self.QuantFormat.QDQ,
-                            activation_type=self.QuantType.QInt8, weight_type=self.QuantType.QInt8,
-                            calibrate_method=self.method, calibration_cache_path=self.cache, reduce_range=False,
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-                            **common)
-        else:
-            quantize_static(str(self.float_path), str(out), _Reader(self.calib), quant_format=self.QuantFormat.QDQ,
-                            activation_type=self.QuantType.QUInt8, weight_type=self.QuantType.QInt8,
-                            calibrate_method=self.method, calibration_cache_path=self.cache,
-                            reduce_range=self.reduce_range, **common)
-        return out
-
-
-class _Scorer:
-    """Cosine loss of a candidate graph against the float graph's outputs on fixed feeds: the first
-    output, reduced to one row per sample (mean over real tokens where the task has a padding mask)."""
-
-    def __init__(self, art: Artifact, feeds: list[dict], task: Task | None = None):
-        self.feeds, self.task = feeds, get_task(task)
-        self.ref = self._outputs(art.model_file)
-
-    def _outputs(self, path: Path) -> list[np.ndarray]:
-        art = Artifact(path.parent, "onnx", None, {"model_file": path.name})
-        with open_runner(art, "onnxruntime:cpu") as r:
-            first = r.output_specs()[0].name
-            return [masked_mean_pool(r.infer(f)[first], self.task.mask(f)) for f in self.feeds]
-
-    def loss(self, path: Path) -> float:
-        return 1.0 - mean_row_cosine(np.concatenate(self.ref), np.concatenate(self._outputs(path)))
+    def resolved(self) -> "QuantizeConfig":
+        """Every setting left to the recipe filled in (the single recipe run without ``select``)."""
+        return replace(self, mode=self.mode or ("static" if self.target == "tensorrt" else "dynamic"),
+                       per_channel=True if self.per_channel is None else self.per_channel,
+                       reduce_range=bool(self.reduce_range), activation=self.activation or "u8")
 
 
 def quantize(
@@ -205,55 +135,112 @@ def quantize(
     command: str | None = None,
     progress: bool = True,
 ) -> Artifact:
-    """Quantize an ONNX artifact to INT8; with ``max_cosine_loss``, search for the float nodes.
+    """Quantize an ONNX artifact to INT8; with ``max_cosine_loss``, search for the float nodes; with
+    ``select``, build, score and time the candidate recipes and keep the fastest within the budget.
 
     Raises:
         UsageError: static without calibration data, a quantized or non-ONNX input, contrib ops
             for ``--target tensorrt``, excluded nodes that do not exist, output exists.
-        CheckFailed: the cosine target cannot be met within ``max_float_nodes`` (exit 1).
+        CheckFailed: the cosine target cannot be met within ``max_float_nodes``, or the written
+            artifact would miss the accuracy budget (exit 1; nothing is written).
     """
     src = open_input(artifact, "onnx", "quantize")
-    if config.mode == "static" and calib is None:
-        raise UsageError("static quantization (the default, and the only mode of --target tensorrt) needs calibration "
+    rcfg = config.resolved()
+    if rcfg.mode == "static" and calib is None:
+        raise UsageError("static quantization (--mode static, and --target tensorrt) needs calibration "
                          "data: pass --calib FILE (real texts, a few hundred rows), or --mode dynamic for --target cpu")
     writer = ArtifactWriter(out, force=force, inputs=[src.path])
     ops = op_counts(src.model_file)
     if config.target == "tensorrt" and contrib_ops(ops):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(ops)} that TensorRT cannot parse; "
                          "quantize an artifact made by export or by optimize --target tensorrt")
-    reduce_range = config.reduce_range if config.reduce_range is not None else (config.target == "cpu" and not _cpu_has_vnni())
-    texts = calib if calib is not None else None
     with writer.scratch() as work:  # beside the output: same filesystem, swept by the next run if killed
         prepared = work / "float.onnx"
         _preprocess(src.model_file, prepared, has_contrib=bool(contrib_ops(ops)))
-        calib_feeds, eval_feeds = _feeds(src, texts, config)
-        q = _Quantizer(prepared, work, config, calib_feeds, reduce_range)
-        nodes = q.nodes()
-        unknown = sorted(set(config.exclude) - set(q.graph.op_of))
-        if unknown:
-            raise UsageError(f"--exclude names nodes that are not in {src.model_file}: {unknown[:5]}; "
-                             f"see the node names with onnx or in a previous manifest's 'quantization.node_costs'")
-        base = [n for n in nodes if n not in set(config.exclude)]
-        scorer = _Scorer(Artifact(prepared.parent, "onnx", None, {"model_file": prepared.name}), eval_feeds, src.task)
-        search = _search(q, scorer, base, config, progress)
+        calib_feeds, eval_feeds, timing_feed = _feeds(src, calib, rcfg)
+        scorer = Scorer(prepared, eval_feeds, src.task)
+        selection, graph = None, "input"
+        if config.select:
+            q, selection, graph = _select(src, work, prepared, config, calib_feeds, calib is not None, scorer, timing_feed, progress)
+            search = _search(q, scorer, q.nodes(), replace(q.cfg, max_cosine_loss=None), progress)
+        else:
+            q = Quantizer(prepared, work, rcfg, calib_feeds)
+            unknown = sorted(set(config.exclude) - set(q.graph.op_of))
+            if unknown:
+                raise UsageError(f"--exclude names nodes that are not in {src.model_file}: {unknown[:5]}; "
+                                 f"see the node names with onnx or in a previous manifest's 'quantization.node_choices'")
+            search = _search(q, scorer, [n for n in q.nodes() if n not in set(config.exclude)], rcfg, progress)
+        budget = config.budget()
 
         def fill(tmp):
             q.run(search["quantized_nodes"], tmp / "model.onnx")
-            parity = _parity(src, Artifact(tmp, "onnx", src.task, {}, alias=writer.out.name), eval_feeds, scorer)
+            score = scorer.score(tmp / "model.onnx")
+            _check_budget(score, budget, config, q.cfg)
+            c = q.cfg
             return onnx_manifest(
                 tmp, task=src.task, source=src, command=command, checks={"onnx_checker": "skipped: quantized graph"},
-                options={**asdict(config), "reduce_range": reduce_range}, parity=parity, quantization={
-                    "mode": config.mode, "target": config.target,
-                    "method": config.method if config.mode == "static" else None,
-                    "per_channel": config.per_channel or config.target == "tensorrt", "reduce_range": reduce_range,
-                    "format": "QDQ" if config.mode == "static" else "dynamic (MatMulInteger)",
-                    "calibration": {"source": texts.source, "rows": min(len(texts), config.calib_rows),
-                                    "hash": texts.fingerprint()} if texts is not None else None,
+                options=asdict(config), parity=_parity(src, score, scorer), quantization={
+                    "recipe": "selected (--select)" if config.select else "default" if config.tool_chosen else "given",
+                    "graph": "fused by optimize --target cpu" if graph == "fused" else "input",
+                    "mode": c.mode, "target": c.target, "method": c.method if c.mode == "static" else None,
+                    "per_channel": c.per_channel or c.target == "tensorrt", "reduce_range": c.reduce_range,
+                    "activations": "S8" if c.target == "tensorrt" or c.activation == "s8" else "U8",
+                    "attention": "QAttention" if "Attention" in q.op_types else None,
+                    "format": "QDQ" if c.mode == "static" else "dynamic (MatMulInteger)",
+                    "accuracy_budget": {"max_cosine_loss": budget,
+                                        "min_agreement": config.min_agreement if budget is not None and scorer.task.scores_labels else None},
+                    "calibration": {"source": calib.source, "rows": min(len(calib), config.calib_rows),
+                                    "hash": calib.fingerprint()} if calib is not None else None,
                     "ops_after": op_counts(tmp / "model.onnx"), **search,
+                    "node_choices": node_choices(q, search["quantized_nodes"], config.exclude, search["float_nodes"]),
+                    "selection": selection,
                 },
             )
 
         return writer.write(fill, companions_from=src.path)
+
+
+def _select(src: Artifact, work: Path, prepared: Path, config: QuantizeConfig, calib_feeds, has_calib: bool,
+            scorer: Scorer, feed: dict, progress: bool) -> tuple[Quantizer, dict, str]:
+    """``--select``: the input graph and, for a plain export, its ``optimize --target cpu`` fusion;
+    every candidate recipe on them (``exporter.recipes``); the chosen one's quantizer."""
+    from exporter.optimize import optimize
+
+    graphs = {"input": prepared}
+    if not contrib_ops(op_counts(src.model_file)):
+        fused = optimize(src, work / "fused-artifact", target="cpu", progress=False)
+        _preprocess(fused.model_file, work / "fused.onnx", has_contrib=bool(contrib_ops(op_counts(fused.model_file))))
+        graphs["fused"] = work / "fused.onnx"
+    base = config.resolved()
+    quantizers = {g: Quantizer(p, work / g, base, calib_feeds) for g, p in graphs.items()}
+    cands = candidates(config, list(graphs), {g: "Attention" in q.graph.op_of.values() for g, q in quantizers.items()},
+                       static=has_calib)
+    budget = config.budget()
+    chosen, table = select(quantizers, cands, base, scorer, feed, budget=budget, min_agreement=config.min_agreement,
+                           float_path=prepared, progress=progress)
+    if chosen is None:
+        best = max(table["candidates"], key=lambda r: r["cosine"])
+        raise CheckFailed(f"no candidate recipe meets the accuracy budget (pooled cosine loss <= {budget}"
+                          f"{', top-1 agreement >= ' + str(config.min_agreement) if scorer.task.scores_labels else ''}); the "
+                          f"closest, {best['name']}, has cosine {best['cosine']:.4f}: raise --max-cosine-loss, or give --mode "
+                          "dynamic --max-cosine-loss X to keep the costliest nodes in float; nothing written")
+    return quantizers[chosen.graph].with_config(chosen.config(base)), table, chosen.graph
+
+
+def _check_budget(score: dict, budget: float | None, config: QuantizeConfig, used: QuantizeConfig) -> None:
+    """Raise CheckFailed (one line, what to do) when the written model would miss the budget."""
+    if budget is None:
+        return
+    loss, agree = 1.0 - score["cosine"], score["agreement"]
+    if loss <= budget and (agree is None or agree >= config.min_agreement):
+        return
+    miss = (f"pooled cosine {score['cosine']:.4f} (loss {loss:.4f} > {budget})" if loss > budget else
+            f"top-1 agreement with the float model {agree:.3f} < {config.min_agreement}")
+    todo = ("raise --max-cosine-loss" if config.select else
+            "try --select (measures the candidate recipes and keeps the fastest within budget), or "
+            f"--max-cosine-loss {budget} to keep the costliest nodes in float")
+    raise CheckFailed(f"the {used.mode} INT8 recipe misses the accuracy budget: {miss} on the calibration texts; "
+                      f"{todo}; nothing written")
 
 
 def _preprocess(src: Path, dst: Path, has_contrib: bool) -> None:
@@ -284,7 +271,8 @@ def _name_nodes(path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tuple[list[dict], list[dict]]:
+def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tuple[list[dict], list[dict], dict]:
+    """Calibration batches, scoring batches, and one batch padded to ``max_length`` for ``select``'s timing."""
     task = get_task(src.task)
     processor = task.load_processor(src.path)
     with open_runner(src, "onnxruntime:cpu") as r:
@@ -297,14 +285,16 @@ def _feeds(src: Artifact, texts: TextDataset | None, cfg: QuantizeConfig) -> tup
     data = data_for_task(texts, task)
     # onnxruntime's histogram calibrators (entropy, percentile) need equal shapes across batches:
     # one padded length, and full batches (the last one is filled by cycling through the data)
-    fixed = cfg.mode == "static" and cfg.method != "minmax"
+    fixed = (cfg.mode == "static" or cfg.select) and cfg.method != "minmax"
     n = min(len(data), cfg.calib_rows)
     calib = encode(data.take(-(-n // cfg.batch_size) * cfg.batch_size if fixed else n), fixed=fixed)
     evald = encode(data.take(min(len(data), cfg.eval_rows)), fixed=False)
-    return calib, evald
+    timing = task.feeds_for(task.encode(processor, data.take(cfg.batch_size), max_length=cfg.max_length, pad_to_max=True),
+                            specs, src.name)
+    return calib, evald, timing
 
 
-def _search(q: _Quantizer, scorer: _Scorer, base: list[str], cfg: QuantizeConfig, progress: bool) -> dict:
+def _search(q: Quantizer, scorer: Scorer, base: list[str], cfg: QuantizeConfig, progress: bool) -> dict:
     full_loss = scorer.loss(q.run(base))
     result = {"candidates": len(base), "user_excluded": list(cfg.exclude), "loss_all_quantized": full_loss,
               "cosine_loss": full_loss, "float_nodes": [], "node_costs": None, "quantized_nodes": base}
@@ -341,7 +331,6 @@ def _search(q: _Quantizer, scorer: _Scorer, base: list[str], cfg: QuantizeConfig
     return result
 
 
-def _parity(src: Artifact, art: Artifact, feeds: list[dict], scorer: _Scorer) -> dict:
-    loss = scorer.loss(art.model_file)
+def _parity(src: Artifact, score: dict, scorer: Scorer) -> dict:
     return {"reference": f"{src.name} @ onnxruntime:cpu", "metric": "mean cosine of masked-mean-pooled outputs",
-            "mean_cosine": 1.0 - loss, "rows": int(sum(next(iter(f.values())).shape[0] for f in feeds))}
+            "mean_cosine": score["cosine"], "top1_agreement": score["agreement"], "rows": scorer.rows}

@@ -108,7 +108,7 @@ def test_head_to_head_pairs_rounds_and_respects_cosine():
             row("optimum fast but loose", 150, 0.95, [150] * 6)]
     h = head_to_head(rows)
     # loose artifacts win nothing on speed: Optimum's below the 0.99 goal, ours below Optimum's cosine
-    assert h["ours"] == "steady (ours)" and h["optimum"] == "optimum a"
+    assert h["ours"] == "steady (ours)" and h["peer"] == "optimum a"
     # 5 of 6 rounds ahead: p = 7/64 by the sign test, not enough to call it
     assert h["rounds_ahead"] == 5 and h["rounds"] == 6 and abs(h["sign_test_p_ahead"] - 7 / 64) < 1e-12
     assert h["verdict"] == "not separable"
@@ -129,7 +129,7 @@ def test_duel_times_the_two_artifacts_in_paired_rounds(tiny_onnx, tmp_path):
 
     other = tmp_path / "same-graph"
     shutil.copytree(tiny_onnx, other)
-    h2h = {"ours": "a (ours)", "optimum": "optimum b"}
+    h2h = {"ours": "a (ours)", "peer": "optimum b"}
     d = duel(h2h, {"a (ours)": tiny_onnx, "optimum b": other}, load_texts(None),
              types.SimpleNamespace(duel_rounds=4, duel_time=0.2))
     assert d["ours"] == "a (ours)" and d["rounds"] == 4 and len(d["round_ratios"]) == 4

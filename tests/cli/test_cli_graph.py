@@ -34,7 +34,10 @@ def test_graph_commands_bad_input_exit_2(capsys, tiny_bert, tiny_onnx, tmp_path)
     assert run(capsys, "quantize", str(tiny_onnx), "-o", str(dyn), "--mode", "dynamic", "-q")[0] == 0
     out = str(tmp_path / "out")
     cases = [
-        (["quantize", str(tiny_onnx), "-o", out], "needs calibration data"),
+        (["quantize", str(tiny_onnx), "-o", out, "--mode", "static"], "needs calibration data"),
+        (["quantize", str(tiny_onnx), "-o", out, "--per-channel", "--per-tensor"], "contradict"),
+        (["quantize", str(tiny_onnx), "-o", out, "--select", "--target", "tensorrt", "--calib", "builtin:samples"],
+         "--select chooses among CPU recipes"),
         (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "missing.txt")], "data file not found"),
         (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "empty.txt")], "data file is empty"),
         (["quantize", str(tiny_onnx), "-o", out, "--calib", str(tmp_path / "cols.jsonl")], "no column 'text'"),

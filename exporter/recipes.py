@@ -1,0 +1,138 @@
+"""Recipe selection for ``quantize --select``: build candidate INT8 recipes, score each on the
+calibration texts, time the ones within the accuracy budget on this machine in interleaved rounds,
+and keep the fastest. Also what every quantizable node became, and why (the manifest's record)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from evaluation.machine import describe_machine, instruction_set
+from exporter.quantizer import Quantizer, Scorer, file_artifact
+from runtimes import open_runner
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe: which float graph (the input or its ``optimize --target cpu`` fusion) and the
+    quantizer settings that differ between candidates."""
+
+    graph: str  # "input" or "fused"
+    mode: str
+    per_channel: bool
+    reduce_range: bool
+    attention: bool = True  # dynamic on a fused graph: the Attention nodes as QAttention
+    activation: str = "u8"
+
+    @property
+    def name(self) -> str:
+        parts = [self.graph if self.graph == "input" else ("fused+QAttention" if self.attention else "fused, Attention float"),
+                 self.mode if self.mode == "dynamic" else f"static QDQ {self.activation.upper()}S8",
+                 "per-channel" if self.per_channel else "per-tensor", "reduce_range" if self.reduce_range else "8-bit"]
+        return ", ".join(parts)
+
+    def config(self, base):
+        return replace(base, mode=self.mode, per_channel=self.per_channel, reduce_range=self.reduce_range,
+                       attention=self.attention, activation=self.activation)
+
+
+def candidates(cfg, graphs: Sequence[str], has_attention: dict[str, bool], static: bool) -> list[Candidate]:
+    """Every combination of the axes the user left open: graph, per-channel, reduce_range, and for a
+    fused graph QAttention or not; static QDQ (U8 and S8 activations) on the input graph when there
+    is calibration data and no ``--mode`` was given. A value the user gave fixes its axis."""
+    pcs = (True, False) if cfg.per_channel is None else (cfg.per_channel,)
+    rrs = (False, True) if cfg.reduce_range is None else (cfg.reduce_range,)
+    out = []
+    if cfg.mode in (None, "dynamic"):
+        for g in graphs:
+            for att in ((True, False) if has_attention.get(g) else (True,)):
+                out += [Candidate(g, "dynamic", pc, rr, att) for pc in pcs for rr in rrs]
+    if cfg.mode == "static" or (cfg.mode is None and static):
+        acts = ("u8", "s8") if cfg.mode is None or cfg.activation is None else (cfg.activation,)
+        out += [Candidate(graphs[0], "static", pc, False, True, a) for pc in pcs for a in acts]
+    return out
+
+
+def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds: float, threads: int | None = None) -> list[list[float]]:
+    """Samples/s of each model on one fixed batch, per round: every round each model runs for
+    ``seconds`` (at least 2 calls) in a rotated order, so drift of a shared machine hits all alike."""
+    batch = next(iter(feed.values())).shape[0]
+    runners = [open_runner(file_artifact(p), "onnxruntime:cpu", threads=threads).activate() for p in paths]
+    try:
+        for r in runners:  # warm-up
+            r.infer(feed)
+            r.infer(feed)
+        by_round = [[] for _ in runners]
+        for k in range(rounds):
+            for i in list(range(k % len(runners), len(runners))) + list(range(k % len(runners))):
+                n, t0 = 0, time.perf_counter()
+                while n < 2 or time.perf_counter() - t0 < seconds:
+                    runners[i].infer(feed)
+                    n += 1
+                by_round[i].append(n * batch / (time.perf_counter() - t0))
+        return by_round
+    finally:
+        for r in runners:
+            r.deactivate()
+
+
+def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, scorer: Scorer, feed: dict, *,
+           budget: float, min_agreement: float, float_path: Path, progress: bool) -> tuple[Candidate | None, dict]:
+    """Build, score and time ``cands``; returns the fastest within the budget (None if none is)
+    and the table (the manifest's ``quantization.selection``)."""
+    rows, paths = [], {}
+    for c in tqdm(cands, desc="select: build and score", unit="recipe", disable=not progress):
+        q = quantizers[c.graph].with_config(c.config(base_cfg))
+        path = q.run(q.nodes())
+        s = scorer.score(path)
+        ok = 1.0 - s["cosine"] <= budget and (s["agreement"] is None or s["agreement"] >= min_agreement)
+        rows.append({"name": c.name, "recipe": vars(c), "cosine": s["cosine"], "agreement": s["agreement"],
+                     "meets_budget": ok, "quantized_nodes": len(q.nodes())})
+        paths[c.name] = path
+    timed = [r for r in rows if r["meets_budget"]]
+    if timed:
+        by_round = time_interleaved([float_path] + [paths[r["name"]] for r in timed], feed,
+                                    rounds=base_cfg.select_rounds, seconds=base_cfg.select_seconds)
+        ref = float(np.median(by_round[0]))
+        for r, sps in zip(timed, by_round[1:]):
+            r.update(samples_per_s_by_round=sps, samples_per_s=float(np.median(sps)), speedup_vs_float=float(np.median(sps)) / ref)
+    best = max(timed, key=lambda r: r["samples_per_s"]) if timed else None
+    for r in rows:
+        r["chosen"] = r is best
+    features = describe_machine()["cpu_features"]
+    shape = {k: int(v) for k, v in zip(("batch", "seq"), next(iter(feed.values())).shape)}
+    table = {"budget": {"max_cosine_loss": budget, "min_agreement": min_agreement if scorer.task.scores_labels else None},
+             "scored_on_rows": scorer.rows, "timing": {**shape, "rounds": base_cfg.select_rounds,
+                                                       "seconds_per_round": base_cfg.select_seconds},
+             "float_samples_per_s_by_round": by_round[0] if timed else None,
+             "cpu_features": features, "instruction_set": instruction_set(features), "candidates": rows, "chosen": best["name"] if best else None}
+    chosen = next((c for c in cands if c.name == best["name"]), None) if best else None
+    return chosen, table
+
+
+def node_choices(q: Quantizer, quantized: Sequence[str], excluded: Sequence[str], searched_float: Sequence[str]) -> dict:
+    """Every quantizable node of the float graph (MatMul, Gemm, fused Attention) and what it became:
+    ``{"op", "choice": "int8" | "float", "why"}``."""
+    g, quantized, recipe = q.graph, set(quantized), set(q.nodes())
+    out = {}
+    for n in g.candidates:
+        op = g.op_of[n]
+        if n in quantized:
+            why = "quantized"
+        elif n in excluded:
+            why = "excluded (--exclude)"
+        elif n in searched_float:
+            why = "kept float by the search (--max-cosine-loss)"
+        elif op not in q.op_types:
+            why = "Attention kept float by the recipe" if op == "Attention" else f"{op} not quantized by the recipe"
+        elif n not in recipe:
+            why = "weight not constant (activation x activation product; --all-matmuls quantizes it)"
+        else:
+            why = "not quantized"
+        out[n] = {"op": op, "choice": "int8" if n in quantized else "float", "why": why}
+    return out
