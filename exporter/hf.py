@@ -70,6 +70,11 @@ def export_hf(
     if src.manifest.get("qat"):
         return export_qat(src, writer.out, opset=opset, external_data=external_data, force=force,
                           tolerance=None if tolerance == Tolerance() else tolerance, command=command)
+    if task == "text-generation":
+        from exporter.llm_export import export_causal_lm
+
+        return export_causal_lm(src, writer, opset=opset, external_data=external_data, tolerance=tolerance, data=data,
+                                max_length=max_length, command=command)
     data = data_for_task(data, task)
 
     from optimum.exporters.onnx import main_export

@@ -56,7 +56,7 @@ class GenerationTask(Task):
     family: str = "decoder"
     modality: str = "text"
     model_inputs: tuple[str, ...] = (_IDS, _MASK, _POS)
-    processor_files: tuple[str, ...] = TOKENIZER_FILES + ("generation_config.json",)
+    processor_files: tuple[str, ...] = TOKENIZER_FILES + ("generation_config.json", "chat_template.jinja")
     processor_name: str = "tokenizer"
 
     def has_processor(self, path: Path) -> bool:
@@ -96,6 +96,9 @@ class GenerationTask(Task):
 
     def load_processor(self, model_dir: str | Path):
         """The model's tokenizer, padding on the left; a tokenizer without a pad token pads with EOS."""
+        if not self.has_processor(model_dir):  # transformers would guess a tokenizer class and fail inside it
+            raise UsageError(f"{model_dir}: no tokenizer (tokenizer.json or tokenizer_config.json); copy the tokenizer "
+                             "files into it (import-gguf writes them)")
         tok = self._pretrained("AutoTokenizer", model_dir, "copy the tokenizer files into it (import-gguf writes them)")
         tok.padding_side = "left"
         if tok.pad_token is None:
