@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from enginewright.commands._args import SET_BY_PIPELINE, add_output
+from enginewright.commands._weight_only import add_weight_only_args, make_weight_only, summarize
 
 NAME = "quantize"
 STAGE = "artifact"
@@ -21,7 +22,7 @@ QUANTIZE_WARN_BELOW = 0.98  # mean pooled cosine: all-MiniLM-L6-v2's --target te
 
 def add_arguments(p) -> None:
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
-    p.add_argument("--mode", choices=("static", "dynamic"), default="static")
+    p.add_argument("--mode", choices=("static", "dynamic", "weight-only"), default="static")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
     p.add_argument("--calib", metavar="DATA", default=None, help="calibration texts (.txt/.jsonl/.csv); required for static")
     p.add_argument("--text-column", default="text", metavar="NAME")
@@ -38,10 +39,13 @@ def add_arguments(p) -> None:
                    help="keep the costliest nodes in float until 1 - mean pooled cosine <= X (exit 1 if not reachable)")
     p.add_argument("--max-float-nodes", type=int, default=None, metavar="N", help="at most N nodes kept in float by the search")
     p.add_argument("--max-length", type=int, default=128)
+    add_weight_only_args(p)
     add_output(p)
 
 
 def make(o, src, out, *, force: bool, command: str, progress: bool):
+    if o["mode"] == "weight-only":
+        return make_weight_only(o, src, out, force=force, command=command)
     from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
 
@@ -57,6 +61,9 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
 
 def run(args, command: str) -> int:
     art = make(vars(args), args.artifact, args.output, force=args.force, command=command, progress=not args.quiet)
+    if args.mode == "weight-only":
+        summarize(art, args.artifact)
+        return 0
     qz = art.manifest["quantization"]
     print(f"quantized {args.artifact} ({qz['mode']}, target {qz['target']}, {qz['format']}): "
           f"{len(qz['quantized_nodes'])} nodes INT8, {len(qz['float_nodes']) + len(qz['user_excluded'])} kept in float; "
