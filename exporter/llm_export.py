@@ -8,13 +8,11 @@ from evaluation.data import TextDataset, data_for_task
 from evaluation.llm_metrics import reference_pass, score_candidate
 from evaluation.parity import Tolerance
 from exporter.manifest import onnx_manifest
-from exporter.onnx_file import check_onnx, save_with_external_data
-from exporter.quiet import quiet_export
+from exporter.optimum_run import optimum_to_onnx
 from exporter.writer import ArtifactWriter
 from runtimes import open_runner
 from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed
-from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.tasks import get_task
 
 # FP32 logits of a real LLM reach magnitudes of 20-40; 1e-3 absolute is the export target
@@ -58,24 +56,13 @@ def export_causal_lm(src: Artifact, writer: ArtifactWriter, *, opset: int | None
         UsageError: transformers cannot load the model, or the tokenizer is missing.
         CheckFailed: parity beyond the tolerance (nothing is written).
     """
-    from optimum.exporters.onnx import main_export
-
     task = get_task(TASK)
     task.load_processor(src.path)  # a directory without a tokenizer fails here, before the export
     tolerance = LLM_TOLERANCE if tolerance == Tolerance() else tolerance
     data = data_for_task(data, task)
 
     def fill(tmp):
-        try:
-            with quiet_export():
-                main_export(str(src.path), tmp, task=task.optimum_task, opset=opset, library_name="transformers",
-                            device="cpu", do_validation=False, trust_remote_code=False, local_files_only=True)
-        except hf_load_errors() as e:
-            raise as_usage_error(src.path, e) from None
-        model_path = tmp / "model.onnx"
-        if external_data:
-            save_with_external_data(model_path)
-        checks = check_onnx(model_path)
+        checks = optimum_to_onnx(src, tmp, task.optimum_task, opset=opset, external_data=external_data)
         cand = Artifact(tmp, "onnx", TASK, {}, alias=writer.out.name)
         parity, reasons = llm_parity(src, cand, data, tolerance=tolerance, max_length=max_length)
         if reasons:

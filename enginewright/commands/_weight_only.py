@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def add_weight_only_args(p) -> None:
     g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float)")
-    g.add_argument("--bits", type=int, choices=(4, 8), default=4, help="weight bits (default 4)")
+    g.add_argument("--bits", type=int, default=4, metavar="4|8", help="weight bits: 4 or 8 (default 4)")
     g.add_argument("--block-size", type=int, default=32, metavar="N", help="weights per scale, a power of two >= 16 (default 32)")
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",

@@ -6,10 +6,11 @@ cosine, top-1 agreement and the task metric when the data has labels. Exit 1 whe
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, ValueType, add_data_args, add_report_args, add_tolerances,
                                          load_data, provider_options, threads)
 
 NAME = "compare"
@@ -33,7 +34,7 @@ def add_arguments(p) -> None:
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompts to generate from, one per line (default: the project's chat prompts)")
     g.add_argument("--max-new-tokens", type=int, default=16, metavar="M", help="tokens generated per prompt (default 16)")
-    g.add_argument("--max-ppl-increase", type=_share, default=None, metavar="SHARE",
+    g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="SHARE",
                    help="gate: relative perplexity increase, e.g. 2%% or 0.02 (default: not checked)")
     g.add_argument("--min-top1-agreement", type=float, default=None, metavar="SHARE",
                    help="gate: teacher-forced top-1 agreement, e.g. 0.99 (default: not checked)")
@@ -42,15 +43,18 @@ def add_arguments(p) -> None:
     add_report_args(p, "write each check as a JUnit test case")
 
 
-def _share(text: str) -> float:
-    import argparse
+class Share(ValueType):
+    """A relative amount: ``2%`` or ``0.02``."""
 
-    from evaluation.llm_compare import parse_share
+    example = ("2%", 0.02)
 
-    try:
-        return parse_share(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    def __call__(self, text: str) -> float:
+        from evaluation.llm_compare import parse_share
+
+        try:
+            return parse_share(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{self.flag}: {e}") from None
 
 
 _LLM_OPTIONS = {"prompts": "--prompts", "max_ppl_increase": "--max-ppl-increase",
