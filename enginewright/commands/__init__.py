@@ -9,8 +9,8 @@ for options that do not go together (the pipeline calls it when it loads the fil
 only argparse-level code at import time, so building the parser stays instant.
 """
 
-from enginewright.commands import (bench, build, check, compare, compress, describe, env, export, finetune, optimize,
-                                   quantize, run, triton)
+from enginewright.commands import (bench, build, check, compare, compress, describe, env, export, finetune, import_gguf,
+                                   optimize, quantize, run, triton)
 
-COMMANDS = (finetune, compress, export, optimize, quantize, check, build, run, triton, describe, env, compare, bench)
+COMMANDS = (import_gguf, finetune, compress, export, optimize, quantize, check, build, run, triton, describe, env, compare, bench)
 STAGES = {c.NAME: c for c in COMMANDS if c.STAGE is not None}

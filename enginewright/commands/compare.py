@@ -6,12 +6,13 @@ cosine, top-1 agreement and the task metric when the data has labels. Exit 1 whe
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
-from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, add_data_args, add_report_args, add_tolerances,
-                                         command_inputs, load_data, provider_options, threads)
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, ValueType, add_data_args, add_report_args,
+                                         add_tolerances, command_inputs, load_data, provider_options, threads)
 
 NAME = "compare"
 STAGE = "check"
@@ -30,7 +31,48 @@ def add_arguments(p) -> None:
                    help="which checks set exit 1: comma-separated from parity, accuracy, or none (default parity,accuracy)")
     p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="accuracy gate: candidates may trail the reference by this many points (default 1)")
+    g = p.add_argument_group("causal LMs (task text-generation): teacher-forced on --data, greedy on --prompts")
+    g.add_argument("--prompts", default=None, metavar="FILE",
+                   help="prompts to generate from, one per line (default: the project's chat prompts)")
+    g.add_argument("--max-new-tokens", type=int, default=16, metavar="M", help="tokens generated per prompt (default 16)")
+    g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="SHARE",
+                   help="gate: relative perplexity increase, e.g. 2%% or 0.02 (default: not checked)")
+    g.add_argument("--min-top1-agreement", type=float, default=None, metavar="SHARE",
+                   help="gate: teacher-forced top-1 agreement, e.g. 0.99 (default: not checked)")
+    g.add_argument("--min-greedy-prefix", type=int, default=None, metavar="TOKENS",
+                   help="gate: the shortest greedy prefix shared with REF over the prompts (default: not checked)")
     add_report_args(p, "write each check as a JUnit test case")
+
+
+class Share(ValueType):
+    """A relative amount: ``2%`` or ``0.02``."""
+
+    example = ("2%", 0.02)
+
+    def __call__(self, text: str) -> float:
+        from evaluation.llm_compare import parse_share
+
+        try:
+            return parse_share(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{self.flag}: {e}") from None
+
+
+_LLM_OPTIONS = {"prompts": "--prompts", "max_ppl_increase": "--max-ppl-increase",
+                "min_top1_agreement": "--min-top1-agreement", "min_greedy_prefix": "--min-greedy-prefix"}
+
+
+def _evaluate_llm(o, reference, candidates, *, command: str | None):
+    from benchmarks.llm_gates import llm_checks
+    from evaluation.llm_compare import LlmCompareConfig, load_prompts, run_llm_compare
+
+    config = LlmCompareConfig(batch_size=o["batch_size"], max_length=o["max_length"], max_new_tokens=o["max_new_tokens"],
+                              threads=threads(o), max_ppl_increase=o["max_ppl_increase"],
+                              min_top1_agreement=o["min_top1_agreement"], min_greedy_prefix=o["min_greedy_prefix"])
+    outcome = run_llm_compare(reference, candidates, load_data(o), prompts=load_prompts(o["prompts"]),
+                              runtimes=o["runtimes"], ref_runtime=o["ref_on"], config=config, command=command)
+    checks = {"parity": llm_checks(outcome.report), "accuracy": []}
+    return outcome, checks, [c for kind in sorted(fail_on(o)) for c in checks[kind]]
 
 
 def fail_on(o) -> set[str]:
@@ -64,6 +106,12 @@ def evaluate(o, reference, candidates, *, command: str | None, progress: bool):
     from benchmarks.gates import metric_checks, parity_checks
     from evaluation.compare import CompareConfig, run_compare
 
+    from runtimes import load_artifact
+
+    if load_artifact(reference).task == "text-generation":
+        return _evaluate_llm(o, reference, candidates, command=command)
+    if given := [flag for dest, flag in _LLM_OPTIONS.items() if o.get(dest) is not None]:
+        raise CliError(f"{given[0]} applies to causal LMs (task text-generation); {reference} is not one")
     gated_kinds = fail_on(o)
     default, per_output = tolerances(o)
     config = CompareConfig(batch_size=o["batch_size"], max_length=o["max_length"], threads=threads(o),

@@ -92,6 +92,10 @@ def summarize(art) -> None:
 
     m = art.manifest
     padding = " (padding excluded)" if get_task(art.task).is_padded else ""
+    if "top1_agreement" in (m.get("parity") or {}):  # a causal LM: teacher-forced logits and one decode step
+        p = m["parity"]
+        print(f"  parity vs {p['reference']}: prefill logits max abs {p['prefill_max_abs']:.3g}, decode step max abs "
+              f"{p['decode_max_abs']:.3g}, top-1 agreement {p['top1_agreement']:.4f} over {p['positions']} positions: ok")
     for o in (m.get("parity") or {}).get("outputs", ()):
         print(f"  parity {o['name']} vs {m['parity'].get('reference', 'PyTorch')}: max abs {o['max_abs']:.3g}, "
               f"min cos {o['cos_min']:.6f} over {o['rows']} rows{padding}: ok")

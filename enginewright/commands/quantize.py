@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from enginewright.commands._args import SET_BY_PIPELINE, add_output
+from enginewright.commands._weight_only import add_weight_only_args, make_weight_only, summarize
 
 NAME = "quantize"
 STAGE = "artifact"
@@ -26,8 +27,9 @@ _ON_OFF = {"auto": None, "on": True, "off": False}
 
 def add_arguments(p) -> None:
     p.add_argument("artifact", type=Path, metavar="ARTIFACT")
-    p.add_argument("--mode", choices=("static", "dynamic"), default=None,
-                   help="default: the tool's CPU recipe (dynamic, held to the accuracy budget); static for --target tensorrt")
+    p.add_argument("--mode", choices=("static", "dynamic", "weight-only"), default=None,
+                   help="default: the tool's CPU recipe (dynamic, held to the accuracy budget); static for --target "
+                        "tensorrt; weight-only: INT4/INT8 MatMulNBits for LLMs")
     p.add_argument("--target", choices=("cpu", "tensorrt"), default="cpu")
     p.add_argument("--select", action="store_true",
                    help="build the candidate recipes, score them on the calibration texts, time them here, keep the fastest "
@@ -56,10 +58,13 @@ def add_arguments(p) -> None:
                    help="classifiers: the top-1 agreement with the float model the budget also asks (default 0.98)")
     p.add_argument("--max-float-nodes", type=int, default=None, metavar="N", help="at most N nodes kept in float by the search")
     p.add_argument("--max-length", type=int, default=128)
+    add_weight_only_args(p)
     add_output(p)
 
 
 def make(o, src, out, *, force: bool, command: str, progress: bool):
+    if o["mode"] == "weight-only":
+        return make_weight_only(o, src, out, force=force, command=command)
     from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
     from runtimes.errors import UsageError
@@ -96,6 +101,9 @@ def selection_table(sel: dict) -> str:
 
 def run(args, command: str) -> int:
     art = make(vars(args), args.artifact, args.output, force=args.force, command=command, progress=not args.quiet)
+    if args.mode == "weight-only":
+        summarize(art, args.artifact)
+        return 0
     qz = art.manifest["quantization"]
     if qz.get("selection"):
         print(selection_table(qz["selection"]))

@@ -103,7 +103,7 @@ class TorchRunner(Runner):
 
         with torch.inference_mode():
             tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in feeds.items()}
-            out = self._model(**tensors, return_dict=True)
+            out = self.task.torch_forward(self._model, tensors)
             if self.pooling:
                 emb = pool(out["last_hidden_state"], self.task.mask(tensors), self.pooling, self.normalize)
                 return {"sentence_embedding": emb.detach().float().cpu().numpy()}

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from runtimes.errors import UsageError
 from runtimes.tasks.base import BATCH_DIM, SEQ_DIM, SEQ_DIM_NAMES, Task, is_seq_dim
+from runtimes.tasks.generation import TEXT_GENERATION
 from runtimes.tasks.module import MODULE
 from runtimes.tasks.text import FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION
 from runtimes.tasks.vision import IMAGE_CLASSIFICATION
 
-TASKS: tuple[Task, ...] = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION, MODULE)
+TASKS: tuple[Task, ...] = (FEATURE_EXTRACTION, TEXT_CLASSIFICATION, TOKEN_CLASSIFICATION, IMAGE_CLASSIFICATION,
+                           TEXT_GENERATION, MODULE)
 DEFAULT = FEATURE_EXTRACTION  # an artifact that names no task (a bare model.onnx) is fed as a text encoder
 
 __all__ = ["BATCH_DIM", "DEFAULT", "SEQ_DIM", "SEQ_DIM_NAMES", "TASKS", "Task", "get_task", "is_seq_dim",

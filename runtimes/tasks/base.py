@@ -86,6 +86,10 @@ class Task:
         """The inputs of this family a transformers model's ``forward`` takes, in its order."""
         return [n for n in inspect.signature(model.forward).parameters if n in self.model_inputs]
 
+    def torch_forward(self, model, tensors: Mapping) -> Mapping:
+        """One call of a loaded transformers model on named torch tensors; its outputs by name."""
+        return model(**tensors, return_dict=True)
+
     def input_specs(self, model) -> list[TensorSpec]:
         """Input specs of a loaded transformers model, named as the ONNX export names them."""
         raise NotImplementedError(f"task {self.name} has no transformers inputs")

@@ -95,6 +95,10 @@ def _pipeline(text: str) -> Callable[[Path], None]:
 PROGRESS = re.compile(r"\d+%\|")  # a progress bar on stderr is not an error line
 
 CASES = [
+    # import-gguf
+    Case("import-gguf-missing-file", ("import-gguf", "{t}/nope.gguf", "-o", "{t}/out"), ("nope.gguf", "no such file")),
+    Case("import-gguf-not-gguf", ("import-gguf", "{t}/m.gguf", "-o", "{t}/out"), ("m.gguf", "not a readable GGUF"),
+         _write("m.gguf", b"GGUF-but-not-really" * 4)),
     # export
     Case("export-missing-dir", ("export", "{t}/nope", "-o", "{t}/out"), ("nope",)),
     Case("export-bad-task", ("export", "{hf}", "-o", "{t}/out", "--task", "translation"), ("--task",)),

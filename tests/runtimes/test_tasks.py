@@ -12,7 +12,7 @@ from runtimes.tasks import TASKS as TASK_OBJECTS, Task, get_task, processor_file
 def test_tasks_are_a_plain_tuple_and_the_artifact_names_come_from_it():
     assert isinstance(TASK_OBJECTS, tuple) and all(isinstance(t, Task) for t in TASK_OBJECTS)
     assert TASKS == task_names() == ("feature-extraction", "text-classification", "token-classification",
-                                     "image-classification", "module")
+                                     "image-classification", "text-generation", "module")
     assert get_task(None).name == "feature-extraction"
     assert get_task(get_task("module")) is get_task("module")
 
@@ -67,4 +67,4 @@ def test_missing_image_processor_is_one_line(tmp_path):
 
 def test_only_text_tasks_pad_their_batches():
     assert [t.name for t in TASK_OBJECTS if t.is_padded] == ["feature-extraction", "text-classification",
-                                                             "token-classification"]
+                                                             "token-classification", "text-generation"]

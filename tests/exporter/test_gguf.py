@@ -1,0 +1,115 @@
+"""import-gguf on tiny GGUF files written here with the gguf package (a 2-layer Llama, and files it refuses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enginewright.cli import main
+from runtimes import load_artifact, open_runner
+from runtimes.errors import UsageError
+
+pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
+
+
+def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``."""
+    import gguf
+
+    tok = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w = gguf.GGUFWriter(str(path), arch)
+    hidden, ff, layers, heads, kv_heads, n_vocab = 32, 64, 2, 4, 2, len(vocab)
+    w.add_name("tiny"), w.add_file_type(0), w.add_context_length(128), w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ff), w.add_block_count(layers), w.add_head_count(heads), w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(1e-5), w.add_rope_freq_base(10000.0), w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default")
+    w.add_token_list([t for t, _ in vocab]), w.add_token_types([3 if t == "<|endoftext|>" else 1 for t, _ in vocab])
+    w.add_token_merges(merges), w.add_bos_token_id(0), w.add_eos_token_id(0), w.add_add_bos_token(False)
+    rng = np.random.default_rng(seed)
+
+    def t(name, *shape):
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+
+    t("token_embd.weight", n_vocab, hidden)
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    head_dim = hidden // heads
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        t(f"blk.{i}.attn_q.weight", hidden, hidden), t(f"blk.{i}.attn_k.weight", kv_heads * head_dim, hidden)
+        t(f"blk.{i}.attn_v.weight", kv_heads * head_dim, hidden), t(f"blk.{i}.attn_output.weight", hidden, hidden)
+        t(f"blk.{i}.ffn_gate.weight", ff, hidden), t(f"blk.{i}.ffn_up.weight", ff, hidden)
+        t(f"blk.{i}.ffn_down.weight", hidden, ff)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
+    return write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", tiny_llama)
+
+
+def test_import_gguf_writes_a_model_directory_that_generates(tiny_gguf, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert main(["import-gguf", str(tiny_gguf), "-o", str(out)]) == 0
+    assert "imported" in capsys.readouterr().out
+    art = load_artifact(out)
+    assert art.kind == "hf" and art.task == "text-generation"
+    assert art.manifest["source"]["architecture"] == "llama" and art.manifest["source"]["file_type"] == "F32"
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    from runtimes.generation import GenerationConfig, generate
+    from runtimes.tasks import get_task
+
+    task = get_task("text-generation")
+    batch = type("Batch", (), {"texts": ("the quick brown fox",)})()
+    enc = task.encode(task.load_processor(out), batch)
+    assert enc["input_ids"][0, 0] != 0  # the file says add_bos_token false
+    with open_runner(art, "torch:cpu") as runner:
+        got = generate(runner, enc, GenerationConfig(max_new_tokens=3))
+    assert got.tokens.shape == (1, 3)
+
+
+def test_an_unsupported_architecture_is_refused_before_loading(tiny_llama, tmp_path):
+    from exporter.gguf import import_gguf
+
+    path = write_tiny_gguf(tmp_path / "rwkv.gguf", tiny_llama, arch="rwkv6")
+    with pytest.raises(UsageError, match="'rwkv6' is not supported; import-gguf reads llama"):
+        import_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_gguf_is_one_line(tmp_path):
+    from exporter.gguf import import_gguf
+
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf at all" * 10)
+    with pytest.raises(UsageError, match="not a readable GGUF file"):
+        import_gguf(tmp_path / "x.gguf", tmp_path / "out")
+    with pytest.raises(UsageError, match="no such file"):
+        import_gguf(tmp_path / "missing.gguf", tmp_path / "out")
+
+
+@pytest.mark.real_model
+def test_smollm2_imports_and_answers_a_chat_prompt(smollm2_gguf, tmp_path):
+    """The real GGUF: imported once (about a minute on two cores), its tokenizer follows the file
+    (no second BOS before the chat template's own), and greedy decoding answers sensibly."""
+    from exporter.gguf import import_gguf
+    from runtimes.generation import GenerationConfig, generate
+    from runtimes.tasks import get_task
+
+    art = import_gguf(smollm2_gguf, tmp_path / "smol")
+    assert art.manifest["source"]["file_type"] == "Q4_1" and art.task == "text-generation"
+    task = get_task("text-generation")
+    tok = task.load_processor(art.path)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    enc = task.encode(tok, type("Batch", (), {"texts": (prompt,)})())
+    assert enc["input_ids"][0, 1] != tok.bos_token_id
+    with open_runner(art, "torch:cpu") as runner:
+        got = generate(runner, enc, GenerationConfig(max_new_tokens=12, eos_token_ids=(tok.eos_token_id,)))
+    assert "Paris" in tok.decode(got.tokens[0])

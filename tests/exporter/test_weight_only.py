@@ -1,0 +1,86 @@
+"""Weight-only INT4/INT8 (MatMulNBits) on a tiny Llama export, the tied lm_head included."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from enginewright.cli import main
+from exporter.passes.transposed_weights import fold_transposed_matmul_weights
+from exporter.weight_only import WeightOnlyConfig, quantize_weights
+from runtimes import load_artifact
+from runtimes.errors import UsageError
+
+GRAPH = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 3] x) => (float[2, 4] y) <float[4, 3] emb = {1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12.}> {
+    t = Transpose <perm = [1, 0]> (emb)
+    y = MatMul (x, t)
+}
+"""
+
+
+def _run(model, x):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_the_transposed_embedding_becomes_a_constant_matmul_weight():
+    model = onnx.parser.parse_model(GRAPH)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    before = _run(model, x)
+    result = fold_transposed_matmul_weights(model)
+    assert result.modified and result.count == 1
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]
+    np.testing.assert_array_equal(_run(model, x), before)
+    onnx.checker.check_model(model, full_check=True)
+    again = fold_transposed_matmul_weights(model)
+    assert not again.modified and again.count == 0
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(tiny_llama, tmp_path_factory):
+    from exporter import export_hf
+
+    return export_hf(tiny_llama, tmp_path_factory.mktemp("wo") / "onnx", progress=False).path
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_every_matmul_weight_is_quantized_including_the_lm_head(llama_onnx, tmp_path, bits):
+    art = quantize_weights(llama_onnx, tmp_path / "q", WeightOnlyConfig(bits=bits))
+    q = art.manifest["quantization"]
+    assert q["quantized"] == q["matmuls_with_constant_weights"] == 15 and "folded" in q["lm_head"]
+    nodes = onnx.load(str(art.model_file)).graph.node
+    lm_head = [n for n in nodes if n.name.startswith("/lm_head")]
+    assert [n.op_type for n in lm_head] == ["MatMulNBits"] and dict(
+        (a.name, a.i) for a in lm_head[0].attribute)["bits"] == bits
+    assert art.size_bytes() < load_artifact(llama_onnx).size_bytes()
+
+
+def test_int8_keeps_the_tokens_and_excluded_matmuls_stay_float(tiny_llama, llama_onnx, tmp_path, capsys):
+    from evaluation.data import TextDataset
+    from evaluation.llm_compare import LlmCompareConfig, run_llm_compare
+
+    argv = ["quantize", str(llama_onnx), "--mode", "weight-only", "--bits", "8", "--exclude", "/lm_head/MatMul",
+            "-o", str(tmp_path / "int8")]
+    assert main(argv) == 0
+    assert "14 of 15 MatMuls, 1 kept in float" in capsys.readouterr().out
+    data = TextDataset(source="inline", texts=("the quick brown fox jumps over the lazy dog", "hello there"))
+    out = run_llm_compare(tiny_llama, [tmp_path / "int8"], data, config=LlmCompareConfig(max_new_tokens=4))
+    assert out.report["candidates"][0]["top1_agreement"] > 0.9
+
+
+def test_bad_weight_only_settings_are_one_line(llama_onnx, tmp_path):
+    with pytest.raises(UsageError, match="--block-size 48"):
+        WeightOnlyConfig(block_size=48)
+    with pytest.raises(UsageError, match="--bits 3"):
+        WeightOnlyConfig(bits=3)
+    with pytest.raises(UsageError, match="hqq"):
+        WeightOnlyConfig(algorithm="hqq", symmetric=True)
+    with pytest.raises(UsageError, match="--exclude 'nope'"):
+        quantize_weights(llama_onnx, tmp_path / "q", WeightOnlyConfig(exclude=("nope",)))
+    assert not (tmp_path / "q").exists()
