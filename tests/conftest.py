@@ -127,22 +127,23 @@ def tiny_classifier(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "classifier", task="text-classification")
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx(tiny_bert, tmp_path_factory) -> Path:
+def exported(model_dir: Path, tmp_path_factory, name: str) -> Path:
+    """``model_dir`` exported to ONNX in a fresh temporary directory."""
     from exporter import export_hf
 
-    out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
-    export_hf(tiny_bert, out, progress=False)
+    out = tmp_path_factory.mktemp("tiny_onnx") / name
+    export_hf(model_dir, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_bert, tmp_path_factory) -> Path:
+    return exported(tiny_bert, tmp_path_factory, "onnx")
 
 
 @pytest.fixture(scope="session")
 def tiny_classifier_onnx(tiny_classifier, tmp_path_factory) -> Path:
-    from exporter import export_hf
-
-    out = tmp_path_factory.mktemp("tiny_onnx") / "classifier_onnx"
-    export_hf(tiny_classifier, out, progress=False)
-    return out
+    return exported(tiny_classifier, tmp_path_factory, "classifier_onnx")
 
 
 @pytest.fixture(scope="session")
@@ -152,11 +153,7 @@ def tiny_vit(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vit_onnx(tiny_vit, tmp_path_factory) -> Path:
-    from exporter import export_hf
-
-    out = tmp_path_factory.mktemp("tiny_onnx") / "vit_onnx"
-    export_hf(tiny_vit, out, progress=False)
-    return out
+    return exported(tiny_vit, tmp_path_factory, "vit_onnx")
 
 
 @pytest.fixture(scope="session")
