@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds of the head to head's two artifacts timed again alone (0: skip)")
     ap.add_argument("--duel-time", type=float, default=40.0, help="seconds of timed work per artifact in the duel")
     ap.add_argument("--duel-optimum", action="store_true", help="also duel our best against Optimum's (the peer duel always runs)")
-    ap.add_argument("--select-rounds", type=int, default=3, help="quantize --select's own timing rounds")
+    ap.add_argument("--select-rounds", type=int, default=5, help="quantize --select's own timing rounds")
     ap.add_argument("--select-seconds", type=float, default=1.0, help="quantize --select's seconds per candidate and round")
     ap.add_argument("--skip-classifier", action="store_true")
     ap.add_argument("-o", "--output", type=Path, default=Path("runs/quantization"))

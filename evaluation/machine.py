@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+from runtimes import usable_cores
+
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "fma")
 
 
@@ -64,7 +66,7 @@ def describe_machine() -> dict:
         "cpu": model,
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "cpu_features": [f for f in _FLAGS if f in flags],
         "instruction_set": instruction_set(flags),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

@@ -72,7 +72,7 @@ class QuantizeConfig:
     accuracy_budget: float | None = None
     min_agreement: float = 0.98
     select: bool = False
-    select_rounds: int = 3
+    select_rounds: int = 5
     select_seconds: float = 1.0
     calib_rows: int = 128
     eval_rows: int = 64

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from evaluation.machine import describe_machine, instruction_set
 from exporter.quantizer import Quantizer, Scorer, file_artifact
-from runtimes import open_runner
+from runtimes import open_runner, usable_cores
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Candidate:
                        attention=self.attention, activation=self.activation)
 
 
+DEFAULT = Candidate("input", "dynamic", True, False)  # the tool's own recipe, kept unless clearly beaten
+
+
 def candidates(cfg, graphs: Sequence[str], has_attention: dict[str, bool], static: bool) -> list[Candidate]:
     """Every combination of the axes the user left open: graph, per-channel, reduce_range, and for a
     fused graph QAttention or not; static QDQ (U8 and S8 activations) on the input graph when there
@@ -60,8 +63,11 @@ def candidates(cfg, graphs: Sequence[str], has_attention: dict[str, bool], stati
 
 def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds: float, threads: int | None = None) -> list[list[float]]:
     """Samples/s of each model on one fixed batch, per round: every round each model runs for
-    ``seconds`` (at least 2 calls) in a rotated order, so drift of a shared machine hits all alike."""
+    ``seconds`` (at least 2 calls) in a rotated order, so drift of a shared machine hits all alike.
+    ``threads`` defaults to the usable cores, as ``bench`` times (ONNX Runtime's own default is the
+    physical cores, which on a 2-vCPU machine can be one, and ranks recipes differently)."""
     batch = next(iter(feed.values())).shape[0]
+    threads = threads or usable_cores()
     runners = [open_runner(file_artifact(p), "onnxruntime:cpu", threads=threads).activate() for p in paths]
     try:
         for r in runners:  # warm-up
@@ -83,8 +89,12 @@ def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds:
 
 def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, scorer: Scorer, feed: dict, *,
            budget: float, min_agreement: float, float_path: Path, progress: bool) -> tuple[Candidate | None, dict]:
-    """Build, score and time ``cands``; returns the fastest within the budget (None if none is)
-    and the table (the manifest's ``quantization.selection``)."""
+    """Build, score and time ``cands``; returns the chosen one (None if none is within the budget)
+    and the table (the manifest's ``quantization.selection``).
+
+    The tool's default recipe (the input graph, dynamic, per-channel, 8-bit) is kept unless another
+    candidate within the budget is faster than it in every timed round: recipes a few percent apart
+    swap places from run to run on a shared machine, and a choice should not be a coin toss."""
     rows, paths = [], {}
     for c in tqdm(cands, desc="select: build and score", unit="recipe", disable=not progress):
         q = quantizers[c.graph].with_config(c.config(base_cfg))
@@ -101,7 +111,7 @@ def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, s
         ref = float(np.median(by_round[0]))
         for r, sps in zip(timed, by_round[1:]):
             r.update(samples_per_s_by_round=sps, samples_per_s=float(np.median(sps)), speedup_vs_float=float(np.median(sps)) / ref)
-    best = max(timed, key=lambda r: r["samples_per_s"]) if timed else None
+    best, decision = _choose(timed, DEFAULT.name)
     for r in rows:
         r["chosen"] = r is best
     features = describe_machine()["cpu_features"]
@@ -110,9 +120,29 @@ def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, s
              "scored_on_rows": scorer.rows, "timing": {**shape, "rounds": base_cfg.select_rounds,
                                                        "seconds_per_round": base_cfg.select_seconds},
              "float_samples_per_s_by_round": by_round[0] if timed else None,
-             "cpu_features": features, "instruction_set": instruction_set(features), "candidates": rows, "chosen": best["name"] if best else None}
+             "cpu_features": features, "instruction_set": instruction_set(features), "candidates": rows, "chosen": best["name"] if best else None,
+             "decision": decision}
     chosen = next((c for c in cands if c.name == best["name"]), None) if best else None
     return chosen, table
+
+
+def _choose(timed: list[dict], default: str) -> tuple[dict | None, str]:
+    """The fastest candidate by median if it beats the default recipe in every round (or the default
+    is not among those timed), else the default; and why, in words."""
+    if not timed:
+        return None, "no candidate meets the accuracy budget"
+    fastest = max(timed, key=lambda r: r["samples_per_s"])
+    base = next((r for r in timed if r["name"] == default), None)
+    if base is None:
+        return fastest, "the default recipe misses the budget: the fastest candidate within it"
+    if fastest is base:
+        return base, "the default recipe is the fastest"
+    ahead = sum(a > b for a, b in zip(fastest["samples_per_s_by_round"], base["samples_per_s_by_round"]))
+    rounds = len(base["samples_per_s_by_round"])
+    if ahead == rounds:
+        return fastest, f"faster than the default recipe in all {rounds} rounds"
+    return base, (f"the default recipe: the fastest by median ({fastest['name']}) was ahead of it in only "
+                  f"{ahead} of {rounds} rounds")
 
 
 def node_choices(q: Quantizer, quantized: Sequence[str], excluded: Sequence[str], searched_float: Sequence[str]) -> dict:

@@ -24,8 +24,13 @@ _DEFAULT_FOR_KIND = {"hf": "torch:cpu", "onnx": "onnxruntime:cpu", "trt": "tenso
 
 __all__ = [
     "Artifact", "BACKENDS", "CheckFailed", "EnginewrightError", "Runner", "TensorSpec", "UsageError",
-    "backend_class", "default_runtime", "load_artifact", "open_runner", "parse_runtime",
+    "backend_class", "default_runtime", "load_artifact", "open_runner", "parse_runtime", "usable_cores",
 ]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), the thread count every runner is timed with."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def parse_runtime(runtime: str) -> tuple[str, str]:

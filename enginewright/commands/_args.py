@@ -275,7 +275,9 @@ def train_config(o):
 
 
 def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from runtimes import usable_cores as cores
+
+    return cores()
 
 
 def threads(o) -> int:

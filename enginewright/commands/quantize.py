@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--select", action="store_true",
                    help="build the candidate recipes, score them on the calibration texts, time them here, keep the fastest "
                         "within --max-cosine-loss (default 0.01); the table goes into the manifest")
-    p.add_argument("--select-rounds", type=int, default=3, metavar="N", help="--select: interleaved timing rounds (default 3)")
+    p.add_argument("--select-rounds", type=int, default=5, metavar="N", help="--select: interleaved timing rounds (default 5)")
     p.add_argument("--select-seconds", type=float, default=1.0, metavar="S",
                    help="--select: seconds each candidate runs per round (default 1)")
     p.add_argument("--calib", metavar="DATA", default=None,
@@ -96,6 +96,8 @@ def selection_table(sel: dict) -> str:
             "   not timed (misses the budget)"
         agree = f", agreement {r['agreement']:.3f}" if r["agreement"] is not None else ""
         lines.append(f"  {'*' if r['chosen'] else ' '} {r['name']:<58} cosine {r['cosine']:.4f}{agree}  {speed}")
+    if sel.get("decision"):
+        lines.append(f"  chosen: {sel['decision']}")
     return "\n".join(lines)
 
 

@@ -111,3 +111,19 @@ def test_the_default_recipe_keeps_minilm_within_budget(minilm_dir, tmp_path):
     assert sum(c["choice"] == "int8" for c in q["node_choices"].values()) == 36  # 6 layers x (Q, K, V, output, 2 FFN)
     assert {c["why"] for c in q["node_choices"].values() if c["choice"] == "float"} == {
         "weight not constant (activation x activation product; --all-matmuls quantizes it)"}
+
+
+def test_select_keeps_the_default_recipe_unless_clearly_beaten():
+    from exporter.recipes import DEFAULT, _choose
+
+    def row(name, rounds):
+        return {"name": name, "samples_per_s_by_round": rounds, "samples_per_s": sorted(rounds)[len(rounds) // 2]}
+
+    base = row(DEFAULT.name, [100, 100, 100, 100, 100])
+    always = row("fused+QAttention", [101, 120, 110, 115, 102])
+    mostly = row("fused+QAttention", [99, 130, 130, 130, 130])
+    assert _choose([base, always], DEFAULT.name)[0] is always
+    chosen, why = _choose([base, mostly], DEFAULT.name)
+    assert chosen is base and "ahead of it in only 4 of 5 rounds" in why
+    assert _choose([mostly], DEFAULT.name)[0] is mostly  # the default missed the budget
+    assert _choose([], DEFAULT.name) == (None, "no candidate meets the accuracy budget")
