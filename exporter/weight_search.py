@@ -1,0 +1,178 @@
+"""The perplexity-budgeted search of ``quantize --mode weight-only --max-ppl-increase``: which MatMuls
+stay INT8 or float so that the INT4 model's perplexity on the calibration texts is within the budget.
+
+Sensitivity is measured end to end, one MatMul at a time, without rebuilding anything: the float
+model's MatMul weights become overridable initializers (graph inputs with a default), so one ONNX
+Runtime session scores any mix of float, INT4 and INT8 weights by feeding their fake-quantized
+copies. The fake quantization calls the same C kernel as ``MatMulNBitsQuantizer`` (RTN, blockwise)
+and de-quantizes in numpy, so the searched model is the built one up to the kernels' float order.
+Each MatMul's cost is the mean KL(float || model with only that MatMul in INT4) over the calibration
+tokens; the costliest go to INT8 one by one (then, if INT8 of all ``max_promoted`` is not enough,
+to float, costliest first) until the whole model's perplexity increase is within the budget.
+On SmolLM2-135M (211 MatMuls) that is one forward pass per MatMul plus one per promotion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evaluation.llm_metrics import log_softmax
+from runtimes.errors import CheckFailed
+
+
+def fake_quant(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
+    """``w`` [K, N] quantized blockwise along K as ``MatMulNBitsQuantizer`` does (RTN), de-quantized."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    rows, cols = w.shape
+    blocks = -(-rows // block_size)
+    padded = np.pad(w, ((0, blocks * block_size - rows), (0, 0)))
+    per_byte = 8 // bits
+    packed = np.zeros((cols, blocks, block_size // per_byte), dtype=np.uint8)
+    zp = np.zeros((cols, -(-blocks // per_byte)), dtype=np.uint8)
+    scales = np.zeros((cols, blocks), dtype=np.float32)
+    (quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits)(packed, padded, scales, zp, block_size, cols, rows,
+                                                                    symmetric)
+    if bits == 4:
+        q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(cols, blocks, block_size)
+        z = np.stack([zp & 0x0F, zp >> 4], -1).reshape(cols, -1)[:, :blocks]
+    else:
+        q, z = packed, zp[:, :blocks]
+    if symmetric:
+        z = np.full((cols, blocks), 1 << (bits - 1), dtype=np.uint8)
+    deq = (q.astype(np.float32) - z[..., None].astype(np.float32)) * scales[..., None]
+    return np.ascontiguousarray(deq.reshape(cols, -1)[:, :rows].T)
+
+
+class Scorer:
+    """One session of the float model whose MatMul weights can be overridden; scores any weights
+    mix against the float model's next-token distributions on ``encoded`` batches."""
+
+    def __init__(self, model, weights: dict[str, str], encoded: list[dict], threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        from runtimes.generation import positions
+
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        inits = {i.name: i for i in model.graph.initializer}
+        present = {i.name for i in model.graph.input}
+        for name in sorted(set(weights.values()) - present):
+            model.graph.input.append(onnx.helper.make_tensor_value_info(name, inits[name].data_type, list(inits[name].dims)))
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.weights = weights  # MatMul node -> its weight initializer
+        self.float = {n: onnx.numpy_helper.to_array(inits[w]) for n, w in weights.items()}
+        specs = {i.name: i for i in self.session.get_inputs()}
+        self.feeds = []
+        for enc in encoded:
+            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+            f = {"input_ids": ids, "attention_mask": mask}
+            if "position_ids" in specs:
+                f["position_ids"] = positions(mask, 0)
+            for name, s in specs.items():
+                if name.startswith("past_key_values."):
+                    f[name] = np.zeros((ids.shape[0], s.shape[1], 0, s.shape[3]), dtype=np.float32)
+            self.feeds.append((f, mask.astype(bool)))
+        self.ref = [self._logprobs(f, real) for f, real in self.feeds]
+        self.ref_nll = self._nll(self.ref)
+
+    def _logprobs(self, feeds, real):
+        logits = self.session.run(["logits"], feeds)[0]
+        return [(log_softmax(logits[i][real[i]]), feeds["input_ids"][i][real[i]]) for i in range(len(logits))]
+
+    @staticmethod
+    def _nll(batches):
+        nll = count = 0
+        for batch in batches:
+            for lp, ids in batch:
+                nll += float(-lp[np.arange(len(ids) - 1), ids[1:]].sum())
+                count += len(ids) - 1
+        return nll / max(count, 1)
+
+    def score(self, overrides: dict[str, np.ndarray]) -> tuple[float, float]:
+        """(perplexity change, mean KL) with ``overrides`` (MatMul node -> weight); the rest float."""
+        feeds_w = {self.weights[n]: w for n, w in overrides.items()}
+        out, kl, positions = [], 0.0, 0
+        for (f, real), ref in zip(self.feeds, self.ref):
+            batch = self._logprobs({**f, **feeds_w}, real)
+            for (lp, _), (rlp, _) in zip(batch, ref):
+                kl += float((np.exp(rlp) * (rlp - lp)).sum())
+                positions += len(lp)
+            out.append(batch)
+        return float(np.expm1(self._nll(out) - self.ref_nll)), kl / max(positions, 1)
+
+
+@dataclass
+class SearchResult:
+    """Each MatMul's choice (``int4``/``int8``/``float``), its measured cost alone in INT4, the
+    promotion steps and the perplexity change the search measured with the final choices."""
+
+    choices: dict[str, str]
+    costs: dict[str, dict]
+    steps: list[dict] = field(default_factory=list)
+    ppl_change: float = 0.0
+    kl_mean: float = 0.0
+    all_int4_ppl_change: float = 0.0
+
+    def to_dict(self) -> dict:
+        kept = {n: c for n, c in self.choices.items() if c != "int4"}
+        return {"ppl_change_calibration": self.ppl_change, "kl_mean_calibration": self.kl_mean,
+                "all_int4_ppl_change_calibration": self.all_int4_ppl_change,
+                "counts": {c: sum(v == c for v in self.choices.values()) for c in ("int4", "int8", "float")},
+                "kept": {n: {"choice": c, "why": f"alone in INT4: KL {self.costs[n]['kl']:.3g}, perplexity "
+                             f"{self.costs[n]['ppl_change']:+.2%} (rank {self.costs[n]['rank']})"} for n, c in kept.items()},
+                "steps": self.steps, "costs": self.costs}
+
+
+def search(scorer: Scorer, budget: float, max_promoted: int, block_size: int, symmetric: bool,
+           log=lambda msg: None) -> SearchResult:
+    """Greedy promotion of the costliest MatMuls until the perplexity change is within ``budget``.
+
+    Raises:
+        CheckFailed: ``max_promoted`` promotions (INT8, then float) do not meet the budget.
+    """
+    names = list(scorer.weights)
+    q4 = {n: fake_quant(scorer.float[n], 4, block_size, symmetric) for n in names}
+    costs = {}
+    for k, n in enumerate(names):
+        ppl, kl = scorer.score({n: q4[n]})
+        costs[n] = {"kl": kl, "ppl_change": ppl}
+        if k % 20 == 0:
+            log(f"  sensitivity {k + 1}/{len(names)}")
+    order = sorted(names, key=lambda n: -costs[n]["kl"])
+    for rank, n in enumerate(order, 1):
+        costs[n]["rank"] = rank
+    choices = dict.fromkeys(names, "int4")
+
+    q8 = {}
+
+    def measure(step: str):
+        for n in (n for n, c in choices.items() if c == "int8" and n not in q8):
+            q8[n] = fake_quant(scorer.float[n], 8, block_size, symmetric)
+        weights = {n: q4[n] if c == "int4" else q8[n] if c == "int8" else scorer.float[n] for n, c in choices.items()}
+        ppl, kl = scorer.score(weights)
+        result.steps.append({"step": step, "ppl_change": ppl, "kl_mean": kl})
+        return ppl, kl
+
+    result = SearchResult(choices, costs)
+    ppl, kl = measure("all int4")
+    result.all_int4_ppl_change = ppl
+    plan = [(n, "int8") for n in order[:max_promoted]] + [(n, "float") for n in order[:max_promoted]]
+    for n, choice in plan:
+        if ppl <= budget:
+            break
+        choices[n] = choice
+        ppl, kl = measure(f"{n} -> {choice}")
+    if ppl > budget:
+        raise CheckFailed(f"--max-ppl-increase {budget:.2%}: not met with the {min(max_promoted, len(names))} costliest "
+                          f"MatMuls in float (perplexity {ppl:+.2%} on the calibration texts); raise --max-promoted or "
+                          "the budget, or use --bits 8")
+    result.ppl_change, result.kl_mean = ppl, kl
+    return result
