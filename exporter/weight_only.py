@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
@@ -17,6 +18,9 @@ from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
+
+if TYPE_CHECKING:
+    from evaluation.data import TextDataset
 
 ALGORITHMS = ("rtn", "hqq")
 
@@ -33,6 +37,10 @@ class WeightOnlyConfig:
     algorithm: str = "rtn"
     exclude: tuple[str, ...] = ()
     accuracy_level: int | None = None  # MatMulNBits' compute type on CPU: None (float) or 4 (int8 activations)
+    max_ppl_increase: float | None = None  # the search's budget on the calibration texts (relative: 0.02 is 2%)
+    max_promoted: int = 32  # the search keeps at most this many MatMuls out of INT4
+    search_rows: int = 8  # calibration texts the search scores on
+    search_length: int = 40  # tokens of each (one forward pass per MatMul: SmolLM2 has 211)
 
     def __post_init__(self):
         if self.bits not in (4, 8):
@@ -44,22 +52,33 @@ class WeightOnlyConfig:
                              "calibration and is not wired yet)")
         if self.algorithm == "hqq" and (self.bits != 4 or self.symmetric):
             raise UsageError("--algorithm hqq quantizes to 4 bits with a zero point: pass --bits 4 --asymmetric")
+        if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise UsageError(f"--accuracy-level {self.accuracy_level}: give 0 (float compute) to 4 (int8 activations)")
+        if self.max_ppl_increase is not None:
+            if not self.max_ppl_increase >= 0:
+                raise UsageError(f"--max-ppl-increase {self.max_ppl_increase}: give a relative increase >= 0 (2% or 0.02)")
+            if self.bits != 4 or self.algorithm != "rtn":
+                raise UsageError("--max-ppl-increase searches INT4 RTN models: pass --bits 4 --algorithm rtn")
+            if self.max_promoted < 1:
+                raise UsageError(f"--max-promoted {self.max_promoted}: give at least 1")
 
-    def algo_config(self):
+    def algo_config(self, bits: int | None = None):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
         if self.algorithm == "hqq":
             return mq.HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=self.bits)
-        return mq.DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric, bits=self.bits,
-                                               accuracy_level=self.accuracy_level)
+        return mq.DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric,
+                                               bits=bits or self.bits, accuracy_level=self.accuracy_level or None)
 
 
 def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, config: WeightOnlyConfig, *,
-                     force: bool = False, command: str | None = None) -> Artifact:
+                     calib: TextDataset | None = None, force: bool = False, command: str | None = None,
+                     log=lambda msg: None) -> Artifact:
     """Write ``artifact``'s model with its MatMul weights in ``config.bits`` to ``out``.
 
     Raises:
         UsageError: not an ONNX artifact, an excluded name that is no MatMul, output exists.
+        CheckFailed: ``config.max_ppl_increase`` not met with ``config.max_promoted`` MatMuls kept out of INT4.
     """
     import onnx
 
@@ -71,15 +90,27 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         raise UsageError(f"--exclude {unknown[0]!r}: no MatMul of {src.model_file} has that name")
     folded = fold_transposed_matmul_weights(model)
     consts = {i.name for i in model.graph.initializer}
-    candidates = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
+    weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
+    candidates = list(weights)
+    searched = None
+    if config.max_ppl_increase is not None:
+        searched = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib, config, log)
+    int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
+    float_kept = sorted({*config.exclude, *(n for n, c in (searched.choices if searched else {}).items() if c == "float")})
 
     def fill(tmp):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
         from exporter.quiet import quiet_export
 
+        result = model
         with quiet_export():
-            q = mq.MatMulNBitsQuantizer(model, nodes_to_exclude=list(config.exclude), algo_config=config.algo_config())
+            if int8:  # first the promoted MatMuls in INT8, then the rest in INT4 (MatMulNBits is no MatMul any more)
+                q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=sorted(set(candidates) - set(int8)),
+                                            algo_config=config.algo_config(bits=8))
+                q.process()
+                result = q.model.model
+            q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=float_kept, algo_config=config.algo_config())
             q.process()
         result = q.model.model
         quantized = sum(n.op_type == "MatMulNBits" for n in result.graph.node)
@@ -92,12 +123,38 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"mode": "weight-only", "bits": config.bits, "block_size": config.block_size,
-                     "symmetric": config.symmetric, "algorithm": config.algorithm, "exclude": list(config.exclude)},
+                     "symmetric": config.symmetric, "algorithm": config.algorithm, "exclude": list(config.exclude),
+                     "accuracy_level": config.accuracy_level or 0, "max_ppl_increase": config.max_ppl_increase,
+                     "max_promoted": config.max_promoted if searched else None},
             parity=None,
             quantization={"kind": f"weight-only int{config.bits} (MatMulNBits)", "matmuls_with_constant_weights":
-                          len(candidates), "quantized": quantized, "kept_float": sorted(config.exclude),
+                          len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
+                          "accuracy_level": config.accuracy_level or 0,
+                          "weight_only": _search_record(searched, config, calib) if searched else None,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
                           if folded.modified else "had a constant weight already"},
         )
 
     return writer.write(fill, companions_from=src.path)
+
+
+def _search(model, weights: dict[str, str], src, calib: TextDataset | None, config: WeightOnlyConfig, log):
+    from evaluation.data import load_texts
+    from exporter.weight_search import Scorer, search
+    from runtimes.tasks import get_task
+
+    task = get_task("text-generation")
+    data = calib if calib is not None else load_texts(None)
+    data = type(data)(source=data.source, texts=tuple(t for t in data.texts if t.strip())[:config.search_rows])
+    encoded = task.encode_batches(task.load_processor(src.path), data, 4, max_length=config.search_length)
+    log(f"measuring {len(weights)} MatMuls alone in INT4 on {len(data.texts)} calibration texts")
+    scorer = Scorer(model, weights, encoded)
+    return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log)
+
+
+def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None) -> dict:
+    return {"method": "each MatMul alone in INT4 (fake-quantized through the MatMulNBits kernel), cost = mean KL vs "
+                      "float on the calibration texts; costliest promoted to INT8, then float, until the budget is met",
+            "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,
+            "calibration": calib.describe() if calib is not None else "built-in sample sentences",
+            "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}

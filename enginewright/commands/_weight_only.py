@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_weight_only_args(p) -> None:
     g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float)")
@@ -10,18 +12,46 @@ def add_weight_only_args(p) -> None:
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
+    g.add_argument("--accuracy-level", type=int, default=0, metavar="0|4",
+                   help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less exact)")
+    g.add_argument("--max-ppl-increase", type=_share, default=None, metavar="X",
+                   help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
+                        "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
+    g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
+    g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
+
+
+def _share(text):
+    from evaluation.llm_compare import parse_share
+
+    return parse_share(text)
 
 
 def make_weight_only(o, src, out, *, force: bool, command: str):
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
-                              algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()))
-    return quantize_weights(src, out, config, force=force, command=command)
+                              algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
+                              accuracy_level=o["accuracy_level"], max_ppl_increase=o["max_ppl_increase"],
+                              max_promoted=o["max_promoted"], search_rows=o["search_rows"])
+    calib = None
+    if config.max_ppl_increase is not None and o.get("calib"):
+        from evaluation.data import load_texts
+
+        calib = load_texts(o["calib"], text_column=o.get("text_column") or "text")
+    return quantize_weights(src, out, config, calib=calib, force=force, command=command,
+                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def summarize(art, src) -> None:
     q = art.manifest["quantization"]
     print(f"quantized {src} ({q['kind']}): {q['quantized']} of {q['matmuls_with_constant_weights']} MatMuls, "
           f"{len(q['kept_float'])} kept in float; lm_head: {q['lm_head']}")
+    if s := q.get("weight_only"):
+        c = s["counts"]
+        print(f"search: all INT4 {s['all_int4_ppl_change_calibration']:+.2%} perplexity on {s['calibration_rows']} "
+              f"calibration texts; {c['int8']} MatMuls kept INT8, {c['float']} float, {c['int4']} INT4: "
+              f"{s['ppl_change_calibration']:+.2%} (budget +{s['budget_ppl_increase']:.2%})")
+        for name, k in s["kept"].items():
+            print(f"  {k['choice']:5} {name}: {k['why']}")
     print(f"artifact: {art.path} (check it: enginewright compare MODEL_DIR {art.path} --max-ppl-increase 2%)")
