@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from enginewright.commands.compare import Share
+
 
 def add_weight_only_args(p) -> None:
     g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float)")
@@ -14,17 +16,11 @@ def add_weight_only_args(p) -> None:
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
     g.add_argument("--accuracy-level", type=int, default=0, metavar="0|4",
                    help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less exact)")
-    g.add_argument("--max-ppl-increase", type=_share, default=None, metavar="X",
+    g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="X",
                    help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
                         "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
     g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
     g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
-
-
-def _share(text):
-    from evaluation.llm_compare import parse_share
-
-    return parse_share(text)
 
 
 def make_weight_only(o, src, out, *, force: bool, command: str):
