@@ -12,20 +12,16 @@ from enginewright.cli import main
 from evaluation.data import TextDataset
 from runtimes.errors import UsageError
 
-DATA = TextDataset(source="inline", texts=("the quick brown fox jumps over the lazy dog", "a small test",
-                                           "numbers like 42 and words and more words", "hello there, how are you"))
+PROMPTS = """the quick brown fox jumps over the lazy dog
+a small test
+numbers like 42 and words and more words
+hello there, how are you"""
+DATA = TextDataset(source="inline", texts=tuple(PROMPTS.splitlines()))
 
 
-@pytest.fixture(scope="module")
-def llama_onnx(tiny_llama, tmp_path_factory):
-    from exporter import export_hf
-
-    return export_hf(tiny_llama, tmp_path_factory.mktemp("llm_bench") / "onnx", progress=False).path
-
-
-def test_the_report_counts_and_times_every_runner(tiny_llama, llama_onnx):
+def test_the_report_counts_and_times_every_runner(tiny_llama, tiny_llama_onnx):
     cfg = LlmBenchConfig(batches=(1, 3), max_new_tokens=5, rounds=2, hf_generate=True)
-    report = run_llm_bench([tiny_llama, llama_onnx], DATA, config=cfg, progress=False)
+    report = run_llm_bench([tiny_llama, tiny_llama_onnx], DATA, config=cfg, progress=False)
     labels = [r["label"] for r in report["runners"]]
     assert len(labels) == 3 and labels[1].endswith("generate()") and "IO binding" in report["runners"][2]["loop"]
     assert report["execution_order"] == [labels, labels[1:] + labels[:1]]
@@ -41,7 +37,7 @@ def test_the_report_counts_and_times_every_runner(tiny_llama, llama_onnx):
     assert all(r["decode_speedup"] == 1.0 for r in ref)
 
 
-def test_io_binding_generates_the_same_tokens_as_numpy_feeds(llama_onnx, tiny_llama):
+def test_io_binding_generates_the_same_tokens_as_numpy_feeds(tiny_llama_onnx, tiny_llama):
     from runtimes import load_artifact
     from runtimes.generation import GenerationConfig, generate
     from runtimes.onnxrt.runner import OnnxRuntimeRunner
@@ -50,7 +46,7 @@ def test_io_binding_generates_the_same_tokens_as_numpy_feeds(llama_onnx, tiny_ll
     task = get_task("text-generation")
     enc = task.encode(task.load_processor(tiny_llama), DATA)  # left padding: rows of different lengths
     assert (enc["attention_mask"] == 0).any()
-    with OnnxRuntimeRunner(load_artifact(llama_onnx)) as r:
+    with OnnxRuntimeRunner(load_artifact(tiny_llama_onnx)) as r:
         fast = generate(r, enc, GenerationConfig(max_new_tokens=6))
         plain = generate(r, enc, GenerationConfig(max_new_tokens=6), io_binding=False)
     np.testing.assert_array_equal(fast.tokens, plain.tokens)
