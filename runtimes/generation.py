@@ -2,7 +2,8 @@
 
 The loop is written once, in numpy, and steps a ``Runner`` (PyTorch, ONNX Runtime, later TensorRT)
 through ``infer``: a prefill with an empty cache, then one token per step with the ``present.*``
-outputs fed back as ``past_key_values.*``. So greedy decoding, sampling, left padding and EOS mean
+outputs fed back as ``past_key_values.*`` (or through the runner's ``kv_step`` when it has one: ONNX
+Runtime's IO binding keeps the cache in ``OrtValue``s). So greedy decoding, sampling, left padding and EOS mean
 the same on every backend, and a difference between two runners' tokens comes from their numbers,
 never from two loops::
 
