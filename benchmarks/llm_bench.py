@@ -10,7 +10,8 @@ Face model) runs the same loop with its KV cache; with ``hf_generate`` transform
 
 Per runner and batch size: TTFT (prefill and the first pick) p50/p90, inter-token latency (one
 decode step of the batch) p50/p90/p99, decode tokens/s (tokens after the first over the decode
-time), prefill tokens/s (real prompt tokens over TTFT), the peak RSS sampled while it ran, and the
+time), prefill tokens/s (real prompt tokens over TTFT), the peak process RSS sampled while it ran
+and its growth within a turn, and the
 speedup of decode tokens/s over the reference at the same batch size.
 """
 
@@ -58,22 +59,32 @@ class LlmBenchConfig:
 
 
 class _RssPeak:
-    """The process RSS sampled every few milliseconds on a thread; ``peak[label]`` is the highest
-    seen while ``label`` was the current runner."""
+    """The process RSS sampled every few milliseconds on a thread while a runner has its turn
+    (``turn(label)``): ``peak[label]`` the highest seen, ``growth[label]`` the most above the RSS at
+    the start of a turn (what generating takes beyond the loaded models: cache, activations)."""
 
     def __init__(self, every_s: float = 0.005):
         import psutil
 
-        self._proc, self._every, self.current, self.peak = psutil.Process(), every_s, None, {}
+        self._proc, self._every, self.current, self.peak, self.growth = psutil.Process(), every_s, None, {}, {}
+        self._base = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _rss(self) -> float:
+        return self._proc.memory_info().rss / 2**20
+
+    def turn(self, label: str | None) -> None:
+        self.current, self._base = None, self._rss()
+        self.current = label
 
     def _loop(self):
         while not self._stop.wait(self._every):
             label = self.current
             if label is not None:
-                rss = self._proc.memory_info().rss / 2**20
+                rss = self._rss()
                 self.peak[label] = max(self.peak.get(label, 0.0), rss)
+                self.growth[label] = max(self.growth.get(label, 0.0), rss - self._base)
 
     def __enter__(self):
         self._thread.start()
@@ -102,7 +113,7 @@ class _HfGenerate:
                 stamps.append(time.perf_counter())
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
-        model = self.runner._model
+        model = self.runner.model
         ids = torch.from_numpy(encoded["input_ids"]).to(model.device)
         mask = torch.from_numpy(encoded["attention_mask"]).to(model.device)
         with torch.inference_mode():
@@ -156,7 +167,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
             runners.append(runner)
             entries.append((plan.label, plan.runtime, str(plan.artifact.path), runner,
                             lambda enc, r=runner: generate(r, enc, gen, max_positions=limit, io_binding=config.io_binding)))
-            if config.hf_generate and plan.runtime.startswith("torch") and len(entries) == 1:
+            if config.hf_generate and hasattr(runner, "model") and len(entries) == 1:
                 hf = _HfGenerate(runner)
                 entries.append((hf.label, plan.runtime, str(plan.artifact.path), runner, lambda enc, h=hf: h(enc, gen)))
         runs = {(e[0], b): [] for e in entries for b in config.batches}
@@ -164,7 +175,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
         with _RssPeak() as rss, tqdm(total=config.rounds * len(entries), desc="bench", unit="run",
                                      disable=not progress) as bar:
             for label, _, _, _, fn in entries:
-                rss.current = label
+                rss.turn(label)
                 for _ in range(config.warmup):
                     for b in config.batches:
                         fn(cells[b][0])
@@ -173,11 +184,11 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                 turn = entries[k:] + entries[:k]
                 order.append([e[0] for e in turn])
                 for label, _, _, _, fn in turn:
-                    rss.current = label
+                    rss.turn(label)
                     for b in config.batches:
                         runs[(label, b)] += [fn(enc) for enc in cells[b]]
                     bar.update(1)
-            rss.current = None
+            rss.turn(None)
         settings = [{"label": e[0], "runtime": e[1], "artifact": e[2],
                      "loop": "transformers model.generate()" if e[0].endswith("generate()") else
                      "enginewright generate() with KV cache" + (", IO binding" if config.io_binding and hasattr(e[3], "kv_step") else ""),
@@ -185,8 +196,8 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
     finally:
         for r in runners:
             r.deactivate()
-    results = [_row(label, runtime, b, runs[(label, b)], rss.peak.get(label)) for label, runtime, *_ in entries
-               for b in config.batches]
+    results = [_row(label, runtime, b, runs[(label, b)], rss.peak.get(label), rss.growth.get(label))
+               for label, runtime, *_ in entries for b in config.batches]
     _add_speedups(results, entries[0][0])
     report = report_header("bench", command, describe_machine())
     report.update({
@@ -208,7 +219,8 @@ def _pct(values, q) -> float | None:
     return float(np.percentile(values, q) * 1e3) if len(values) else None
 
 
-def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss: float | None) -> dict:
+def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss: float | None,
+         growth: float | None) -> dict:
     ttft = [g.first_token_s for g in gens]
     itl = [s for g in gens for s in g.step_s]
     new = sum(int(g.lengths.sum()) for g in gens)
@@ -222,6 +234,7 @@ def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss:
         "decode_tokens_per_s": decode / sum(itl) if itl else None,
         "prefill_tokens_per_s": prompt / sum(ttft),
         "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
+        "run_rss_growth_mb": round(growth, 1) if growth is not None else None,  # per runner, all batch sizes
     }
 
 
@@ -243,14 +256,15 @@ def llm_bench_markdown(report: dict) -> str:
         f"- {s['warmup']} warm-up generation per runner and batch size, then {s['rounds']} interleaved rounds "
         f"(order in report.json); threads: {s['threads'] or 'library default'}",
         f"- reference for speedup (decode tokens/s at the same batch): `{s['baseline']}`",
-        "- ITL: one decode step of the whole batch; peak RSS: the process, sampled while the runner ran", "",
+        "- ITL: one decode step of the whole batch; peak RSS: the whole process (every runner stays loaded), sampled "
+        "while the runner ran; RSS growth: the most above the RSS at the start of its turn", "",
     ]
     rows = [[r["label"], r["batch"], r["generations"], fmt(r["ttft_p50_ms"]), fmt(r["ttft_p90_ms"]), fmt(r["itl_p50_ms"]),
              fmt(r["itl_p90_ms"]), fmt(r["itl_p99_ms"]), fmt(r["decode_tokens_per_s"]), fmt(r["prefill_tokens_per_s"]),
-             fmt(r["peak_rss_mb"]),
+             fmt(r["peak_rss_mb"]), fmt(r["run_rss_growth_mb"]),
              fmt(r["decode_speedup"], 3) + ("x" if r["decode_speedup"] else "")] for r in report["results"]]
     lines.append(md_table(["runner", "batch", "gens", "TTFT p50 ms", "TTFT p90 ms", "ITL p50 ms", "ITL p90 ms",
-                           "ITL p99 ms", "decode tok/s", "prefill tok/s", "peak RSS MiB", "speedup"], rows))
+                           "ITL p99 ms", "decode tok/s", "prefill tok/s", "peak RSS MiB", "RSS growth MiB", "speedup"], rows))
     lines += ["", "## Runners", ""]
     lines.append(md_table(["runner", "loop", "settings"], [
         [x["label"], x["loop"], ", ".join(f"{k}={v}" for k, v in x["settings"].items() if k not in ("backend", "device"))]

@@ -31,7 +31,7 @@ def test_the_report_counts_and_times_every_runner(tiny_llama, tiny_llama_onnx):
         assert r["generations"] == 2 * batches
         assert r["new_tokens"] == 2 * len(DATA.texts) * 5 and r["decode_tokens"] == 2 * len(DATA.texts) * 4
         assert r["ttft_p50_ms"] > 0 and r["ttft_p90_ms"] >= r["ttft_p50_ms"] and r["itl_p99_ms"] >= r["itl_p50_ms"] > 0
-        assert r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["run_rss_growth_mb"] >= 0
         assert r["prompt_tokens"] > 0
     ref = [r for r in report["results"] if r["label"] == labels[0]]
     assert all(r["decode_speedup"] == 1.0 for r in ref)
