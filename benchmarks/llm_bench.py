@@ -45,7 +45,7 @@ class LlmBenchConfig:
     rounds: int = 3
     warmup: int = 1
     threads: int | None = None
-    io_binding: bool = True
+    io_binding: bool | None = None  # None: where the runner prefers it (ONNX Runtime on a GPU)
     hf_generate: bool = False
 
     def __post_init__(self):
@@ -191,7 +191,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
             rss.turn(None)
         settings = [{"label": e[0], "runtime": e[1], "artifact": e[2],
                      "loop": "transformers model.generate()" if e[0].endswith("generate()") else
-                     "enginewright generate() with KV cache" + (", IO binding" if config.io_binding and hasattr(e[3], "kv_step") else ""),
+                     "enginewright generate() with KV cache" + (", IO binding" if _binds(e[3], config.io_binding) else ""),
                      "settings": e[3].describe()} for e in entries]
     finally:
         for r in runners:
@@ -206,13 +206,19 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
         "instruction_set": instruction_set(report["machine"]["cpu_features"]),
         "settings": {"batches": list(config.batches), "max_prompt_tokens": length,
                      "max_new_tokens": config.max_new_tokens, "rounds": config.rounds, "warmup": config.warmup,
-                     "threads": config.threads, "io_binding": config.io_binding, "decoding": "greedy, EOS ignored",
+                     "threads": config.threads, "io_binding": {None: "auto", True: "on", False: "off"}[config.io_binding], "decoding": "greedy, EOS ignored",
                      "padding": "left", "baseline": entries[0][0]},
         "runners": settings,
         "results": results,
         "execution_order": order,
     })
     return report
+
+
+def _binds(runner, io_binding: bool | None) -> bool:
+    if not hasattr(runner, "kv_step"):
+        return False
+    return getattr(runner, "prefers_kv_step", False) if io_binding is None else io_binding
 
 
 def _pct(values, q) -> float | None:

@@ -68,13 +68,16 @@ class Decoder:
     """A runner stepped with its KV cache: ``forward(ids, mask, past)`` -> ``(logits, past)``.
 
     A runner with a ``kv_step`` fast path (ONNX Runtime's IO binding) keeps the cache in its own
-    memory: ``past`` is then whatever ``kv_step`` returned, opaque to the loop. ``io_binding=False``
-    steps through ``infer`` and numpy always."""
+    memory: ``past`` is then whatever ``kv_step`` returned, opaque to the loop. ``io_binding``: True
+    uses ``kv_step`` when the runner has one, False never, None when the runner prefers it
+    (``prefers_kv_step``: ONNX Runtime on a GPU, where the cache would cross to the host every step;
+    on the CPU, ``run`` with numpy feeds copies nothing and the binding calls cost more)."""
 
-    def __init__(self, runner: Runner, *, io_binding: bool = True):
+    def __init__(self, runner: Runner, *, io_binding: bool | None = None):
         specs = runner.input_specs()
         self.runner = runner
-        self.kv_step = getattr(runner, "kv_step", None) if io_binding else None
+        use = getattr(runner, "prefers_kv_step", False) if io_binding is None else io_binding
+        self.kv_step = getattr(runner, "kv_step", None) if use else None
         self.past_specs = [s for s in specs if s.name.startswith(_PAST)]
         self.takes_positions = any(s.name == "position_ids" for s in specs)
         if not self.past_specs:
@@ -117,9 +120,9 @@ def pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator)
 
 
 def generate(runner: Runner, encoded: Mapping[str, np.ndarray], config: GenerationConfig = GenerationConfig(), *,
-             max_positions: int | None = None, io_binding: bool = True) -> Generation:
+             max_positions: int | None = None, io_binding: bool | None = None) -> Generation:
     """Generate up to ``config.max_new_tokens`` after each left-padded prompt of ``encoded``
-    (``input_ids``, ``attention_mask``); ``io_binding``: use the runner's ``kv_step`` when it has one.
+    (``input_ids``, ``attention_mask``); ``io_binding``: the runner's ``kv_step`` fast path, see ``Decoder``.
 
     Raises:
         UsageError: prompt plus new tokens exceed ``max_positions`` (the model's context), or the

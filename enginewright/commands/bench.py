@@ -42,8 +42,8 @@ def add_arguments(p) -> None:
                    "EOS ignored (default 32)")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompts when --data is not given: one per line (default: the project's chat prompts)")
-    g.add_argument("--no-io-binding", dest="io_binding", action="store_false",
-                   help="ONNX Runtime: step through numpy feeds, not IO binding (the KV cache copied every step)")
+    g.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
+                   help="ONNX Runtime: keep the KV cache in OrtValues between steps (IO binding); auto: on GPUs only")
     g.add_argument("--no-hf-generate", dest="hf_generate", action="store_false",
                    help="without the transformers model.generate() row next to a PyTorch reference")
     add_report_args(p, "write each throughput check as a JUnit test case")
@@ -65,7 +65,7 @@ def _evaluate_llm(o, artifacts, *, command: str | None, progress: bool):
     config = LlmBenchConfig(batches=o["batch"] or (1, 4), max_prompt_tokens=max(o["seq"]),
                             max_new_tokens=o["max_new_tokens"], rounds=o["rounds"],
                             warmup=1 if o["warmup"] is None else o["warmup"], threads=threads(o),
-                            io_binding=o["io_binding"], hf_generate=o["hf_generate"])
+                            io_binding={"auto": None, "on": True, "off": False}[o["io_binding"]], hf_generate=o["hf_generate"])
     data = load_data(o) if o["data"] is not None else None
     prompts = load_prompts(o["prompts"]) if data is None else None
     return run_llm_bench(artifacts, data, prompts=prompts, runtimes=o["runtimes"], config=config, command=command,

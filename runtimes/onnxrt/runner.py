@@ -194,6 +194,11 @@ class OnnxRuntimeRunner(Runner):
         values = self._session.run(None, feeds)
         return {s.name: v for s, v in zip(self._outputs, values)}
 
+    @property
+    def prefers_kv_step(self) -> bool:
+        """IO binding pays on a GPU (the cache stays on the device); on the CPU ``run`` copies nothing."""
+        return self.device != "cpu"
+
     def kv_step(self, feeds: Mapping[str, np.ndarray], past: Mapping | None, present_prefix: str = "present.",
                 past_prefix: str = "past_key_values."):
         """One generation step through IO binding: ``feeds`` (ids, mask, positions; no cache) as numpy,

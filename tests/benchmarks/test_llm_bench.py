@@ -20,7 +20,7 @@ DATA = TextDataset(source="inline", texts=tuple(PROMPTS.splitlines()))
 
 
 def test_the_report_counts_and_times_every_runner(tiny_llama, tiny_llama_onnx):
-    cfg = LlmBenchConfig(batches=(1, 3), max_new_tokens=5, rounds=2, hf_generate=True)
+    cfg = LlmBenchConfig(batches=(1, 3), max_new_tokens=5, rounds=2, hf_generate=True, io_binding=True)
     report = run_llm_bench([tiny_llama, tiny_llama_onnx], DATA, config=cfg, progress=False)
     labels = [r["label"] for r in report["runners"]]
     assert len(labels) == 3 and labels[1].endswith("generate()") and "IO binding" in report["runners"][2]["loop"]
@@ -47,7 +47,8 @@ def test_io_binding_generates_the_same_tokens_as_numpy_feeds(tiny_llama_onnx, ti
     enc = task.encode(task.load_processor(tiny_llama), DATA)  # left padding: rows of different lengths
     assert (enc["attention_mask"] == 0).any()
     with OnnxRuntimeRunner(load_artifact(tiny_llama_onnx)) as r:
-        fast = generate(r, enc, GenerationConfig(max_new_tokens=6))
+        fast = generate(r, enc, GenerationConfig(max_new_tokens=6), io_binding=True)
+        assert not r.prefers_kv_step  # on the CPU
         plain = generate(r, enc, GenerationConfig(max_new_tokens=6), io_binding=False)
     np.testing.assert_array_equal(fast.tokens, plain.tokens)
 
