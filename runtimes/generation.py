@@ -2,7 +2,8 @@
 
 The loop is written once, in numpy, and steps a ``Runner`` (PyTorch, ONNX Runtime, later TensorRT)
 through ``infer``: a prefill with an empty cache, then one token per step with the ``present.*``
-outputs fed back as ``past_key_values.*``. So greedy decoding, sampling, left padding and EOS mean
+outputs fed back as ``past_key_values.*`` (or through the runner's ``kv_step`` when it has one: ONNX
+Runtime's IO binding keeps the cache in ``OrtValue``s). So greedy decoding, sampling, left padding and EOS mean
 the same on every backend, and a difference between two runners' tokens comes from their numbers,
 never from two loops::
 
@@ -64,11 +65,19 @@ class Generation:
 
 
 class Decoder:
-    """A runner stepped with its KV cache: ``forward(ids, mask, past)`` -> ``(logits, past)``."""
+    """A runner stepped with its KV cache: ``forward(ids, mask, past)`` -> ``(logits, past)``.
 
-    def __init__(self, runner: Runner):
+    A runner with a ``kv_step`` fast path (ONNX Runtime's IO binding) keeps the cache in its own
+    memory: ``past`` is then whatever ``kv_step`` returned, opaque to the loop. ``io_binding``: True
+    uses ``kv_step`` when the runner has one, False never, None when the runner prefers it
+    (``prefers_kv_step``: ONNX Runtime on a GPU, where the cache would cross to the host every step;
+    on the CPU, ``run`` with numpy feeds copies nothing and the binding calls cost more)."""
+
+    def __init__(self, runner: Runner, *, io_binding: bool | None = None):
         specs = runner.input_specs()
         self.runner = runner
+        use = getattr(runner, "prefers_kv_step", False) if io_binding is None else io_binding
+        self.kv_step = getattr(runner, "kv_step", None) if use else None
         self.past_specs = [s for s in specs if s.name.startswith(_PAST)]
         self.takes_positions = any(s.name == "position_ids" for s in specs)
         if not self.past_specs:
@@ -81,11 +90,12 @@ class Decoder:
     def forward(self, ids: np.ndarray, mask: np.ndarray, past: Mapping[str, np.ndarray] | None = None):
         """Logits ``[batch, len(ids), vocab]`` of ``ids`` after ``past`` (None: a prefill); ``mask`` covers
         past and new positions. Returns the logits and the cache to pass next."""
-        past = dict(past) if past is not None else self.empty_past(ids.shape[0])
-        past_len = next(iter(past.values())).shape[2]
-        feeds = {"input_ids": ids, "attention_mask": mask, **past}
+        feeds = {"input_ids": ids, "attention_mask": mask}
         if self.takes_positions:
-            feeds["position_ids"] = positions(mask, past_len)
+            feeds["position_ids"] = positions(mask, mask.shape[1] - ids.shape[1])
+        if self.kv_step is not None:
+            return self.kv_step(feeds if past is not None else {**feeds, **self.empty_past(ids.shape[0])}, past)
+        feeds.update(past if past is not None else self.empty_past(ids.shape[0]))
         out = self.runner.infer(feeds)
         return out["logits"], {_PAST + k[len(_PRESENT):]: v for k, v in out.items() if k.startswith(_PRESENT)}
 
@@ -110,9 +120,9 @@ def pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator)
 
 
 def generate(runner: Runner, encoded: Mapping[str, np.ndarray], config: GenerationConfig = GenerationConfig(), *,
-             max_positions: int | None = None) -> Generation:
+             max_positions: int | None = None, io_binding: bool | None = None) -> Generation:
     """Generate up to ``config.max_new_tokens`` after each left-padded prompt of ``encoded``
-    (``input_ids``, ``attention_mask``).
+    (``input_ids``, ``attention_mask``); ``io_binding``: the runner's ``kv_step`` fast path, see ``Decoder``.
 
     Raises:
         UsageError: prompt plus new tokens exceed ``max_positions`` (the model's context), or the
@@ -124,7 +134,7 @@ def generate(runner: Runner, encoded: Mapping[str, np.ndarray], config: Generati
         raise UsageError(f"a prompt of {ids.shape[1]} tokens plus --max-new-tokens {config.max_new_tokens} needs a KV "
                          f"cache of {ids.shape[1] + config.max_new_tokens} positions; the model takes {max_positions}")
     prompt_tokens = int(mask.sum())
-    decoder, rng = Decoder(runner), np.random.default_rng(config.seed)
+    decoder, rng = Decoder(runner, io_binding=io_binding), np.random.default_rng(config.seed)
     batch = ids.shape[0]
     eos = np.array(config.eos_token_ids or (-1,), dtype=np.int64)
     done, lengths, tokens, steps = np.zeros(batch, bool), np.zeros(batch, np.int64), [], []

@@ -162,6 +162,11 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama, tmp_path_factory) -> Path:
+    return exported(tiny_llama, tmp_path_factory, "llama_onnx")
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> Path:
     return make_tiny_lm(tmp_path_factory.mktemp("tiny") / "gpt2", "gpt2")
 

@@ -194,6 +194,32 @@ class OnnxRuntimeRunner(Runner):
         values = self._session.run(None, feeds)
         return {s.name: v for s, v in zip(self._outputs, values)}
 
+    @property
+    def prefers_kv_step(self) -> bool:
+        """IO binding pays on a GPU (the cache stays on the device); on the CPU ``run`` copies nothing."""
+        return self.device != "cpu"
+
+    def kv_step(self, feeds: Mapping[str, np.ndarray], past: Mapping | None, present_prefix: str = "present.",
+                past_prefix: str = "past_key_values."):
+        """One generation step through IO binding: ``feeds`` (ids, mask, positions; no cache) as numpy,
+        ``past`` as the ``OrtValue``s a previous step returned (None: bind ``feeds``' own empty cache).
+        Returns the logits as numpy and the ``present.*`` outputs as ``OrtValue``s, renamed to the past
+        inputs they feed next, so the cache stays in ONNX Runtime's memory between steps."""
+        self._require_active()
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in (past or {}).items():
+            binding.bind_ortvalue_input(name, value)
+        device = "cuda" if self.device != "cpu" else "cpu"
+        device_id = int(self._effective_provider_options.get("device_id", 0)) if device == "cuda" else 0
+        for spec in self._outputs:
+            binding.bind_output(spec.name, "cpu" if spec.name == "logits" else device, device_id)
+        self._session.run_with_iobinding(binding)
+        out = dict(zip((s.name for s in self._outputs), binding.get_outputs()))
+        logits = out.pop("logits").numpy()
+        return logits, {past_prefix + k[len(present_prefix):]: v for k, v in out.items() if k.startswith(present_prefix)}
+
     def describe(self) -> dict:
         import onnxruntime as ort
 

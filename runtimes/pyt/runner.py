@@ -85,6 +85,12 @@ class TorchRunner(Runner):
         if self.pooling:
             self._outputs = [TensorSpec("sentence_embedding", "float32", ("batch_size", model.config.hidden_size))]
 
+    @property
+    def model(self):
+        """The loaded transformers model (for code that needs the model itself, such as ``model.generate()``)."""
+        self._require_active()
+        return self._model
+
     def deactivate_impl(self) -> None:
         self._model = None
         if self.device == "cuda":

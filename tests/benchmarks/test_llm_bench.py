@@ -1,0 +1,83 @@
+"""bench for causal LMs on the tiny Llama/GPT-2 fixtures: the report's fields, interleaving, IO binding, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.llm_bench import LlmBenchConfig, run_llm_bench
+from enginewright.cli import main
+from evaluation.data import TextDataset
+from runtimes.errors import UsageError
+
+PROMPTS = """the quick brown fox jumps over the lazy dog
+a small test
+numbers like 42 and words and more words
+hello there, how are you"""
+DATA = TextDataset(source="inline", texts=tuple(PROMPTS.splitlines()))
+
+
+def test_the_report_counts_and_times_every_runner(tiny_llama, tiny_llama_onnx):
+    cfg = LlmBenchConfig(batches=(1, 3), max_new_tokens=5, rounds=2, hf_generate=True, io_binding=True)
+    report = run_llm_bench([tiny_llama, tiny_llama_onnx], DATA, config=cfg, progress=False)
+    labels = [r["label"] for r in report["runners"]]
+    assert len(labels) == 3 and labels[1].endswith("generate()") and "IO binding" in report["runners"][2]["loop"]
+    assert report["execution_order"] == [labels, labels[1:] + labels[:1]]
+    assert report["kind"] == "llm" and report["instruction_set"]
+    for r in report["results"]:
+        batches = -(-len(DATA.texts) // r["batch"])  # 4 prompts: 4 batches of 1, 2 of up to 3
+        assert r["generations"] == 2 * batches
+        assert r["new_tokens"] == 2 * len(DATA.texts) * 5 and r["decode_tokens"] == 2 * len(DATA.texts) * 4
+        assert r["ttft_p50_ms"] > 0 and r["ttft_p90_ms"] >= r["ttft_p50_ms"] and r["itl_p99_ms"] >= r["itl_p50_ms"] > 0
+        assert r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 and r["run_rss_growth_mb"] >= 0
+        assert r["prompt_tokens"] > 0
+    ref = [r for r in report["results"] if r["label"] == labels[0]]
+    assert all(r["decode_speedup"] == 1.0 for r in ref)
+
+
+def test_io_binding_generates_the_same_tokens_as_numpy_feeds(tiny_llama_onnx, tiny_llama):
+    from runtimes import load_artifact
+    from runtimes.generation import GenerationConfig, generate
+    from runtimes.onnxrt.runner import OnnxRuntimeRunner
+    from runtimes.tasks import get_task
+
+    task = get_task("text-generation")
+    enc = task.encode(task.load_processor(tiny_llama), DATA)  # left padding: rows of different lengths
+    assert (enc["attention_mask"] == 0).any()
+    with OnnxRuntimeRunner(load_artifact(tiny_llama_onnx)) as r:
+        fast = generate(r, enc, GenerationConfig(max_new_tokens=6), io_binding=True)
+        assert not r.prefers_kv_step  # on the CPU
+        plain = generate(r, enc, GenerationConfig(max_new_tokens=6), io_binding=False)
+    np.testing.assert_array_equal(fast.tokens, plain.tokens)
+
+
+def test_the_command_routes_llms_and_writes_the_report(tiny_gpt2, tmp_path, capsys):
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(DATA.texts) + "\n")
+    argv = ["bench", str(tiny_gpt2), "--data", str(data), "--batch", "1,2", "--max-new-tokens", "3", "--rounds", "1",
+            "--no-hf-generate", "-q", "-o", str(tmp_path / "rep")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["kind"] == "llm" and {r["batch"] for r in report["results"]} == {1, 2}
+    assert "TTFT p50 ms" in (tmp_path / "rep" / "report.md").read_text() and "instruction set" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [(["--max-new-tokens", "0"], "--max-new-tokens 0"),
+                                            (["--prompts", "EMPTY"], "empty"), (["--data", "EMPTY"], "empty"),
+                                            (["--baseline", "x.json"], "--baseline")])
+def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, capsys, extra, message):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    extra = [str(empty) if x == "EMPTY" else x for x in extra]
+    assert main(["bench", str(tiny_gpt2), "-q", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_config_refuses_bad_settings():
+    with pytest.raises(UsageError, match="--batch"):
+        LlmBenchConfig(batches=(0,))
+    with pytest.raises(UsageError, match="--rounds"):
+        LlmBenchConfig(rounds=0)
