@@ -95,6 +95,13 @@ def _pipeline(text: str) -> Callable[[Path], None]:
 PROGRESS = re.compile(r"\d+%\|")  # a progress bar on stderr is not an error line
 
 CASES = [
+    # decoder-only LLMs ({llm}: a tiny Llama directory, {llm_onnx}: its export)
+    Case("compare-llm-max-new-tokens-zero", ("compare", "{llm}", "{llm_onnx}", "--max-new-tokens", "0"), ("--max-new-tokens",)),
+    Case("compare-llm-bad-ppl-budget", ("compare", "{llm}", "{llm_onnx}", "--max-ppl-increase", "lots"),
+         ("--max-ppl-increase",)),
+    Case("bench-llm-empty-prompts", ("bench", "{llm}", "{llm_onnx}", "--prompts", "{t}/p.txt"), ("p.txt",), _write("p.txt", "\n\n")),
+    Case("quantize-weight-only-bad-bits", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only", "--bits", "3"),
+         ("--bits",)),
     # import-gguf
     Case("import-gguf-missing-file", ("import-gguf", "{t}/nope.gguf", "-o", "{t}/out"), ("nope.gguf", "no such file")),
     Case("import-gguf-not-gguf", ("import-gguf", "{t}/m.gguf", "-o", "{t}/out"), ("m.gguf", "not a readable GGUF"),
@@ -238,20 +245,21 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, tiny_bert, tiny_onnx, tmp_path, capsys):
+def test_bad_input(case, tiny_bert, tiny_onnx, tiny_llama, tiny_llama_onnx, tmp_path, capsys):
     t = tmp_path / "case"
     t.mkdir()
     shutil.copytree(tiny_onnx, t / "onnx")
     if case.id == "export-config-wrong-type":
         shutil.copytree(tiny_bert, t / "hf")
         _edit_json("hf/config.json", lambda c: c.update(hidden_size="big"))(t)
-    fill = {"hf": str(tiny_bert), "onnx": str(t / "onnx"), "t": str(t)}
+    fill = {"hf": str(tiny_bert), "onnx": str(t / "onnx"), "t": str(t), "llm": str(tiny_llama),
+            "llm_onnx": str(tiny_llama_onnx)}
     if case.setup is not None:
         case.setup(t)
         pipeline = t / "p.yaml"
         if pipeline.exists():
             pipeline.write_text(pipeline.read_text().format(**fill))
-    before = _snapshot(t, tiny_bert, tiny_onnx)
+    before = _snapshot(t, tiny_bert, tiny_onnx, tiny_llama, tiny_llama_onnx)
     try:
         code = main([a.format(**fill) for a in case.argv])
     except SystemExit as e:  # argparse's own refusals
@@ -263,7 +271,7 @@ def test_bad_input(case, tiny_bert, tiny_onnx, tmp_path, capsys):
     assert len(lines) == 1, f"expected one error line, got: {err}"
     for w in case.words:
         assert w.format(**fill) in lines[0], f"{w!r} not in {lines[0]!r}"
-    assert _snapshot(t, tiny_bert, tiny_onnx) == before, "the command changed the file system"
+    assert _snapshot(t, tiny_bert, tiny_onnx, tiny_llama, tiny_llama_onnx) == before, "the command changed the file system"
 
 
 def test_the_catalogue_covers_every_command():
