@@ -18,7 +18,7 @@ from runtimes.integrity import check_sizes, file_sha256, inside
 from runtimes.manifests import SCHEMA_VERSION, library_versions, now_iso, read_manifest
 from runtimes.outputs import atomic_output_dir, check_output_free, write_json_atomic, write_text_atomic
 from runtimes.specs import TensorSpec, specs_from_list
-from runtimes.tasks import get_task, task_for_architectures, task_names
+from runtimes.tasks import task_for_architectures, task_names
 
 MANIFEST = "manifest.json"
 KINDS = ("hf", "onnx", "trt")
@@ -84,12 +84,6 @@ class Artifact:
     def _is_model_file(name: str) -> bool:
         return name.endswith((".onnx", ".onnx_data", ".onnx.data", ".plan"))
 
-    def has_tokenizer(self) -> bool:
-        return get_task("feature-extraction").has_processor(self.path)
-
-    def has_processor(self) -> bool:
-        """True when the directory holds what its task's feed builder needs (tokenizer, image processor)."""
-        return get_task(self.task).has_processor(self.path)
 
 
 def task_from_config(config: dict) -> str | None:

@@ -274,14 +274,10 @@ def train_config(o):
                        checkpoint_every=o["checkpoint_every"])
 
 
-def usable_cores() -> int:
-    from runtimes import usable_cores as cores
-
-    return cores()
-
-
 def threads(o) -> int:
     """``--threads``, else the usable cores. Raises CliError below 1."""
+    from runtimes import usable_cores
+
     if o["threads"] is not None and o["threads"] < 1:
         raise CliError(f"--threads must be at least 1, got {o['threads']}")
     return o["threads"] or usable_cores()

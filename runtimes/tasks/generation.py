@@ -23,7 +23,6 @@ from runtimes.tasks.text import TOKENIZER_FILES
 
 PAST_DIM = "past_sequence_length"
 TOTAL_DIM = "past_sequence_length + sequence_length"
-HEADS_DIM, HEAD_SIZE_DIM = "num_heads", "head_dim"
 _IDS, _MASK, _POS = "input_ids", "attention_mask", "position_ids"
 
 
