@@ -93,6 +93,18 @@ def parity_checks(report: dict) -> list[Check]:
     return checks
 
 
+def llm_checks(report: dict) -> list[Check]:
+    """An LLM compare report's checks (``evaluation/llm_compare.py``): one per candidate, the gates it
+    was given (perplexity increase, top-1 agreement, greedy prefix), passing with its numbers in the
+    message, failing with the reasons."""
+    checks = []
+    for c in report["candidates"]:
+        numbers = (f"perplexity {c['perplexity']:.4g} ({c['ppl_change']:+.2%}), top-1 {c['top1_agreement']:.4f}, "
+                   f"KL {c['kl_mean']:.3g}, greedy prefix mean {c['greedy_prefix_mean']:.1f} min {c['greedy_prefix_min']}")
+        checks.append(Check("parity", f"{c['label']} llm", c["passed"], "; ".join(c["reasons"]) or numbers))
+    return checks
+
+
 def metric_checks(report: dict, max_drop_points: float) -> list[Check]:
     """Task-metric gate: each candidate's accuracy may trail the reference's by at most
     ``max_drop_points`` (percentage points). Nothing to check when the data had no labels."""

@@ -63,7 +63,7 @@ _LLM_OPTIONS = {"prompts": "--prompts", "max_ppl_increase": "--max-ppl-increase"
 
 
 def _evaluate_llm(o, reference, candidates, *, command: str | None):
-    from benchmarks.llm_gates import llm_checks
+    from benchmarks.gates import llm_checks
     from evaluation.llm_compare import LlmCompareConfig, load_prompts, run_llm_compare
 
     config = LlmCompareConfig(batch_size=o["batch_size"], max_length=o["max_length"], max_new_tokens=o["max_new_tokens"],
