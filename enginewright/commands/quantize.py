@@ -86,11 +86,9 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
 
 def selection_table(sel: dict) -> str:
     """The candidates --select chose from, one line each, the chosen one marked."""
-    from evaluation.machine import instruction_set
-
     lines = [f"candidates (scored on {sel['scored_on_rows']} rows; timed at batch {sel['timing']['batch']}, "
              f"sequence {sel['timing']['seq']}, {sel['timing']['rounds']} interleaved rounds; "
-             f"instruction set: {instruction_set(sel['cpu_features'])}):"]
+             f"instruction set: {sel['instruction_set']}):"]
     for r in sel["candidates"]:
         speed = f"{r['samples_per_s']:8.1f} samples/s ({r['speedup_vs_float']:.2f}x float)" if "samples_per_s" in r else \
             "   not timed (misses the budget)"
