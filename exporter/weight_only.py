@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
@@ -41,6 +42,7 @@ class WeightOnlyConfig:
     max_promoted: int = 32  # the search keeps at most this many MatMuls out of INT4
     search_rows: int = 8  # calibration texts the search scores on
     search_length: int = 40  # tokens of each (one forward pass per MatMul: SmolLM2 has 211)
+    gguf: str | None = None  # carry this GGUF file's blocks over exactly ("source": the one the model was imported from)
 
     def __post_init__(self):
         if self.bits not in (4, 8):
@@ -54,6 +56,10 @@ class WeightOnlyConfig:
             raise UsageError("--algorithm hqq quantizes to 4 bits with a zero point: pass --bits 4 --asymmetric")
         if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
             raise UsageError(f"--accuracy-level {self.accuracy_level}: give 0 (float compute) to 4 (int8 activations)")
+        if self.gguf is not None and self.max_ppl_increase is not None:
+            raise UsageError("--from-gguf writes the file's own blocks (no rounding to search over); drop --max-ppl-increase")
+        if self.gguf is not None and self.accuracy_level not in (None, 0, 4):
+            raise UsageError(f"--from-gguf: --accuracy-level {self.accuracy_level}: give 0 (exact) or 4 (int8 activations)")
         if self.max_ppl_increase is not None:
             if not self.max_ppl_increase >= 0:
                 raise UsageError(f"--max-ppl-increase {self.max_ppl_increase}: give a relative increase >= 0 (2% or 0.02)")
@@ -89,6 +95,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     if unknown := sorted(set(config.exclude) - matmuls):
         raise UsageError(f"--exclude {unknown[0]!r}: no MatMul of {src.model_file} has that name")
     folded = fold_transposed_matmul_weights(model)
+    if config.gguf is not None:
+        return _from_gguf(model, src, writer, config, folded.modified, command)
     consts = {i.name for i in model.graph.initializer}
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
     candidates = list(weights)
@@ -158,3 +166,70 @@ def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None
             "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,
             "calibration": calib.describe() if calib is not None else "built-in sample sentences",
             "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}
+
+
+def gguf_source(src: Artifact, given: str) -> Path:
+    """The GGUF file ``--from-gguf`` names: a path, or ``source``: the file the artifact's model was
+    imported from (``import-gguf`` records it with its sha256), checked unchanged.
+
+    Raises:
+        UsageError: no such file, no GGUF in the artifact's lineage, or the file changed since.
+    """
+    from runtimes.artifact import file_sha256, read_json
+
+    if given != "source":
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--from-gguf {given}: no such file")
+        return path
+    model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
+    manifest = model_dir / "manifest.json"
+    record = (read_json(manifest, "manifest").get("source") or {}) if manifest.is_file() else {}
+    if record.get("format") != "gguf":
+        raise UsageError(f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not imported from a GGUF "
+                         "file; give the file's path")
+    path = Path(record["path"])
+    if not path.is_file() or file_sha256(path) != record.get("sha256"):
+        raise UsageError(f"--from-gguf source: {path}, which {model_dir} was imported from, is missing or changed; "
+                         "give the file's path")
+    return path
+
+
+def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command):
+    import onnx
+    from transformers import AutoConfig
+
+    from exporter.gguf_weights import carry_over
+
+    path = gguf_source(src, config.gguf)
+    level = config.accuracy_level or 0
+    if config.exclude:
+        keep = set(config.exclude)
+        for n in model.graph.node:  # an excluded MatMul is simply not offered to the carry-over
+            if n.name in keep:
+                n.name = n.name + "#excluded"
+    record = carry_over(model, path, AutoConfig.from_pretrained(src.path, trust_remote_code=False),
+                        accuracy_level_4bit=level, accuracy_level_8bit=level)
+    for n in model.graph.node:
+        n.name = n.name.removesuffix("#excluded")
+
+    def fill(tmp):
+        target = tmp / "model.onnx"
+        large = model.ByteSize() > 1_800_000_000
+        onnx.save(model, str(target), save_as_external_data=large, location="model.onnx_data" if large else None)
+        checks = check_onnx(target)
+        kinds = ", ".join(f"{count} {kind}" for kind, count in record["by_type"].items())
+        return onnx_manifest(
+            tmp, task=src.task, source=src, command=command, checks=checks,
+            options={"mode": "weight-only", "from_gguf": str(path), "exclude": list(config.exclude),
+                     "accuracy_level": level},
+            parity=None,
+            quantization={"kind": f"weight-only, the GGUF file's own blocks ({kinds})",
+                          "matmuls_with_constant_weights": len(record["matched"]) + len(record["float"]),
+                          "quantized": len(record["matched"]), "kept_float": record["float"], "kept_int8": [],
+                          "accuracy_level": level, "gguf": record,
+                          "lm_head": "folded the tied embedding's Transpose into a constant, then carried over"
+                          if folded else "had a constant weight already"},
+        )
+
+    return writer.write(fill, companions_from=src.path)

@@ -20,6 +20,10 @@ def add_weight_only_args(p) -> None:
                    help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
                         "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
     g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
+    g.add_argument("--from-gguf", default=None, metavar="FILE|source",
+                   help="write this GGUF file's own Q4_0/Q4_1/Q8_0 blocks instead of rounding again (exact: the "
+                        "model's weights unchanged); 'source': the file the model was imported from. With "
+                        "--accuracy-level 0 (default) the products are exact; 4 is faster and less exact")
     g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
 
 
@@ -29,7 +33,7 @@ def make_weight_only(o, src, out, *, force: bool, command: str):
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
                               algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
                               accuracy_level=o["accuracy_level"], max_ppl_increase=o["max_ppl_increase"],
-                              max_promoted=o["max_promoted"], search_rows=o["search_rows"])
+                              max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"])
     calib = None
     if config.max_ppl_increase is not None and o.get("calib"):
         from evaluation.data import load_texts
