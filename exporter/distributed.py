@@ -9,7 +9,8 @@ gradient is the one process's gradient up to floating-point summation order. Dro
 per process, so with dropout on, N processes and one agree in distribution, not number by number.
 
 Only the main process writes (checkpoints, artifacts, reports) and shows progress; the others wait
-for it. The checkpoint directory and the output must be on a file system every process sees.
+for it. The checkpoint directory and the output must be on a file system every process sees. Each
+process holds the whole model (data parallel, DDP); sharded weights (FSDP) are refused for now.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from runtimes.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["bind_device", "from_main", "full_precision", "is_main", "launched", "load_model_state",
-           "load_optimizer_state", "load_rng", "make_accelerator", "model_state", "optimizer_state", "rng_states",
-           "shard", "units", "wait_for_everyone", "world"]
+__all__ = ["bind_device", "from_main", "full_precision", "is_main", "launched", "load_model_state", "load_rng",
+           "make_accelerator", "model_state", "rng_states", "shard", "units", "wait_for_everyone", "world"]
 
 
 def world() -> tuple[int, int]:
@@ -65,24 +65,20 @@ def make_accelerator(device: str, precision: str):
     process keeps its process group).
 
     Raises:
-        UsageError: launched on CPUs with FSDP (accelerate shards only on accelerators).
+        UsageError: launched with FSDP (``accelerate launch --use_fsdp``): the artifact writers save
+            a plain model, which a sharded one is not yet turned back into.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise UsageError("--use_fsdp: training with sharded weights (FSDP) is not supported yet; launch without it "
+                         "(data parallel, each process holds the whole model)")
     AcceleratorState._reset_state(reset_partial_state=not launched())
     GradientState._reset_state()
-    cpu = not device.startswith("cuda")
-    if cpu and launched() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        raise UsageError("--use_fsdp: accelerate shards models only on GPUs; drop --use_fsdp for CPU processes")
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(cpu=cpu, mixed_precision=mixed, device_placement=False, step_scheduler_with_optimizer=False)
-
-
-def is_fsdp(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.FSDP
+    return Accelerator(cpu=not device.startswith("cuda"), mixed_precision=mixed, device_placement=False,
+                       step_scheduler_with_optimizer=False)
 
 
 def shard(idx: Sequence[int], rank: int, world_size: int) -> list[int]:
@@ -144,40 +140,13 @@ def _plain(sd) -> dict:
 
 
 def model_state(accelerator, wrapped) -> dict:
-    """The full weights as contiguous CPU tensors (under FSDP gathered by every process, held by the
-    main one; elsewhere a copy of the unwrapped model's state dict)."""
-    if is_fsdp(accelerator):
-        return _plain(accelerator.get_state_dict(wrapped))
+    """A copy of the model's weights as contiguous CPU tensors (what a checkpoint and the best
+    epoch keep)."""
     return _plain(accelerator.unwrap_model(wrapped).state_dict())
 
 
 def load_model_state(accelerator, wrapped, sd: dict) -> None:
-    """Load full weights into the model (under FSDP, from the main process's copy)."""
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(wrapped, sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        return
     accelerator.unwrap_model(wrapped).load_state_dict(sd, strict=True)
-
-
-def optimizer_state(accelerator, wrapped, optimizer) -> dict:
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        return get_optimizer_state_dict(wrapped, optimizer.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(accelerator, wrapped, optimizer, sd: dict) -> None:
-    if is_fsdp(accelerator):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(wrapped, optimizer.optimizer, sd,
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        return
-    optimizer.load_state_dict(sd)
 
 
 def rng_states(accelerator) -> list[dict[str, "torch.Tensor"]]:

@@ -285,7 +285,7 @@ def train(
             raise UsageError("--resume: there is no checkpoint to resume from; run without --resume")
         state, weights, extra, best = checkpoint.read()
         dist.load_model_state(accelerator, wrapped, weights)
-        dist.load_optimizer_state(accelerator, wrapped, optimizer, extra["optimizer"])
+        optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         same = dist.load_rng(accelerator, extra["rng_ranks"], config.seed)
         saved_by = state.get("processes", 1)
@@ -302,7 +302,7 @@ def train(
 
     def save() -> None:
         weights = dist.model_state(accelerator, wrapped)
-        optim = dist.optimizer_state(accelerator, wrapped, optimizer)
+        optim = optimizer.state_dict()
         rng = dist.rng_states(accelerator)
         if main:
             checkpoint.save(weights, optim, scheduler.state_dict(), state, best, rng)

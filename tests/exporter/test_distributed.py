@@ -150,3 +150,13 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_wei
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "cut.ckpt").exists()
+
+
+def test_sharded_weights_are_refused_in_one_line(tiny_classifier, data, tmp_path, monkeypatch):
+    from runtimes.errors import UsageError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --use_fsdp sets
+    with pytest.raises(UsageError, match="^--use_fsdp: .* not supported yet"):
+        finetune(tiny_classifier, tmp_path / "out", train_data=data / "train.jsonl", eval_data=data / "eval.jsonl",
+                 config=TrainConfig(epochs=1, batch_size=8, max_length=32), device="cpu", progress=False)
+    assert not (tmp_path / "out").exists()
