@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exporter.passes import GraphIndex, attr as _attr
-from exporter.trtbuild import fill_profile
+from exporter.trtbuild import fill_profile, profile_set
 from exporter.writer import open_input
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
 from runtimes.artifact import Artifact
@@ -345,6 +345,23 @@ def _check_types(g: _Graph, dims: dict, add) -> None:
             "quantize --target tensorrt for INT8")
 
 
+def _default_profiles(art: Artifact, what: str, dynamic: dict, add) -> None:
+    """What ``build`` without ``--shapes`` would use: the task's profiles, or why it cannot derive them."""
+    from runtimes.tasks import get_task
+
+    try:
+        profile_set(art.inputs, task=art.task, model_dir=art.path)
+    except UsageError as e:
+        add("error", ", ".join(dynamic), "input", f"dynamic dims {what}; build cannot derive default profiles: {e}",
+            "pass build --shapes NAME:MIN,OPT,MAX for every dynamic input")
+        return
+    phases = get_task(art.task).profile_phases(art.path, (1, 8, 32), (1, 128, 512))
+    said = "; ".join(f"{name}: " + ", ".join(f"{d} {'/'.join(map(str, r))}" for d, r in dims.items())
+                     for name, dims in phases.items())
+    add("info", ", ".join(dynamic), "input", f"dynamic dims {what}: build's default profiles (min/opt/max) are {said}",
+        "build --dims NAME=MIN,OPT,MAX changes a dim; --shapes NAME:MIN,OPT,MAX checks a specific profile")
+
+
 def _check_dims(dims: dict, uncovered: list | None, art: Artifact | None, add) -> None:
     """``uncovered``: the dynamic dims the given shapes leave uncovered, or None when no shapes were given."""
     if uncovered is None:
@@ -353,8 +370,7 @@ def _check_dims(dims: dict, uncovered: list | None, art: Artifact | None, add) -
         if dynamic:
             what = "; ".join(f"{name} " + ", ".join(f"{d} ({s or '?'})" for d, s in dd) for name, dd in dynamic.items())
             if art is not None and art.inputs:
-                add("info", ", ".join(dynamic), "input", f"dynamic dims {what}: profiles will be derived from the "
-                    "manifest's dynamic dims", "pass --shapes NAME:MIN,OPT,MAX to check a specific profile")
+                _default_profiles(art, what, dynamic, add)
             else:
                 add("warning", ", ".join(dynamic), "input", f"dynamic dims {what} and no manifest to derive profiles "
                     "from", "pass --shapes NAME:MIN,OPT,MAX; an engine build needs a profile per dynamic input")
