@@ -211,7 +211,9 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     """Build ``artifact`` (ONNX) into a TensorRT engine artifact at ``out``; returns it opened.
 
     Profiles: ``shapes``, or the task's defaults (``profile_set``) with ``dims`` replacing named dims;
-    the manifest names them under ``builder.profile_names``. With ``cache_dir``, an engine already built there from the same ONNX, profiles, precision,
+    the manifest names them under ``builder.profile_names``.
+
+    With ``cache_dir``, an engine already built there from the same ONNX, profiles, precision,
     options, TensorRT and GPU is copied instead of rebuilt. ``timing_cache`` is read if it exists and
     written back after the build.
 

@@ -56,8 +56,9 @@ def dims_of(o) -> dict | None:
 def make(o, src, out, *, force: bool, command: str, progress: bool):
     from exporter.trtbuild import build_engine
 
-    return build_engine(src, out, shapes=o["shapes"], dims=dims_of(o), timing_cache=o["timing_cache"], workspace_gib=o["workspace"],
-                        opt_level=o["opt_level"], sparsity=o["sparsity"], version_compatible=o["version_compatible"],
+    return build_engine(src, out, shapes=o["shapes"], dims=dims_of(o), timing_cache=o["timing_cache"],
+                        workspace_gib=o["workspace"], opt_level=o["opt_level"], sparsity=o["sparsity"],
+                        version_compatible=o["version_compatible"],
                         hardware_compatible=o["hardware_compatible"], fp16_flag=o["fp16"], force=force,
                         command=command, progress=progress, cache_dir=o["cache_dir"])
 
