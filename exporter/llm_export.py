@@ -33,16 +33,16 @@ def copy_processor_files(src: Path, dst: Path, task) -> None:
 
 
 def llm_parity(ref: Artifact, cand: Artifact, data: TextDataset, *, tolerance: Tolerance, max_length: int = 64,
-               batch_size: int = 4) -> tuple[dict, list[str]]:
-    """Teacher-forced parity of ``cand`` (ONNX Runtime CPU) against ``ref`` (PyTorch CPU) on ``data``;
-    returns the numbers and the reasons it fails (empty: it passes)."""
+               batch_size: int = 4, ref_runtime: str = "torch:cpu") -> tuple[dict, list[str]]:
+    """Teacher-forced parity of ``cand`` (ONNX Runtime CPU) against ``ref`` (on ``ref_runtime``) on
+    ``data``; returns the numbers and the reasons it fails (empty: it passes)."""
     task = get_task(TASK)
     limit = task.max_sequence(ref.path)
     if limit is not None:  # the decode step takes one position more than the longest prompt
         max_length = min(max_length, limit - 1)
     tokenizer = task.load_processor(ref.path)
     encoded = task.encode_batches(tokenizer, data, batch_size, max_length=max_length)
-    with open_runner(ref, "torch:cpu") as runner:
+    with open_runner(ref, ref_runtime) as runner:
         reference = reference_pass(runner, encoded)
     with open_runner(cand, "onnxruntime:cpu") as runner:
         stats = score_candidate(runner, encoded, reference, atol=tolerance.atol, rtol=tolerance.rtol)

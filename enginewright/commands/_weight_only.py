@@ -8,9 +8,11 @@ from enginewright.commands.compare import Share
 
 
 def add_weight_only_args(p) -> None:
-    g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float)")
+    g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float; "
+                             "with --target tensorrt: DequantizeLinear -> MatMul, INT4 blocked or INT8 per channel)")
     g.add_argument("--bits", type=int, default=4, metavar="4|8", help="weight bits: 4 or 8 (default 4)")
-    g.add_argument("--block-size", type=int, default=32, metavar="N", help="weights per scale, a power of two >= 16 (default 32)")
+    g.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="weights per scale, a power of two >= 16 (default 32; with --target tensorrt: 64 or 128, default 128)")
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
@@ -31,6 +33,7 @@ def make_weight_only(o, src, out, *, force: bool, command: str):
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
+                              format="qdq" if o.get("target") == "tensorrt" else "matmulnbits",
                               algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
                               accuracy_level=o["accuracy_level"], max_ppl_increase=o["max_ppl_increase"],
                               max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"])
@@ -47,6 +50,8 @@ def summarize(art, src) -> None:
     q = art.manifest["quantization"]
     print(f"quantized {src} ({q['kind']}): {q['quantized']} of {q['matmuls_with_constant_weights']} MatMuls, "
           f"{len(q['kept_float'])} kept in float; lm_head: {q['lm_head']}")
+    for name, why in (q.get("kept_float_why") or {}).items():
+        print(f"  float {name}: {why}")
     if s := q.get("weight_only"):
         c = s["counts"]
         print(f"search: all INT4 {s['all_int4_ppl_change_calibration']:+.2%} perplexity on {s['calibration_rows']} "
