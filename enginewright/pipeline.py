@@ -1,6 +1,6 @@
 """``run PIPELINE.yaml``: the stages of a deployment pipeline from one file, with step caching.
 
-    model: minilm                  # a Hugging Face directory, or "minilm" for the packaged all-MiniLM-L6-v2
+    model: minilm                  # a Hugging Face directory, a .gguf file, "minilm" or "smollm2" (packaged)
     run_dir: runs/pipeline
     stages:
       - export: {task: feature-extraction}
@@ -13,7 +13,8 @@ A stage is a command (enginewright/commands/) and takes that command's long opti
 ``_`` for ``-`` (``per_channel: true`` is ``--per-channel``), less the few the pipeline sets itself
 (the command's ``NOT_IN_PIPELINE``: output, --force, --quiet, ...); its values mean what they mean
 on the command line and run the command's own code. Paths are relative to the file. Artifact stages
-(finetune, compress, export, optimize, quantize, build) each take the previous stage's artifact;
+(import-gguf, finetune, compress, export, optimize, quantize, build) each take the previous stage's
+artifact (import-gguf, first, the GGUF file the model names);
 compare and bench take the model and every artifact made so far. A stage's output
 directory is named by a hash of its input artifact, its options and the tool versions, so an
 unchanged stage is reused and a changed one reruns with everything after it. The file is checked
