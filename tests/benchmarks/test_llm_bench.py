@@ -66,7 +66,7 @@ def test_the_command_routes_llms_and_writes_the_report(tiny_gpt2, tmp_path, caps
 
 @pytest.mark.parametrize("extra, message", [(["--max-new-tokens", "0"], "--max-new-tokens 0"),
                                             (["--prompts", "EMPTY"], "empty"), (["--data", "EMPTY"], "empty"),
-                                            (["--baseline", "x.json"], "--baseline")])
+                                            (["--iters", "3"], "--iters"), (["--baseline", "x.json"], "x.json: baseline report not found")])
 def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, capsys, extra, message):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

@@ -219,6 +219,9 @@ CASES = [
     Case("optimize-model-not-onnx", ("optimize", "{t}/onnx", "-o", "{t}/out"), ("model.onnx", "not a valid ONNX model"),
          lambda t: (_write("onnx/model.onnx", b"\x00garbage" * 100)(t), _relist(t))),
     Case("triton-bad-max-batch", ("triton", "{onnx}", "-o", "{t}/repo", "--max-batch-size", "-1"), ("--max-batch-size",)),
+    Case("triton-decoder-batched", ("triton", "{llm_onnx}", "-o", "{t}/repo", "--max-batch-size", "8"),
+         ("--max-batch-size 8", "unbatched")),
+    Case("triton-decoder-ensemble", ("triton", "{llm_onnx}", "-o", "{t}/repo", "--ensemble"), ("--ensemble", "encoders")),
     # inspect
     Case("inspect-missing", ("inspect", "{t}/nope"), ("nope",)),
     Case("inspect-manifest-not-json", ("inspect", "{t}/onnx"), ("manifest.json",), _write("onnx/manifest.json", "{")),
@@ -228,6 +231,8 @@ CASES = [
     Case("run-not-yaml", ("run", "{t}/p.yaml"), ("p.yaml",), _pipeline("model: [unclosed\n")),
     Case("run-no-stages", ("run", "{t}/p.yaml"), ("p.yaml", "stages"), _pipeline("model: {hf}\nrun_dir: {t}/r\n")),
     Case("run-unknown-stage", ("run", "{t}/p.yaml"), ("p.yaml", "deploy"), _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - deploy: {{}}\n")),
+    Case("run-gguf-stage-with-a-model-dir", ("run", "{t}/p.yaml"), ("p.yaml:4", "import-gguf"),
+         _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - import-gguf: {{}}\n")),
     Case("run-unknown-option", ("run", "{t}/p.yaml"), ("p.yaml", "colour"),
          _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - export: {{colour: red}}\n")),
     Case("run-stage-without-options", ("run", "{t}/p.yaml"), ("p.yaml",),
