@@ -232,3 +232,30 @@ def test_a_gguf_model_and_the_import_stage_go_together(capsys, tiny_gguf_file, t
         assert code == 2, err
         one_line_error(err, words)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_smollm2_example_recipe_on_a_quantized_tiny_gguf(capsys, tiny_llama, tmp_path):
+    """examples/smollm2-cpu-int4.yaml's recipe: the compact graph and the GGUF's own blocks hold
+    the example's tight gates (the weights are the reference's own)."""
+    import json
+
+    from tests.exporter.test_decoder_graph import QUANT
+    from tests.exporter.test_gguf import write_tiny_gguf
+
+    gguf_file = write_tiny_gguf(tmp_path / "tiny-q.gguf", tiny_llama, quant=QUANT)
+    stages = """\
+stages:
+  - import-gguf: {{}}
+  - export: {{graph: cpu, limit: 4, max_length: 16}}
+  - quantize: {{mode: weight-only, from_gguf: source}}
+  - compare: {{data: builtin:samples, limit: 4, max_length: 16, batch_size: 2, max_new_tokens: 4,
+              max_ppl_increase: 1%, min_top1_agreement: 0.99}}
+"""
+    pipe = _write(tmp_path, gguf_file, stages=stages)
+    code, out, err = run(capsys, "run", str(pipe), "-q")
+    assert code == 0, err
+    runs = tmp_path / "runs"
+    q = json.loads(next(runs.glob("03-*/manifest.json")).read_text())["quantization"]
+    assert q["kept_float"] == [] and set(q["gguf"]["by_type"]) == {"Q4_0", "Q4_1", "Q8_0"}
+    compare = json.loads(next(runs.glob("04-*/report.json")).read_text())
+    assert compare["passed"] and compare["candidates"][0]["top1_agreement"] == 1.0
