@@ -31,6 +31,9 @@ CONTRIB_FIXES = {
     "GroupQueryAttention": "optimize the plain decoder export with --target tensorrt (attention and its KV cache stay "
                            "standard MatMul/Softmax/Concat) instead of ONNX Runtime's decoder fusions",
 }
+# the compact decoder graph (exporter/decoder_graph.py) is written for ONNX Runtime's CPU kernels
+COMPACT_DECODER_FIX = ("this is export --graph cpu's compact decoder graph, for ONNX Runtime's CPU kernels; export the "
+                       "model with --graph portable (standard ops) for TensorRT")
 REQUANTIZE_FIX = "re-quantize with quantize --target tensorrt (symmetric signed INT8, constant scales)"
 QDQ_FIX = "quantize the float model with --target tensorrt (static Q/DQ) instead of --mode dynamic or QOperator form"
 _ORT_QUANT_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "ConvInteger"}
@@ -187,11 +190,13 @@ def _walk(graph, functions, seen=()):
 
 
 def _check_nodes(g: _Graph, model, opset: int, add) -> None:
+    compact = model.producer_version == "decoder-graph"
     for label, n in _walk(model.graph, {(f.domain, f.name): f for f in model.functions}):
         op, ins = n.op_type, list(n.input) + [""] * 7
         if n.domain not in ("", "ai.onnx"):
             contrib = n.domain.startswith("com.microsoft")
-            fix = CONTRIB_FIXES.get(op, CONTRIB_FIX) if contrib else f"use standard ONNX ops or a TensorRT plugin named {op}"
+            fix = (COMPACT_DECODER_FIX if compact else CONTRIB_FIXES.get(op, CONTRIB_FIX)) if contrib else \
+                f"use standard ONNX ops or a TensorRT plugin named {op}"
             what = "ONNX Runtime contrib operator" if contrib else f"operator of domain {n.domain!r}"
             add("error", label, f"{n.domain}::{op}", f"{what}: TensorRT's ONNX parser reads standard ONNX operators only", fix)
             continue

@@ -137,3 +137,12 @@ def test_compare_reports_agreement_on_greedy_continuations(tiny_llama, tiny_llam
     assert rows[0]["continuation_top1"] == 1.0
     assert 0 <= rows[1]["continuation_top1"] < 1.0
     assert "top-1 on greedy continuations" in (out / "report.md").read_text()
+
+
+def test_tensorrt_check_sends_the_compact_graph_back_to_the_portable_export(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "cpu"
+    assert main(["export", str(tiny_llama), "--graph", "cpu", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--target", "tensorrt"]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error")]
+    assert errors and all("--graph portable" in line for line in errors)
