@@ -57,6 +57,26 @@ class GenerationTask(Task):
     model_inputs: tuple[str, ...] = (_IDS, _MASK, _POS)
     processor_files: tuple[str, ...] = TOKENIZER_FILES + ("generation_config.json", "chat_template.jinja")
     processor_name: str = "tokenizer"
+    block_names: tuple[str, ...] = ("layers", "h")  # Llama-style ``model.layers``, GPT-2's ``transformer.h``
+
+    def in_compress_scope(self, fqn: str) -> bool:
+        """True for a module name inside the decoder blocks (``model.layers.3.mlp``, ``transformer.h.0.attn``)."""
+        return any(f".{n}." in f".{fqn}." for n in self.block_names)
+
+    def _blocks_owner(self, model):
+        """The base model and the name of its block list, the first of ``block_names`` it has.
+
+        Raises:
+            UsageError: the model has none of them.
+        """
+        import torch
+
+        owner = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        for name in self.block_names:
+            if isinstance(getattr(owner, name, None), torch.nn.ModuleList):
+                return owner, name
+        raise UsageError(f"{type(model).__name__}: compression needs the decoder blocks at "
+                         f"{' or '.join(repr(n) for n in self.block_names)} (task {self.name}); this model has none there")
 
     def has_processor(self, path: Path) -> bool:
         return any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
