@@ -51,6 +51,17 @@ def _truncate_model(t: Path) -> None:
     p.write_bytes(p.read_bytes()[:500])
 
 
+def _other_vocabulary_lm(t: Path) -> None:
+    """``t/teacher``: a tiny Llama whose tokenizer has one token more than the shared one's."""
+    from tests.conftest import make_tiny_lm
+
+    make_tiny_lm(t / "teacher", "llama")
+    tj = t / "teacher" / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    data["model"]["vocab"]["zzqx"] = max(data["model"]["vocab"].values()) + 1
+    tj.write_text(json.dumps(data))
+
+
 def _relist(t: Path) -> None:
     """Record the onnx copy's files as they are now in its manifest (an edit the size and hash checks cannot see)."""
     from runtimes.artifact import file_table
@@ -255,6 +266,25 @@ CASES = [
     Case("compress-bad-fraction", ("compress", "{hf}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl", "-o", "{t}/out",
                                    "--prune-heads", "1.5"), ("--prune-heads",),
          _write("tr.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')),
+    # compress of a causal LM ({llm}: 2 layers)
+    Case("compress-llm-drop-every-layer", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "0", "--distill"), ("student layers", "0"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
+    Case("compress-llm-no-layer-dropped", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "2", "--distill"), ("fewer layers", "2"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
+    Case("compress-llm-empty-text-file", ("compress", "{llm}", "--train", "{t}/tr.txt", "--eval", "{t}/tr.txt",
+                                          "-o", "{t}/out", "--student-layers", "1", "--distill"), ("tr.txt",),
+         _write("tr.txt", "")),
+    Case("compress-llm-no-text-to-score", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "1", "--distill"), ("tr.jsonl", "2 tokens"),
+         _write("tr.jsonl", '{"text": "a"}\n{"text": "b"}\n')),
+    Case("compress-llm-teacher-other-vocabulary", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                                   "-o", "{t}/out", "--student-layers", "1", "--distill", "--teacher", "{t}/teacher"),
+         ("teacher", "tokenizer"), lambda t: (_write("tr.jsonl", '{"text": "the quick brown fox"}\n')(t), _other_vocabulary_lm(t))),
+    Case("compress-llm-pruning", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                  "-o", "{t}/out", "--prune-heads", "0.5"), ("causal LM", "PruneConfig"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
 ]
 
 
