@@ -178,3 +178,14 @@ def test_bad_causal_settings(lm4, texts, tmp_path, techniques, match):
     with pytest.raises(UsageError, match=match):
         compress(lm4, tmp_path / "x", techniques, **_kw(texts))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_command_line_prints_the_perplexities(tiny_llama, texts, tmp_path, capsys):
+    argv = ["compress", str(tiny_llama), "--student-layers", "1", "--distill", "--train", str(texts / "train.jsonl"),
+            "--eval", str(texts / "eval.jsonl"), "--epochs", "1", "--batch-size", "8", "--max-length", "32",
+            "--device", "cpu", "-o", str(tmp_path / "kd"), "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    m = load_artifact(tmp_path / "kd").manifest
+    assert f"teacher {m['before']['perplexity']:.2f}" in out and "layers 2 -> 1" in out
+    assert m["options"]["techniques"][0] == {"type": "LayerDropConfig", "layers": 1}
