@@ -55,7 +55,7 @@ def encode_texts(tokenizer, data, max_length: int) -> tuple[Encoded, str]:
     return Encoded({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]}, ids), ds.fingerprint()
 
 
-def scores(model, enc: Encoded, batch_size: int, device: str, pad_id: int, teacher=None) -> dict:
+def scores(model, enc: Encoded, batch_size: int, pad_id: int, teacher=None) -> dict:
     """Perplexity of ``model`` on ``enc`` (each token from 1 on, given those before it) and, with
     ``teacher``, the mean KL(teacher || model) of the next-token distributions over real positions."""
     import torch
@@ -63,6 +63,7 @@ def scores(model, enc: Encoded, batch_size: int, device: str, pad_id: int, teach
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # the teacher's must be the same
     nll, scored, kl, positions = 0.0, 0, 0.0, 0
     with torch.no_grad():
         for i in range(0, len(enc), batch_size):
@@ -149,7 +150,9 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
     eval_enc, eval_fp = encode_texts(tokenizer, eval_data, max_length)
     data = TextSplits(train_enc, eval_enc, {"train": train_fp, "eval": eval_fp})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    eval_bs = recovery.eval_batch_size if recovery else 16
+    # scoring holds a few [batch, length, vocab] float tensors: about 4096 tokens a batch keeps each
+    # under 1 GB for a 50k vocabulary
+    eval_bs = max(1, min(recovery.eval_batch_size if recovery else 64, 4096 // max_length))
 
     model = _load_lm(src.path)
     if teacher_path is not None:
@@ -163,7 +166,7 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
     model.to(device)
     teacher_layers = _layers(teacher_model)
     before = {"params": param_count(teacher_model), "layers": teacher_layers,
-              **scores(teacher_model, eval_enc, eval_bs, device, pad_id)}
+              **scores(teacher_model, eval_enc, eval_bs, pad_id)}
 
     applied, layer_map = [], None
     if drop is not None:
@@ -171,7 +174,7 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
         layer_map = info["teacher_layers_kept"]
         applied.append(info)
     dropped = {"params": param_count(model), "layers": _layers(model),
-               **scores(model, eval_enc, eval_bs, device, pad_id, teacher_model)}
+               **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
     if distill is not None:
         applied.append({"technique": "distillation", **asdict(distill),
                         "teacher": str(Path(teacher_path or src.path).resolve()),
@@ -186,13 +189,13 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
             raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
 
         def evaluate(m):
-            return -scores(m, eval_enc, eval_bs, device, pad_id)["perplexity"]
+            return -scores(m, eval_enc, eval_bs, pad_id)["perplexity"]
 
         result = train(model, train_enc, recovery, evaluate=evaluate, **({"loss_fn": loss_fn} if loss_fn else {}),
                        checkpoint=ckpt, resume=resume, device=device, pad_id=pad_id,
                        desc="distill" if distill else "recover", progress=progress)
     after = {"params": param_count(model), "layers": _layers(model),
-             **scores(model, eval_enc, eval_bs, device, pad_id, teacher_model)}
+             **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
 
     def fill(tmp: Path):
         model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)

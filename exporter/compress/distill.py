@@ -117,6 +117,8 @@ def causal_distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None
     def loss_fn(student, batch):
         labels = batch["labels"]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if next(teacher.parameters()).device != labels.device:  # each of several processes has its own device
+            teacher.to(labels.device)
         with torch.no_grad():
             t = teacher(**inputs, output_hidden_states=want_hidden, use_cache=False)
         s = student(**inputs, output_hidden_states=want_hidden, use_cache=False)

@@ -86,7 +86,7 @@ def test_distillation_lowers_the_kl_to_the_teacher_on_held_out_text(lm4, texts, 
     tok = transformers.AutoTokenizer.from_pretrained(str(art.path))
     tok.pad_token = tok.eos_token
     enc, _ = causal.encode_texts(tok, texts / "eval.jsonl", 32)
-    again = causal.scores(student, enc, 16, "cpu", tok.pad_token_id, teacher)
+    again = causal.scores(student, enc, 16, tok.pad_token_id, teacher)
     assert again["kl_to_teacher"] == pytest.approx(after["kl_to_teacher"], rel=1e-4)
     assert again["perplexity"] == pytest.approx(after["perplexity"], rel=1e-4)
 
