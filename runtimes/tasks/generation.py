@@ -166,4 +166,5 @@ class GenerationTask(Task):
 
 
 TEXT_GENERATION = GenerationTask("text-generation", auto_class="AutoModelForCausalLM",
-                                 optimum_task="text-generation-with-past", arch_suffixes=("ForCausalLM", "LMHeadModel"))
+                                 optimum_task="text-generation-with-past", arch_suffixes=("ForCausalLM", "LMHeadModel"),
+                                 trainable=True)
