@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--finetuned", type=Path, default=None, metavar="DIR",
+                    help="score this fine-tuned model (an earlier run's finetune output) instead of training one")
+    ap.add_argument("--no-base", action="store_true", help="do not score the base model")
     ap.add_argument("--onnx", action="store_true", help="also score the ONNX export and its INT8/INT4 weight-only copies")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
@@ -158,13 +161,19 @@ def _run(args, argv, train: Path, test: Path, work: Path) -> int:
         results[name] = {"runtime": runtime, **score(answers, gold)}
         print(f"{name}: exact match {results[name]['exact']['accuracy']:.3f} ({timings[name]:.0f} s)", file=sys.stderr)
 
-    answer("base (PyTorch FP32)", args.model, "torch:cpu")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-                      seed=args.seed, patience=None, checkpoint_every=1000)
-    t = time.perf_counter()
-    ft = finetune(args.model, work / "finetuned", train_data=tr, eval_data=va, task="text-generation", config=cfg,
-                  lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.05), device="cpu")
-    timings["finetune"] = time.perf_counter() - t
+    if not args.no_base:
+        answer("base (PyTorch FP32)", args.model, "torch:cpu")
+    if args.finetuned is not None:
+        from runtimes.artifact import load_artifact
+
+        ft = load_artifact(args.finetuned)
+    else:
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                          seed=args.seed, patience=None, checkpoint_every=1000)
+        t = time.perf_counter()
+        ft = finetune(args.model, work / "finetuned", train_data=tr, eval_data=va, task="text-generation", config=cfg,
+                      lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.05), device="cpu")
+        timings["finetune"] = time.perf_counter() - t
     answer("LoRA fine-tuned (PyTorch FP32)", ft.path, "torch:cpu")
     if args.onnx:
         from exporter import export_hf
@@ -188,7 +197,7 @@ def _run(args, argv, train: Path, test: Path, work: Path) -> int:
     md = "\n".join([
         "# LoRA fine-tuning: the topic of a quotation", "",
         f"- machine: {machine_line(report['machine'])}",
-        f"- model: {args.model}; LoRA r={args.lora_r}, alpha={2 * args.lora_r} on every linear layer of the blocks, "
+        f"- model: {args.model}" + (f"; fine-tuned: {args.finetuned} (its settings in its manifest)" if args.finetuned else "") + f"; LoRA r={args.lora_r}, alpha={2 * args.lora_r} on every linear layer of the blocks, "
         f"merged; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g}, max length {args.max_length}",
         f"- data: {args.train_pairs} training and {args.val_pairs} validation pairs from {train.name}, "
         f"{args.test_pairs} test pairs from {test.name} (pairs that fit the max length)",
