@@ -162,6 +162,8 @@ def test_gpt2_trains_from_the_command_line(tiny_gpt2, pairs, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "perplexity" in out and "response tokens" in out
+    assert main(["inspect", str(tmp_path / "out")]) == 0
+    assert "eval: perplexity" in capsys.readouterr().out
     weights = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert not any("lora" in k for k in weights)
 
