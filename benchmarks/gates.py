@@ -37,7 +37,7 @@ def load_baseline(path: str | os.PathLike) -> dict:
         report = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UsageError(f"{p}: baseline is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(report, dict) or report.get("kind") != "bench":
+    if not isinstance(report, dict) or not (report.get("kind") == "bench" or is_llm_bench(report)):
         raise UsageError(f"{p}: not a bench report (kind {report.get('kind') if isinstance(report, dict) else None!r})")
     if report.get("schema_version") != REPORT_SCHEMA_VERSION:
         raise UsageError(f"{p}: baseline has schema_version {report.get('schema_version')!r}, this tool writes "
@@ -45,8 +45,27 @@ def load_baseline(path: str | os.PathLike) -> dict:
     return report
 
 
+def is_llm_bench(report: dict) -> bool:
+    """An LLM bench report (``benchmarks/llm_bench.py``: kind ``llm``, rows of decode tokens/s), not an LLM compare."""
+    return report.get("kind") == "llm" and "runners" in report and "results" in report
+
+
 def _key(row: dict) -> tuple:
     return (Path(row["artifact"]).name, row["runtime"], row["batch"], str(row["seq"]))
+
+
+def _llm_keys(report: dict) -> dict[str, tuple]:
+    """An LLM bench row's match key by label: artifact name, runtime, loop (ours or transformers' generate())."""
+    return {r["label"]: (Path(r["artifact"]).name, r["runtime"], r["loop"]) for r in report["runners"]}
+
+
+def _rows(report: dict) -> tuple[dict, str, str]:
+    """``({key: row}, throughput field, unit)`` of a bench report, tensor or LLM."""
+    if is_llm_bench(report):
+        runner = _llm_keys(report)
+        return ({(*runner[r["label"]], r["batch"]): r for r in report["results"]}, "decode_tokens_per_s",
+                "decode tokens/s")
+    return {_key(r): r for r in report["results"]}, "samples_per_s", "samples/s"
 
 
 def same_machine(a: dict, b: dict) -> bool:
@@ -56,29 +75,42 @@ def same_machine(a: dict, b: dict) -> bool:
 
 def regression_checks(report: dict, baseline: dict, max_regression: float) -> list[Check]:
     """One check per result row found in the baseline (matched by artifact name, runtime, batch and
-    sequence): throughput may fall by at most ``max_regression`` (a fraction). A baseline from
-    another machine is not compared: every row is reported as skipped, saying why. When no row
-    matches at all, a failed check says that nothing was compared."""
-    base = {_key(r): r for r in baseline["results"]}
+    sequence; for an LLM bench by artifact name, runtime, generation loop and batch): throughput
+    (samples/s; decode tokens/s for an LLM bench) may fall by at most ``max_regression`` (a fraction).
+    A baseline from another machine is not compared: every row is reported as skipped, saying why.
+    When no row matches at all, a failed check says that nothing was compared.
+
+    Raises:
+        UsageError: an LLM bench against a tensor bench baseline, or the other way round.
+    """
+    if is_llm_bench(report) != is_llm_bench(baseline):
+        kinds = {True: "an LLM bench", False: "a tensor bench"}
+        raise UsageError(f"--baseline is {kinds[is_llm_bench(baseline)]} report and this is {kinds[is_llm_bench(report)]}; "
+                         "compare a bench with a baseline of the same kind")
+    base, field, unit = _rows(baseline)
+    mine, _, _ = _rows(report)
     other = not same_machine(report["machine"], baseline["machine"])
     checks = []
-    for row in report["results"]:
-        name = f"{row['label']} b{row['batch']} s{row['seq']}"
-        old = base.get(_key(row))
+    for key, row in mine.items():
+        name = f"{row['label']} b{row['batch']}" + (f" s{row['seq']}" if "seq" in row else "")
+        old = base.get(key)
         if old is None:
             checks.append(Check("throughput", name, True, "not in the baseline", skipped=True))
         elif other:
             checks.append(Check("throughput", name, True, "baseline is from another machine "
                                 f"({baseline['machine'].get('cpu')}, {baseline['machine'].get('usable_cores')} cores); not compared",
                                 skipped=True))
+        elif not row[field] or not old[field]:  # an LLM bench of one new token has no decode steps
+            checks.append(Check("throughput", name, True, f"no {unit} measured; not compared", skipped=True))
         else:
-            change = row["samples_per_s"] / old["samples_per_s"] - 1
+            change = row[field] / old[field] - 1
             ok = change >= -max_regression
-            checks.append(Check("throughput", name, ok, f"{old['samples_per_s']:.4g} -> {row['samples_per_s']:.4g} samples/s "
+            checks.append(Check("throughput", name, ok, f"{old[field]:.4g} -> {row[field]:.4g} {unit} "
                                 f"({change:+.1%}; budget -{max_regression:.0%})"))
     if not other and all(c.skipped for c in checks):  # a gate that compared nothing must not pass
-        checks.append(Check("throughput", "baseline", False, "no result matches a baseline row (artifact name, runtime, "
-                            "batch, seq): nothing was compared; bench the baseline's artifacts and shapes"))
+        what = "runtime, loop, batch" if field == "decode_tokens_per_s" else "runtime, batch, seq"
+        checks.append(Check("throughput", "baseline", False, f"no result matches a baseline row (artifact name, {what}): "
+                            "nothing was compared; bench the baseline's artifacts and shapes"))
     return checks
 
 

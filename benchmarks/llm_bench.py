@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -95,36 +95,54 @@ class _RssPeak:
         self._thread.join()
 
 
+def timed_hf_generate(model, encoded, gen: GenerationConfig) -> Generation:
+    """Greedy ``model.generate()`` (transformers' loop, any model class that has it: PyTorch, or a
+    peer's such as optimum's ``ORTModelForCausalLM``) of exactly ``gen.max_new_tokens`` tokens, timed
+    per token by a stopping criterion called after every new token."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stamps = []
+
+    class _Stamp(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids = torch.from_numpy(encoded["input_ids"]).to(model.device)
+    mask = torch.from_numpy(encoded["attention_mask"]).to(model.device)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=gen.max_new_tokens,
+                             min_new_tokens=gen.max_new_tokens, pad_token_id=gen.pad_token_id, use_cache=True,
+                             stopping_criteria=StoppingCriteriaList([_Stamp()]), num_beams=1)
+    tokens = out[:, ids.shape[1]:].cpu().numpy()
+    times = [start, *stamps]
+    return Generation(tokens, np.full(ids.shape[0], tokens.shape[1], np.int64), times[1] - times[0],
+                      [b - a for a, b in zip(times[1:], times[2:])], int(encoded["attention_mask"].sum()))
+
+
 class _HfGenerate:
-    """transformers' ``model.generate()`` of a PyTorch runner's model, timed per token by a stopping
-    criterion called after every new token."""
+    """transformers' ``model.generate()`` of a PyTorch runner's model."""
 
     def __init__(self, runner):
         self.runner, self.label = runner, f"{runner.label} generate()"
 
     def __call__(self, encoded, gen: GenerationConfig) -> Generation:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        return timed_hf_generate(self.runner.model, encoded, gen)
 
-        stamps = []
 
-        class _Stamp(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                stamps.append(time.perf_counter())
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+@dataclass
+class Peer:
+    """Another tool's generation loop timed beside ours (``benchmarks/llm_speed.py``): ``generate``
+    takes one encoded batch and the settings and returns a ``Generation``."""
 
-        model = self.runner.model
-        ids = torch.from_numpy(encoded["input_ids"]).to(model.device)
-        mask = torch.from_numpy(encoded["attention_mask"]).to(model.device)
-        with torch.inference_mode():
-            start = time.perf_counter()
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=gen.max_new_tokens,
-                                 min_new_tokens=gen.max_new_tokens, pad_token_id=gen.pad_token_id, use_cache=True,
-                                 stopping_criteria=StoppingCriteriaList([_Stamp()]), num_beams=1)
-        tokens = out[:, ids.shape[1]:].cpu().numpy()
-        times = [start, *stamps]
-        return Generation(tokens, np.full(ids.shape[0], tokens.shape[1], np.int64), times[1] - times[0],
-                          [b - a for a, b in zip(times[1:], times[2:])], int(encoded["attention_mask"].sum()))
+    label: str
+    runtime: str
+    artifact: str
+    loop: str
+    generate: Callable
+    describe: Callable = dict
 
 
 def _prompts(data: TextDataset | None, prompts: TextDataset | None) -> TextDataset:
@@ -138,8 +156,8 @@ def _prompts(data: TextDataset | None, prompts: TextDataset | None) -> TextDatas
 
 def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, prompts: TextDataset | None = None,
                   runtimes: Sequence[str] | None = None, config: LlmBenchConfig = LlmBenchConfig(),
-                  command: str | None = None, progress: bool = True) -> dict:
-    """Generate with every runner on every batch of prompts in interleaved rounds; returns the
+                  command: str | None = None, progress: bool = True, peers: Sequence[Peer] = ()) -> dict:
+    """Generate with every runner (and every peer loop) on every batch of prompts in interleaved rounds; returns the
     report (``report.json`` content). Prompts: ``data``'s texts (real texts, truncated to
     ``max_prompt_tokens``) or else ``prompts`` (default: the project's chat prompts).
 
@@ -170,6 +188,8 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
             if config.hf_generate and hasattr(runner, "model") and len(entries) == 1:
                 hf = _HfGenerate(runner)
                 entries.append((hf.label, plan.runtime, str(plan.artifact.path), runner, lambda enc, h=hf: h(enc, gen)))
+        for peer in peers:
+            entries.append((peer.label, peer.runtime, peer.artifact, peer, lambda enc, p=peer: p.generate(enc, gen)))
         runs = {(e[0], b): [] for e in entries for b in config.batches}
         order = []
         with _RssPeak() as rss, tqdm(total=config.rounds * len(entries), desc="bench", unit="run",
@@ -190,7 +210,8 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                     bar.update(1)
             rss.turn(None)
         settings = [{"label": e[0], "runtime": e[1], "artifact": e[2],
-                     "loop": "transformers model.generate()" if e[0].endswith("generate()") else
+                     "loop": e[3].loop if isinstance(e[3], Peer) else "transformers model.generate()"
+                     if e[0].endswith("generate()") else
                      "enginewright generate() with KV cache" + (", IO binding" if _binds(e[3], config.io_binding) else ""),
                      "settings": e[3].describe()} for e in entries]
     finally:

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if in_main:
         previous = signal.signal(signal.SIGTERM, _on_sigterm), signal.signal(signal.SIGINT, _on_sigint)
     try:
-        return _dispatch(args, command)
+        with _one_voice():
+            return _dispatch(args, command)
     finally:
         from runtimes.outputs import release_all
 
@@ -102,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         if in_main:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+
+
+@contextlib.contextmanager
+def _one_voice():
+    """Under ``accelerate launch``/``torchrun``: only the main process prints results (every process
+    keeps stderr for its errors), and ``cuda`` means each process's own GPU."""
+    from exporter.distributed import bind_device, is_main, launched
+
+    if not launched():
+        yield
+        return
+    bind_device()
+    if is_main():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def _dispatch(args, command: str) -> int:

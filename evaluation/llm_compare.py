@@ -96,6 +96,35 @@ def _greedy(plan, encoded, cfg: LlmCompareConfig, gen: GenerationConfig, limit: 
     return np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=gen.pad_token_id) for r in rows])
 
 
+def continuation_agreement(plan, encoded, ref_tokens: np.ndarray, eos: Sequence[int], threads) -> float:
+    """Teacher-forced on the reference's greedy continuations: the share of generated positions (up to
+    and including a row's first EOS) where the candidate's next-token pick is the reference's token.
+    Unlike the greedy prefix, one near-tie does not end the count."""
+    from runtimes.generation import Decoder
+
+    hits = total = 0
+    row = 0
+    with plan.open(threads=threads) as runner:
+        decoder = Decoder(runner, io_binding=False)
+        for enc in encoded:
+            ids, mask = enc["input_ids"], enc["attention_mask"]
+            n = ids.shape[0]
+            cont = ref_tokens[row:row + n]
+            row += n
+            valid = np.ones(cont.shape, bool)
+            for i in range(n):  # positions after the first EOS are padding
+                ends = np.flatnonzero(np.isin(cont[i], eos))
+                if ends.size:
+                    valid[i, ends[0] + 1:] = False
+            full = np.concatenate([ids, cont[:, :-1]], axis=1)
+            full_mask = np.concatenate([mask, np.ones((n, cont.shape[1] - 1), mask.dtype)], axis=1)
+            logits, _ = decoder.forward(full, full_mask)
+            picks = logits[:, ids.shape[1] - 1:].argmax(-1)
+            hits += int(((picks == cont) & valid).sum())
+            total += int(valid.sum())
+    return hits / total if total else float("nan")
+
+
 def run_llm_compare(reference: str | Artifact, candidates: Sequence[str | Artifact], data: TextDataset | None, *,
                     prompts: TextDataset | None = None, runtimes: Sequence[str] | None = None,
                     ref_runtime: str | None = None, config: LlmCompareConfig = LlmCompareConfig(),
@@ -133,6 +162,7 @@ def run_llm_compare(reference: str | Artifact, candidates: Sequence[str | Artifa
             stats = score_candidate(runner, encoded, ref, atol=1e-3)
         prefix = greedy_prefix(ref_tokens, _greedy(plan, prompt_batches, config, gen, limit))
         row = stats.to_dict(ref.vocab)
+        row["continuation_top1"] = continuation_agreement(plan, prompt_batches, ref_tokens, eos, config.threads)
         row["ppl_change"] = row["perplexity"] / ref.stats.perplexity - 1
         row.update(greedy_prefix_mean=float(prefix.mean()), greedy_prefix_min=int(prefix.min()),
                    greedy_full_match=float((prefix == config.max_new_tokens).mean()))
@@ -198,9 +228,10 @@ class LlmCompareOutcome:
             f"- result: **{'PASS' if r['passed'] else 'FAIL'}**", "",
         ]
         rows = [[c["label"], fmt(c["perplexity"], 4), f"{c['ppl_change']:+.2%}", fmt(c["kl_mean"], 4),
-                 f"{c['top1_agreement']:.4f}", fmt(c["prefill_max_abs"]), f"{c['greedy_prefix_mean']:.1f}",
+                 f"{c['top1_agreement']:.4f}", fmt(c["prefill_max_abs"]), f"{c['continuation_top1']:.4f}",
+                 f"{c['greedy_prefix_mean']:.1f}",
                  c["greedy_prefix_min"], "ok" if c["passed"] else "FAIL: " + "; ".join(c["reasons"])]
                 for c in r["candidates"]]
         lines.append(md_table(["candidate", "perplexity", "change", "KL mean", "top-1", "logits max abs",
-                               "greedy prefix mean", "min", "result"], rows))
+                               "top-1 on greedy continuations", "greedy prefix mean", "min", "result"], rows))
         return "\n".join(lines) + "\n"

@@ -38,14 +38,15 @@ def latency_plot(report: dict, path: Path) -> Path | None:
     return path
 
 
-def tradeoff_plot(points: list[tuple[str, float, float]], ylabel: str, path: Path) -> Path:
-    """``(label, samples/s, accuracy or cosine)`` points."""
+def tradeoff_plot(points: list[tuple[str, float, float]], ylabel: str, path: Path,
+                  xlabel: str = "throughput (samples/s)") -> Path:
+    """``(label, throughput, accuracy, cosine or perplexity)`` points."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, x, y in points:
         ax.scatter([x], [y])
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("throughput (samples/s)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{ylabel} against throughput")
     ax.grid(True, alpha=0.3)

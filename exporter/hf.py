@@ -34,6 +34,7 @@ def export_hf(
     progress: bool = True,
     pooling: str | None = None,
     normalize: bool = False,
+    graph: str | None = None,
 ) -> Artifact:
     """Export ``model_dir`` for ``task`` to ``out`` (``model.onnx``, tokenizer, config, manifest).
 
@@ -68,11 +69,13 @@ def export_hf(
     if src.manifest.get("qat"):
         return export_qat(src, writer.out, opset=opset, external_data=external_data, force=force,
                           tolerance=None if tolerance == Tolerance() else tolerance, command=command)
+    if graph not in (None, "portable") and task != "text-generation":
+        raise UsageError(f"--graph {graph} applies to text-generation models; {src.path} is {task}")
     if task == "text-generation":
         from exporter.llm_export import export_causal_lm
 
         return export_causal_lm(src, writer, opset=opset, external_data=external_data, tolerance=tolerance, data=data,
-                                max_length=max_length, command=command)
+                                max_length=max_length, command=command, graph=graph or "portable")
     data = data_for_task(data, task)
 
     def fill(tmp):

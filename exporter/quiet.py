@@ -11,7 +11,7 @@ import warnings
 @contextlib.contextmanager
 def quiet_export():
     """Hide tracer warnings and library chatter during export; errors still propagate."""
-    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx")]
+    loggers = [logging.getLogger(n) for n in ("transformers", "optimum", "torch.onnx", "onnxruntime.quantization")]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -93,11 +93,11 @@ class Encoded:
         return len(self.labels)
 
 
-def collate(enc: Encoded, idx: Sequence[int], pad_id: int = 0) -> dict:
-    """Pad the examples ``idx`` to their longest; token-level labels are padded with -100."""
+def collate(enc: Encoded, idx: Sequence[int], pad_id: int = 0, pad_to: int | None = None) -> dict:
+    """Pad the examples ``idx`` to their longest (or to ``pad_to``); token-level labels are padded with -100."""
     import torch
 
-    longest = max(len(enc.features["input_ids"][i]) for i in idx)
+    longest = pad_to or max(len(enc.features["input_ids"][i]) for i in idx)
     batch = {}
     for name, rows in enc.features.items():
         fill = pad_id if name == "input_ids" else 0
@@ -140,7 +140,8 @@ def default_loss(model, batch: dict):
 
 
 class Checkpoint:
-    """A directory holding the state needed to resume (written atomically, read without pickle)."""
+    """A directory holding the state needed to resume (written atomically by the main process, read
+    without pickle by every process)."""
 
     def __init__(self, path: Path, fingerprint: str):
         self.path = Path(path)
@@ -149,18 +150,20 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.path / "state.json").is_file()
 
-    def save(self, model, optimizer, scheduler, state: dict, best: Mapping | None) -> None:
+    def save(self, weights: Mapping, optimizer: Mapping, scheduler: Mapping, state: dict, best: Mapping | None,
+             rng: Sequence[Mapping]) -> None:
+        """Write plain state dicts (weights as contiguous CPU tensors) and every process's RNG states."""
         import torch
         from safetensors.torch import save_file
 
         tmp = self.path.with_name(self.path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(_plain_state(model.state_dict()), str(tmp / "model.safetensors"))
+        save_file(dict(weights), str(tmp / "model.safetensors"))
         if best is not None:
             save_file(_plain_state(best), str(tmp / "best.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp / "optim.pt")
+        torch.save({"optimizer": optimizer, "scheduler": scheduler, "rng": rng[0]["cpu"], "rng_ranks": list(rng)},
+                   tmp / "optim.pt")
         write_json_atomic(tmp / "state.json", {**state, "fingerprint": self.fingerprint})
         old = self.path.with_name(self.path.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -169,23 +172,30 @@ class Checkpoint:
         os.replace(tmp, self.path)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, model, optimizer, scheduler) -> tuple[dict, dict | None]:
+    def read(self) -> tuple[dict, dict, dict, dict | None]:
+        """``(state, weights, extra, best)``: ``extra`` holds ``optimizer``, ``scheduler`` and ``rng_ranks``.
+
+        Raises:
+            UsageError: the checkpoint was made with other settings or data.
+        """
         import torch
         from safetensors.torch import load_file
 
         state = json.loads((self.path / "state.json").read_text())
         if state.get("fingerprint") != self.fingerprint:
             raise UsageError(f"{self.path}: checkpoint was made with other settings or data; pass --force to start over")
-        model.load_state_dict(load_file(str(self.path / "model.safetensors")), strict=True)
+        weights = load_file(str(self.path / "model.safetensors"))
         extra = torch.load(self.path / "optim.pt", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng"])
+        extra.setdefault("rng_ranks", [{"cpu": extra["rng"]}])
         best = load_file(str(self.path / "best.safetensors")) if (self.path / "best.safetensors").is_file() else None
-        return state, best
+        return state, weights, extra, best
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the checkpoint (the main process does; the others leave it to it)."""
+        from exporter.distributed import is_main
+
+        if is_main():
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _plain_state(sd: Mapping) -> dict:
@@ -212,9 +222,17 @@ def train(
     desc: str = "train",
     progress: bool = True,
     baseline: bool = False,
+    batch_units: Callable[[dict], int] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; on return it holds the best epoch's weights (by ``evaluate``,
     higher is better), or the last weights when there is no ``evaluate``.
+
+    The same code runs in one process and in each of N processes started by ``accelerate launch``
+    (or ``torchrun``): ``config.batch_size`` is then the global batch, cut across the processes so
+    that every step sees the batch one process would (``exporter.distributed``); ``loss_fn`` gets the
+    model as accelerate wraps it, ``evaluate`` and ``after_step`` the plain model, on every process,
+    and the main process's evaluation decides for all. Only the main process writes checkpoints and
+    shows progress.
 
     ``evaluate`` returns a number, or a tuple of numbers compared in order (the first is the
     reported metric, the rest break its ties). ``baseline`` evaluates the model before training as
@@ -223,16 +241,30 @@ def train(
 
     ``after_step`` callables get the model after every optimizer step (e.g. to re-apply sparsity
     masks). With ``checkpoint``, state is saved every ``config.checkpoint_every`` steps and at each
-    epoch end; ``resume`` continues from it.
+    epoch end; ``resume`` continues from it. ``batch_units(batch)`` counts what ``loss_fn``'s mean
+    averages over (default: labelled tokens for per-token labels, else rows); several processes
+    weight their losses by it.
 
     Raises:
-        UsageError: a checkpoint from other settings, or ``resume`` without a checkpoint.
+        UsageError: a checkpoint from other settings, ``resume`` without a checkpoint, a global batch
+            smaller than the number of processes.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from exporter import distributed as dist
+
     torch.manual_seed(config.seed)
     precision = resolve_precision(config.precision, device)
+    accelerator = dist.make_accelerator(device, precision)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    if world > 1:
+        if config.batch_size < world:
+            raise UsageError(f"--batch-size {config.batch_size} is the global batch; it must be at least the "
+                             f"number of processes ({world})")
+        torch.manual_seed(config.seed + 7919 * rank)  # rank 0 draws as one process does; the others differ
+        device = accelerator.device
+    units = batch_units or dist.units
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
@@ -241,82 +273,110 @@ def train(
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    plain = accelerator.unwrap_model(wrapped)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
-             "bad_epochs": 0, "history": [], "done": False}
+             "bad_epochs": 0, "history": [], "done": False, "processes": world}
     best = None
     resumed = None
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise UsageError("--resume: there is no checkpoint to resume from; run without --resume")
-        state, best = checkpoint.load(model, optimizer, scheduler)
+        state, weights, extra, best = checkpoint.read()
+        dist.load_model_state(accelerator, wrapped, weights)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        same = dist.load_rng(accelerator, extra["rng_ranks"], config.seed)
+        saved_by = state.get("processes", 1)
+        if main and (saved_by != world or not same):
+            tqdm.write(f"{desc}: resuming {saved_by}-process checkpoint in {world} processes; dropout draws "
+                       "differ from an uninterrupted run")
+        state["processes"] = world
         resumed = state["global_step"]
 
+    def judge(m) -> tuple[float, ...]:
+        with dist.full_precision(m):
+            key = _metric_key(evaluate(m))
+        return tuple(dist.from_main(accelerator, list(key)))
+
+    def save() -> None:
+        weights = dist.model_state(accelerator, wrapped)
+        optim = optimizer.state_dict()
+        rng = dist.rng_states(accelerator)
+        if main:
+            checkpoint.save(weights, optim, scheduler.state_dict(), state, best, rng)
+        accelerator.wait_for_everyone()
+
     if baseline and evaluate is not None and resumed is None:
-        key = _metric_key(evaluate(model))
+        key = judge(plain)
         state["best_metric"], state["best_key"], state["best_epoch"] = key[0], list(key), 0
-        best = _plain_state(model.state_dict())
+        best = dist.model_state(accelerator, wrapped)
         state["history"].append({"epoch": 0, "loss": None, "eval_metric": key[0],
                                  **({"eval_key": list(key)} if len(key) > 1 else {})})
-    bar = tqdm(total=total, initial=state["global_step"], desc=desc, unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=state["global_step"], desc=desc, unit="step", disable=not (progress and main))
+    say = bar.write if main else (lambda _: None)
     try:
         while state["epoch"] < config.epochs and not state["done"]:
-            model.train()
+            wrapped.train()
             order = epoch_order(len(data), config.seed, state["epoch"])
             running = 0.0
             for b in range(state["step_in_epoch"], steps_per_epoch):
                 idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-                with torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = loss_fn(model, batch)
+                if world == 1:
+                    batch = collate(data, idx, pad_id)
+                else:  # this process's slice, padded as the whole global batch is
+                    mine = dist.shard(idx, rank, world)
+                    longest = max(len(data.features["input_ids"][i]) for i in idx)
+                    batch = collate(data, mine or idx[:1], pad_id, pad_to=longest)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with accelerator.autocast():
+                    loss = loss_fn(wrapped, batch)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                if world == 1:
+                    accelerator.backward(loss)
+                    value = float(loss.detach())
+                else:  # weighted so that the processes' mean gradient is the global batch's
+                    n = torch.tensor(float(units(batch) if mine else 0), device=device)
+                    share = n / accelerator.reduce(n.clone(), "sum")
+                    accelerator.backward(loss * (share * world))
+                    value = float(accelerator.reduce(loss.detach().float() * share, "sum"))
+                accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm)
+                optimizer.step()
                 scheduler.step()
                 for fn in after_step:
-                    fn(model)
-                value = float(loss.detach())
+                    fn(plain)
                 running = 0.9 * running + 0.1 * value if b else value
                 state["step_in_epoch"] = b + 1
                 state["global_step"] += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", epoch=state["epoch"] + 1)
                 if checkpoint is not None and state["global_step"] % config.checkpoint_every == 0:
-                    checkpoint.save(model, optimizer, scheduler, state, best)
+                    save()
             metric = None
             if evaluate is not None:
-                key = _metric_key(evaluate(model))
+                key = judge(plain)
                 metric = key[0]
                 if state["best_metric"] is None or key > tuple(state.get("best_key") or (state["best_metric"],)):
                     state["best_metric"], state["best_epoch"], state["bad_epochs"] = metric, state["epoch"] + 1, 0
                     state["best_key"] = list(key)
-                    best = _plain_state(model.state_dict())
+                    best = dist.model_state(accelerator, wrapped)
                 else:
                     state["bad_epochs"] += 1
                     if config.patience is not None and state["bad_epochs"] >= config.patience:
                         state["done"] = True
             state["history"].append({"epoch": state["epoch"] + 1, "loss": running, "eval_metric": metric,
                                      **({"eval_key": list(key)} if metric is not None and len(key) > 1 else {})})
-            bar.write(f"{desc}: epoch {state['epoch'] + 1} loss {running:.4f}" + (f" eval {metric:.4f}" if metric is not None else ""))
+            say(f"{desc}: epoch {state['epoch'] + 1} loss {running:.4f}" + (f" eval {metric:.4f}" if metric is not None else ""))
             state["epoch"] += 1
             state["step_in_epoch"] = 0
             if checkpoint is not None:
-                checkpoint.save(model, optimizer, scheduler, state, best)
+                save()
     finally:
         bar.close()
     if best is not None:
-        model.load_state_dict(best)
+        dist.load_model_state(accelerator, wrapped, best)
+    accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # takes the autocast wrapper off the model's forward
     stopped = state["done"]
     epochs_run = sum(h["epoch"] > 0 for h in state["history"])
     return TrainResult(state["best_metric"], state["best_epoch"], epochs_run, state["global_step"], stopped,

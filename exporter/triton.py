@@ -26,9 +26,10 @@ _PLATFORM = {"onnx": ("onnxruntime_onnx", "model.onnx"), "trt": ("tensorrt_plan"
 
 @dataclass(frozen=True)
 class TritonConfig:
-    """``max_batch_size`` 0 turns batching off (dims then include the batch axis)."""
+    """``max_batch_size`` 0 turns batching off (dims then include the batch axis); None: 32 for encoders,
+    0 for decoders (whose model is always unbatched)."""
 
-    max_batch_size: int = 32
+    max_batch_size: int | None = None
     dynamic_batching: bool = True
     max_queue_delay_us: int = 100
     instance_count: int = 1
@@ -38,16 +39,24 @@ class TritonConfig:
     cuda_graphs: bool = False  # tensorrt_plan models
     ensemble: bool = False  # put the tokenizer (Python backend) in front of each model
     ensemble_max_length: int = 128
+    max_new_tokens: int = 64  # decoders: the generate model's default (a request may ask for more or fewer)
 
     def __post_init__(self):
-        if self.max_batch_size < 0 or self.instance_count < 1 or self.max_queue_delay_us < 0:
+        if self.batch < 0 or self.instance_count < 1 or self.max_queue_delay_us < 0:
             raise UsageError("--max-batch-size must be >= 0, --instances >= 1 and --max-queue-delay-us >= 0")
         if self.device not in ("gpu", "cpu"):
             raise UsageError(f"--device {self.device!r}: choose gpu or cpu")
-        if self.ensemble and (self.max_batch_size < 1 or self.ensemble_max_length < 2):
+        if self.ensemble and (self.batch < 1 or self.ensemble_max_length < 2):
             raise UsageError("--ensemble needs --max-batch-size >= 1 and --ensemble-max-length >= 2")
         if (self.tensorrt_accelerator or self.cuda_graphs) and self.device != "gpu":
             raise UsageError("the TensorRT accelerator and CUDA graphs need --device gpu")
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {self.max_new_tokens}: generate at least 1 token")
+
+    @property
+    def batch(self) -> int:
+        """The max_batch_size of an encoder's model."""
+        return 32 if self.max_batch_size is None else self.max_batch_size
 
 
 def model_name(art: Artifact) -> str:
@@ -69,18 +78,18 @@ def model_config(art: Artifact, name: str, cfg: TritonConfig):
         raise UsageError(f"{art.path}: a TensorRT engine needs no TensorRT accelerator; drop --tensorrt-accelerator")
     if not art.inputs or not art.outputs:
         raise UsageError(f"{art.path}: the manifest has no input/output specs; re-export the artifact")
-    c = mc.ModelConfig(name=name, platform=platform, max_batch_size=cfg.max_batch_size)
+    c = mc.ModelConfig(name=name, platform=platform, max_batch_size=cfg.batch)
     for specs, field in ((art.inputs, c.input), (art.outputs, c.output)):
         for s in specs:
             if s.dtype not in _TYPES:
                 raise UsageError(f"{art.path}: tensor {s.name!r} has dtype {s.dtype}, which this writer does not map to Triton")
             dims = [d if isinstance(d, int) and d > 0 else -1 for d in s.shape]
-            if cfg.max_batch_size > 0:
+            if cfg.batch > 0:
                 if not dims or dims[0] != -1:
                     raise UsageError(f"{art.path}: tensor {s.name!r} has no dynamic batch axis; pass --max-batch-size 0")
                 dims = dims[1:]
             field.add(name=s.name, data_type=getattr(mc.DataType, _TYPES[s.dtype]), dims=dims)
-    if cfg.max_batch_size > 0 and cfg.dynamic_batching:
+    if cfg.batch > 0 and cfg.dynamic_batching:
         c.dynamic_batching.max_queue_delay_microseconds = cfg.max_queue_delay_us
     kind = mc.ModelInstanceGroup.Kind.KIND_GPU if cfg.device == "gpu" else mc.ModelInstanceGroup.Kind.KIND_CPU
     c.instance_group.add(count=cfg.instance_count, kind=kind)
@@ -106,12 +115,12 @@ def ensemble_configs(art: Artifact, name: str, cfg: TritonConfig):
     """The tokenizer (Python backend) model's and the ensemble's ``ModelConfig`` messages."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    tok = mc.ModelConfig(name=f"{name}_tokenizer", backend="python", max_batch_size=cfg.max_batch_size)
+    tok = mc.ModelConfig(name=f"{name}_tokenizer", backend="python", max_batch_size=cfg.batch)
     tok.input.add(name="TEXT", data_type=mc.DataType.TYPE_STRING, dims=[1])
     for s in art.inputs:
         tok.output.add(name=s.name, data_type=mc.DataType.TYPE_INT64, dims=[cfg.ensemble_max_length])
     tok.instance_group.add(count=cfg.instance_count, kind=mc.ModelInstanceGroup.Kind.KIND_CPU)
-    ens = mc.ModelConfig(name=f"{name}_ensemble", platform="ensemble", max_batch_size=cfg.max_batch_size)
+    ens = mc.ModelConfig(name=f"{name}_ensemble", platform="ensemble", max_batch_size=cfg.batch)
     ens.input.add(name="TEXT", data_type=mc.DataType.TYPE_STRING, dims=[1])
     for s in art.outputs:
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in s.shape][1:]
@@ -143,26 +152,44 @@ def _write_tokenizer_model(art: Artifact, root: Path, tok_config, cfg: TritonCon
 
 def write_repository(artifacts: Sequence, out: str | os.PathLike, *, config: TritonConfig = TritonConfig(),
                      force: bool = False) -> Path:
-    """Write a model repository with one model per artifact (version 1).
+    """Write a model repository with one model per artifact (version 1); a decoder (task
+    text-generation) gets its KV-cache graph, unbatched, and a ``<name>_generate`` Python-backend
+    model that runs the generation loop over it (``exporter/triton_llm.py``).
 
     Raises:
         UsageError: bad artifacts or settings, two artifacts with one name, output exists without ``force``.
     """
+    from exporter import triton_llm
+
     arts = [load_artifact(a) for a in artifacts]
     if not arts:
         raise UsageError("triton needs at least one ONNX or TensorRT artifact")
     names = [model_name(a) for a in arts]
-    if len(set(names)) != len(names):
-        raise UsageError(f"two artifacts share the directory name {sorted({n for n in names if names.count(n) > 1})}; "
+    decoders = [triton_llm.is_decoder(a) for a in arts]
+    taken = names + [f"{n}_{s}" for n, d in zip(names, decoders) for s in (("generate",) if d else ())] + [
+        f"{n}_{s}" for n, d in zip(names, decoders) if config.ensemble and not d for s in ("tokenizer", "ensemble")]
+    if len(set(taken)) != len(taken):
+        raise UsageError(f"two artifacts share the model name {sorted({n for n in taken if taken.count(n) > 1})}; "
                          "Triton model names must differ")
-    configs = [config_text(model_config(a, n, config)) for a, n in zip(arts, names)]
+    generated, configs = [], []
+    for art, name, decoder in zip(arts, names, decoders):
+        if decoder:
+            triton_llm.check_decoder(art, config)
+            dec, gen = triton_llm.decoder_configs(art, name, config, model_config)
+            configs.append(config_text(dec))
+            generated.append((art, gen, triton_llm.generate_settings(art, name, config.max_new_tokens)))
+        else:
+            configs.append(config_text(model_config(art, name, config)))
     files = [_model_files(a) for a in arts]
-    ensembles = [ensemble_configs(a, n, config) for a, n in zip(arts, names)] if config.ensemble else []
+    ensembles = [(a, *ensemble_configs(a, n, config)) for a, n, d in zip(arts, names, decoders)
+                 if config.ensemble and not d]
     with ArtifactWriter(out, force=force, inputs=[a.path for a in arts]).directory(mark=True) as tmp:
-        for art, (tok, ens) in zip(arts, ensembles):
+        for art, tok, ens in ensembles:
             _write_tokenizer_model(art, tmp, tok, config)
             (tmp / ens.name / "1").mkdir(parents=True)  # ensembles have a version folder but no model file
             (tmp / ens.name / "config.pbtxt").write_text(config_text(ens), encoding="utf-8")
+        for art, gen, settings in generated:
+            triton_llm.write_generate_model(art, tmp, gen, settings, config_text)
         for art, name, text, (model, data) in zip(arts, names, configs, files):
             version = tmp / name / "1"
             version.mkdir(parents=True)

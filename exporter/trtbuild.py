@@ -43,29 +43,68 @@ Profile = dict[str, tuple[Shape, Shape, Shape]]
 # -- profiles ---------------------------------------------------------------------------------
 def derive_profiles(input_specs: Sequence[TensorSpec | Mapping], shapes=None, batches: Sequence[int] = (1, 8, 32),
                     seqs: Sequence[int] = (1, 128, 512), *, task: str | None = None,
-                    model_dir: Path | None = None) -> list[Profile]:
+                    model_dir: Path | None = None, dims: Mapping[str, tuple] | None = None) -> list[Profile]:
     """Optimization profiles ``[{input: (min, opt, max)}]`` for the inputs with dynamic dims.
 
-    Without ``shapes``, one profile from the named dims the ``task`` gives for the model in
-    ``model_dir`` (default, a text encoder: ``batch_size`` takes ``batches`` and ``sequence_length``
-    takes ``seqs``, as (min, opt, max); an image classifier fixes channels, height and width). ``shapes`` is one profile as a mapping
+    Without ``shapes``, the profiles the ``task`` gives for the model in ``model_dir``
+    (``Task.profile_phases``: one for most tasks, where a text encoder's ``batch_size`` takes
+    ``batches`` and ``sequence_length`` takes ``seqs``, as (min, opt, max), and an image classifier
+    fixes channels, height and width; a decoder gets a prefill and a decode profile). ``dims``
+    replaces the task's range of named dims (``{"past_sequence_length": (1, 256, 2047)}``). A dim
+    named ``a + b`` (a decoder's ``attention_mask``) takes the sums of the ranges of ``a`` and ``b``.
+    ``shapes`` is one profile as a mapping
     ``{input: (min, opt, max)}`` or as ``(input, (min, opt, max))`` pairs (what ``--shapes`` parses to),
     or a list of mappings for several profiles. Inputs it leaves out take their dims from the same
     dim names in the inputs it gives (``input_ids`` fixes ``batch_size`` for ``attention_mask``).
 
     Raises:
-        UsageError: an unknown input, a rank other than the input's, not 1 <= min <= opt <= max, a fixed
-            dim contradicted, one dim name given two ranges, or a dynamic dim nothing covers.
+        UsageError: an unknown input or dim name, a rank other than the input's, not 0 <= min <= opt <= max
+            (max >= 1), a fixed dim contradicted, one dim name given two ranges, ``dims`` with ``shapes``, or a
+            dynamic dim nothing covers.
     """
+    return list(profile_set(input_specs, shapes, batches, seqs, task=task, model_dir=model_dir, dims=dims).values())
+
+
+def profile_set(input_specs: Sequence[TensorSpec | Mapping], shapes=None, batches: Sequence[int] = (1, 8, 32),
+                seqs: Sequence[int] = (1, 128, 512), *, task: str | None = None, model_dir: Path | None = None,
+                dims: Mapping[str, tuple] | None = None) -> dict[str, Profile]:
+    """``derive_profiles`` with each profile's name: the task's phase (``default``; a decoder's
+    ``prefill`` and ``decode``) or ``shapes`` / ``shapes[i]`` for profiles given as shapes."""
     specs = [s if isinstance(s, TensorSpec) else TensorSpec.from_dict(s) for s in input_specs]
     if not specs:
         raise UsageError("the artifact's manifest lists no inputs; re-export it (enginewright export)")
     for label, values in (("batches", batches), ("seqs", seqs)):
         if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
             raise UsageError(f"{label} must be (min, opt, max) with 1 <= min <= opt <= max, got {tuple(values)}")
-    if shapes is None:
-        return [_complete(specs, {}, get_task(task).profile_dims(model_dir, batches, seqs), hint=True)]
-    return [_complete(specs, *_check_given(specs, p)) for p in _as_profiles(shapes)]
+    if shapes is not None:
+        if dims:
+            raise UsageError("--dims and --shapes both set the profile; give one (--shapes for whole inputs, --dims "
+                             "for named dims of the task's default profiles)")
+        given = _as_profiles(shapes)
+        return {("shapes" if len(given) == 1 else f"shapes[{i}]"): _complete(specs, *_check_given(specs, p))
+                for i, p in enumerate(given)}
+    declared = {d for s in specs for d in s.shape if isinstance(d, str)}
+    for name, rng in (dims or {}).items():
+        if name not in declared:
+            raise UsageError(f"--dims names dim {name!r}, which no input of the model has; its named dims are "
+                             f"{sorted(declared)}")
+        check_range(f"--dims {name}", rng)
+    phases = get_task(task).profile_phases(model_dir, batches, seqs, {k: tuple(v) for k, v in (dims or {}).items()})
+    return {name: _complete(specs, {}, named, hint=True) for name, named in phases.items()}
+
+
+def check_range(label: str, rng) -> tuple[int, int, int]:
+    """``(min, opt, max)`` of one dim as TensorRT's profiles take it: ``0 <= min <= opt <= max``, ``max >= 1``.
+
+    Raises:
+        UsageError: not three integers in that order.
+    """
+    if not (isinstance(rng, (tuple, list)) and len(rng) == 3 and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                    for d in rng)):
+        raise UsageError(f"{label}: needs three integers MIN,OPT,MAX, got {rng!r}")
+    if not 0 <= rng[0] <= rng[1] <= rng[2] or rng[2] < 1:
+        raise UsageError(f"{label}: need 0 <= MIN <= OPT <= MAX and MAX >= 1, got {', '.join(map(str, rng))}")
+    return tuple(rng)
 
 
 def _as_profiles(shapes) -> list[dict]:
@@ -131,6 +170,9 @@ def _fill(specs: list[TensorSpec], given: dict, named: dict) -> tuple[Profile, l
                 rng = (d, d, d)
             elif isinstance(d, str) and d in named:
                 rng = named[d]
+            elif isinstance(d, str) and (parts := [p.strip() for p in d.split("+")]) and len(parts) > 1 \
+                    and all(p in named for p in parts):  # a derived dim, e.g. past_sequence_length + sequence_length
+                rng = tuple(sum(named[p][k] for p in parts) for k in range(3))
             else:
                 uncovered.append((spec.name, axis, d))
                 covered = False
@@ -164,8 +206,12 @@ def engine_cache_key(onnx_sha256: str, profiles: Sequence[Profile], precision: s
 def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib: float | None = None,
                  opt_level: int | None = None, sparsity: bool = False, version_compatible: bool = False,
                  hardware_compatible: bool = False, fp16_flag: bool = False, force: bool = False,
-                 command: str | None = None, progress: bool = True, cache_dir=None) -> Artifact:
+                 command: str | None = None, progress: bool = True, cache_dir=None,
+                 dims: Mapping[str, tuple] | None = None) -> Artifact:
     """Build ``artifact`` (ONNX) into a TensorRT engine artifact at ``out``; returns it opened.
+
+    Profiles: ``shapes``, or the task's defaults (``profile_set``) with ``dims`` replacing named dims;
+    the manifest names them under ``builder.profile_names``.
 
     With ``cache_dir``, an engine already built there from the same ONNX, profiles, precision,
     options, TensorRT and GPU is copied instead of rebuilt. ``timing_cache`` is read if it exists and
@@ -179,7 +225,8 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
     art = open_input(artifact, "onnx", "build")
     writer = ArtifactWriter(out, force=force, inputs=[art.path])
     inputs, outputs = (art.inputs, art.outputs) if art.inputs else _graph_io(art)
-    profiles = derive_profiles(inputs, shapes, task=art.task, model_dir=art.path)
+    named_profiles = profile_set(inputs, shapes, task=art.task, model_dir=art.path, dims=dims)
+    profiles = list(named_profiles.values())
     if workspace_gib is not None and not workspace_gib > 0:
         raise UsageError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
     if opt_level is not None and opt_level not in range(6):
@@ -205,7 +252,8 @@ def build_engine(artifact, out, *, shapes=None, timing_cache=None, workspace_gib
         "workspace_gib": workspace_gib, "opt_level": opt_level, "sparsity": bool(sparsity),
         "version_compatible": bool(version_compatible), "hardware_compatible": bool(hardware_compatible),
         "fp16_flag": bool(fp16_flag), "int8_flag": bool(fp16_flag) and precision == "int8",
-        "strongly_typed": not fp16_flag,
+        "strongly_typed": not fp16_flag, "profile_names": list(named_profiles),
+        "profile_dims": {k: list(v) for k, v in (dims or {}).items()},
     }
     onnx_sha = model_files_sha256(art)
     key = engine_cache_key(onnx_sha, profiles, built_as, builder_options, trt.__version__, gpu)

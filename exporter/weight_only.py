@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
@@ -23,16 +24,19 @@ if TYPE_CHECKING:
     from evaluation.data import TextDataset
 
 ALGORITHMS = ("rtn", "hqq")
+FORMATS = ("matmulnbits", "qdq")  # ONNX Runtime's contrib op, or standard DequantizeLinear -> MatMul for TensorRT
 
 
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     """``bits`` 4 or 8; ``block_size`` weights share one scale (a power of two, >= 16);
     ``symmetric`` (no zero point); ``algorithm`` ``rtn`` (round to nearest, blockwise) or ``hqq``
-    (half-quadratic, 4 bits, asymmetric); ``exclude``: MatMul node names kept in float."""
+    (half-quadratic, 4 bits, asymmetric); ``exclude``: MatMul node names kept in float; ``format``
+    ``matmulnbits`` (ONNX Runtime's contrib op) or ``qdq`` (``DequantizeLinear -> MatMul`` in the
+    layout TensorRT takes: ``exporter/weight_qdq.py``). ``block_size`` None: 32, or 128 for ``qdq``."""
 
     bits: int = 4
-    block_size: int = 32
+    block_size: int | None = None
     symmetric: bool = True
     algorithm: str = "rtn"
     exclude: tuple[str, ...] = ()
@@ -41,11 +45,19 @@ class WeightOnlyConfig:
     max_promoted: int = 32  # the search keeps at most this many MatMuls out of INT4
     search_rows: int = 8  # calibration texts the search scores on
     search_length: int = 40  # tokens of each (one forward pass per MatMul: SmolLM2 has 211)
+    gguf: str | None = None  # carry this GGUF file's blocks over exactly ("source": the one the model was imported from)
+    format: str = "matmulnbits"
 
     def __post_init__(self):
         if self.bits not in (4, 8):
             raise UsageError(f"--bits {self.bits}: weight-only quantization takes 4 or 8")
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+        if self.format not in FORMATS:
+            raise UsageError(f"weight-only format {self.format!r}: choose one of {', '.join(FORMATS)}")
+        if self.format == "qdq":
+            self._check_qdq()
+        elif self.block_size is None:
+            object.__setattr__(self, "block_size", 32)
+        if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise UsageError(f"--block-size {self.block_size}: give a power of two, at least 16")
         if self.algorithm not in ALGORITHMS:
             raise UsageError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)} (GPTQ needs "
@@ -54,6 +66,12 @@ class WeightOnlyConfig:
             raise UsageError("--algorithm hqq quantizes to 4 bits with a zero point: pass --bits 4 --asymmetric")
         if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
             raise UsageError(f"--accuracy-level {self.accuracy_level}: give 0 (float compute) to 4 (int8 activations)")
+        if self.gguf is not None and self.format != "matmulnbits":
+            raise UsageError("--from-gguf writes MatMulNBits for ONNX Runtime; not with --target tensorrt")
+        if self.gguf is not None and self.max_ppl_increase is not None:
+            raise UsageError("--from-gguf writes the file's own blocks (no rounding to search over); drop --max-ppl-increase")
+        if self.gguf is not None and self.accuracy_level not in (None, 0, 4):
+            raise UsageError(f"--from-gguf: --accuracy-level {self.accuracy_level}: give 0 (exact) or 4 (int8 activations)")
         if self.max_ppl_increase is not None:
             if not self.max_ppl_increase >= 0:
                 raise UsageError(f"--max-ppl-increase {self.max_ppl_increase}: give a relative increase >= 0 (2% or 0.02)")
@@ -61,6 +79,25 @@ class WeightOnlyConfig:
                 raise UsageError("--max-ppl-increase searches INT4 RTN models: pass --bits 4 --algorithm rtn")
             if self.max_promoted < 1:
                 raise UsageError(f"--max-promoted {self.max_promoted}: give at least 1")
+
+    def _check_qdq(self) -> None:
+        from exporter.weight_qdq import TRT_INT4_BLOCK_SIZES
+
+        if not self.symmetric or self.algorithm == "hqq":
+            raise UsageError("--asymmetric/--algorithm hqq with --target tensorrt: TensorRT dequantizes symmetric weights "
+                             "only (zero point 0); drop them")
+        if self.accuracy_level:
+            raise UsageError(f"--accuracy-level {self.accuracy_level} is a MatMulNBits setting; drop it with --target tensorrt")
+        if self.max_ppl_increase is not None:
+            raise UsageError("--max-ppl-increase searches the MatMulNBits form; not with --target tensorrt yet")
+        if self.bits == 8 and self.block_size is not None:
+            raise UsageError(f"--block-size {self.block_size} with --bits 8 --target tensorrt: TensorRT dequantizes INT8 "
+                             "weights per output channel, not in blocks; drop --block-size")
+        if self.bits == 4 and self.block_size is None:
+            object.__setattr__(self, "block_size", 128)
+        if self.bits == 4 and self.block_size not in TRT_INT4_BLOCK_SIZES:
+            raise UsageError(f"--block-size {self.block_size} with --target tensorrt: TensorRT's INT4 block dequantization "
+                             f"takes block sizes {' or '.join(map(str, TRT_INT4_BLOCK_SIZES))}")
 
     def algo_config(self, bits: int | None = None):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
@@ -89,6 +126,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     if unknown := sorted(set(config.exclude) - matmuls):
         raise UsageError(f"--exclude {unknown[0]!r}: no MatMul of {src.model_file} has that name")
     folded = fold_transposed_matmul_weights(model)
+    if config.gguf is not None:
+        return _from_gguf(model, src, writer, config, folded.modified, command)
     consts = {i.name for i in model.graph.initializer}
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
     candidates = list(weights)
@@ -98,6 +137,18 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
     float_kept = sorted({*config.exclude, *(n for n, c in (searched.choices if searched else {}).items() if c == "float")})
 
+    skipped = {}  # MatMuls TensorRT could not take in the QDQ layout, and why
+    if config.format == "qdq":
+        from exporter.weight_qdq import ineligible
+
+        skipped = ineligible(model, {n: w for n, w in weights.items() if n not in config.exclude}, config.bits,
+                             config.block_size)
+        float_kept = sorted({*float_kept, *skipped})
+        if skipped and not set(candidates) - set(float_kept):
+            name, why = next(iter(skipped.items()))
+            raise UsageError(f"{src.model_file}: no MatMul weight fits TensorRT's INT{config.bits} layout (first: {name}: "
+                             f"{why}){'; try --block-size 64 or --bits 8' if config.bits == 4 else ''}")
+
     def fill(tmp):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
@@ -105,15 +156,19 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
 
         result = model
         with quiet_export():
-            if int8:  # first the promoted MatMuls in INT8, then the rest in INT4 (MatMulNBits is no MatMul any more)
-                q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=sorted(set(candidates) - set(int8)),
-                                            algo_config=config.algo_config(bits=8))
+            if config.format == "qdq":
+                result = _qdq(model, config, [n for n in candidates if n not in float_kept])
+            else:
+                if int8:  # first the promoted MatMuls in INT8, then the rest in INT4 (MatMulNBits is no MatMul any more)
+                    q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=sorted(set(candidates) - set(int8)),
+                                                algo_config=config.algo_config(bits=8))
+                    q.process()
+                    result = q.model.model
+                q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=float_kept, algo_config=config.algo_config())
                 q.process()
                 result = q.model.model
-            q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=float_kept, algo_config=config.algo_config())
-            q.process()
-        result = q.model.model
-        quantized = sum(n.op_type == "MatMulNBits" for n in result.graph.node)
+        quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
+                        for n in result.graph.node)
         path = tmp / "model.onnx"
         large = result.ByteSize() > 1_800_000_000
         onnx.save(result, str(path), save_as_external_data=large, location="model.onnx_data" if large else None)
@@ -125,17 +180,33 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             options={"mode": "weight-only", "bits": config.bits, "block_size": config.block_size,
                      "symmetric": config.symmetric, "algorithm": config.algorithm, "exclude": list(config.exclude),
                      "accuracy_level": config.accuracy_level or 0, "max_ppl_increase": config.max_ppl_increase,
-                     "max_promoted": config.max_promoted if searched else None},
+                     "max_promoted": config.max_promoted if searched else None, "format": config.format},
             parity=None,
-            quantization={"kind": f"weight-only int{config.bits} (MatMulNBits)", "matmuls_with_constant_weights":
+            quantization={"kind": _kind(config), "format": config.format, "matmuls_with_constant_weights":
                           len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
                           "accuracy_level": config.accuracy_level or 0,
                           "weight_only": _search_record(searched, config, calib) if searched else None,
+                          "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
                           if folded.modified else "had a constant weight already"},
         )
 
     return writer.write(fill, companions_from=src.path)
+
+
+def _kind(config: WeightOnlyConfig) -> str:
+    if config.format == "matmulnbits":
+        return f"weight-only int{config.bits} (MatMulNBits)"
+    layout = f"blocked on K, block {config.block_size}" if config.bits == 4 else "per output channel"
+    return f"weight-only int{config.bits} (DequantizeLinear -> MatMul, {layout}, symmetric; for TensorRT)"
+
+
+def _qdq(model, config: WeightOnlyConfig, names: list[str]):
+    from exporter.weight_qdq import quantize_int4_blocked, quantize_int8_per_channel
+
+    if config.bits == 4:
+        return quantize_int4_blocked(model, names, config.block_size)
+    return quantize_int8_per_channel(model, names)
 
 
 def _search(model, weights: dict[str, str], src, calib: TextDataset | None, config: WeightOnlyConfig, log):
@@ -158,3 +229,70 @@ def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None
             "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,
             "calibration": calib.describe() if calib is not None else "built-in sample sentences",
             "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}
+
+
+def gguf_source(src: Artifact, given: str) -> Path:
+    """The GGUF file ``--from-gguf`` names: a path, or ``source``: the file the artifact's model was
+    imported from (``import-gguf`` records it with its sha256), checked unchanged.
+
+    Raises:
+        UsageError: no such file, no GGUF in the artifact's lineage, or the file changed since.
+    """
+    from runtimes.artifact import file_sha256, read_json
+
+    if given != "source":
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--from-gguf {given}: no such file")
+        return path
+    model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
+    manifest = model_dir / "manifest.json"
+    record = (read_json(manifest, "manifest").get("source") or {}) if manifest.is_file() else {}
+    if record.get("format") != "gguf":
+        raise UsageError(f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not imported from a GGUF "
+                         "file; give the file's path")
+    path = Path(record["path"])
+    if not path.is_file() or file_sha256(path) != record.get("sha256"):
+        raise UsageError(f"--from-gguf source: {path}, which {model_dir} was imported from, is missing or changed; "
+                         "give the file's path")
+    return path
+
+
+def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command):
+    import onnx
+    from transformers import AutoConfig
+
+    from exporter.gguf_weights import carry_over
+
+    path = gguf_source(src, config.gguf)
+    level = config.accuracy_level or 0
+    if config.exclude:
+        keep = set(config.exclude)
+        for n in model.graph.node:  # an excluded MatMul is simply not offered to the carry-over
+            if n.name in keep:
+                n.name = n.name + "#excluded"
+    record = carry_over(model, path, AutoConfig.from_pretrained(src.path, trust_remote_code=False),
+                        accuracy_level_4bit=level, accuracy_level_8bit=level)
+    for n in model.graph.node:
+        n.name = n.name.removesuffix("#excluded")
+
+    def fill(tmp):
+        target = tmp / "model.onnx"
+        large = model.ByteSize() > 1_800_000_000
+        onnx.save(model, str(target), save_as_external_data=large, location="model.onnx_data" if large else None)
+        checks = check_onnx(target)
+        kinds = ", ".join(f"{count} {kind}" for kind, count in record["by_type"].items())
+        return onnx_manifest(
+            tmp, task=src.task, source=src, command=command, checks=checks,
+            options={"mode": "weight-only", "from_gguf": str(path), "exclude": list(config.exclude),
+                     "accuracy_level": level},
+            parity=None,
+            quantization={"kind": f"weight-only, the GGUF file's own blocks ({kinds})",
+                          "matmuls_with_constant_weights": len(record["matched"]) + len(record["float"]),
+                          "quantized": len(record["matched"]), "kept_float": record["float"], "kept_int8": [],
+                          "accuracy_level": level, "gguf": record,
+                          "lm_head": "folded the tied embedding's Transpose into a constant, then carried over"
+                          if folded else "had a constant weight already"},
+        )
+
+    return writer.write(fill, companions_from=src.path)

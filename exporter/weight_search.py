@@ -169,16 +169,42 @@ def search(scorer: Scorer, budget: float, max_promoted: int, block_size: int, sy
     result.all_int4_ppl_change = ppl
     plan = [(n, "int8") for n in order[:max_promoted]] + [(n, "float") for n in order[:max_promoted]]
     done = 0
+    step, before = [], {}
     while ppl > budget and done < len(plan):
         step = plan[done:done + max(1, done // 4)]  # one at a time first, then a quarter more of those done
+        before = {n: choices[n] for n, _ in step}
         for n, choice in step:
             choices[n] = choice
         done += len(step)
         ppl, kl = measure(f"{step[0][0]} -> {step[0][1]}" if len(step) == 1 else
                           f"{len(step)} more ({step[0][0]} .. {step[-1][0]}) -> {step[0][1]}")
+    if ppl <= budget and len(step) > 1:  # the last step met the budget: bisect for the fewest of it that do
+        ppl, kl = _bisect(step, before, choices, budget, (ppl, kl), measure)
     if ppl > budget:
         raise CheckFailed(f"--max-ppl-increase {budget:.2%}: not met with the {min(max_promoted, len(names))} costliest "
                           f"MatMuls in float (perplexity {ppl:+.2%} on the calibration texts); raise --max-promoted or "
                           "the budget, or use --bits 8")
     result.ppl_change, result.kl_mean = ppl, kl
     return result
+
+
+def _bisect(step, before: dict, choices: dict, budget: float, met: tuple[float, float], measure) -> tuple[float, float]:
+    """The shortest prefix of ``step`` (costliest first) whose promotion meets ``budget``, the rest of
+    it put back as they were: the grown steps otherwise overshoot (SmolLM2: +4.2% -> +1.7% for 37
+    at once against a 3% budget). Leaves ``choices`` at that prefix; returns its (ppl, kl)."""
+    lo, hi, best = 0, len(step), met  # step[:hi] meets the budget, step[:lo] does not
+
+    def apply(k: int) -> None:
+        for i, (n, choice) in enumerate(step):
+            choices[n] = choice if i < k else before[n]
+
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        apply(mid)
+        ppl, kl = measure(f"bisect: the first {mid} of the last {len(step)} -> {step[0][1]}")
+        if ppl <= budget:
+            hi, best = mid, (ppl, kl)
+        else:
+            lo = mid
+    apply(hi)
+    return best

@@ -60,12 +60,21 @@ class ArtifactWriter:
     stage reads (artifacts, data files): the output may not be, hold or lie inside one of them.
     Making the writer takes the output's lock (``.OUT.lock``), so a second run to the same output is
     refused before any work; it is released when the directory is written (or the process ends).
+
+    In a run of several processes (``accelerate launch``) only the main one locks and writes; the
+    others check the output the same way, and ``write`` returns them the artifact once it is there.
     """
 
     def __init__(self, out: str | os.PathLike, *, force: bool = False, inputs: Iterable = ()):
+        from exporter.distributed import is_main
+
         self.out, self.force = Path(out), force
         self.inputs = [Path(p) for p in inputs if p is not None]
-        claim_output(self.out, self.force, self.inputs)
+        self.main = is_main()
+        if self.main:
+            claim_output(self.out, self.force, self.inputs)
+        else:
+            check_output_free(self.out, self.force, self.inputs)
 
     def check(self) -> None:
         """Raises:
@@ -90,10 +99,17 @@ class ArtifactWriter:
     def write(self, fill: Callable[[Path], Manifest], *, companions_from: Path | None = None) -> Artifact:
         """Stage the artifact: copy the companion files of ``companions_from``, call ``fill(staging_dir)``
         for the model files and the manifest, add the file table, write ``manifest.json``, swap the
-        directory into place and return the artifact read back from the output path."""
+        directory into place and return the artifact read back from the output path. In a launched
+        run the main process writes; the others wait for it and read what it wrote."""
+        from exporter.distributed import wait_for_everyone
+
+        if not self.main:
+            wait_for_everyone()
+            return load_artifact(self.out)
         with self.directory() as tmp:
             if companions_from is not None:
                 copy_companions(companions_from, tmp)
             manifest = fill(tmp)
             write_json_atomic(tmp / MANIFEST, manifest.with_files(file_table(tmp)).to_dict())
+        wait_for_everyone()
         return load_artifact(self.out)

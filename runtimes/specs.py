@@ -84,7 +84,8 @@ def check_profile(name: str, prof, dims: Sequence[Dim]) -> tuple[Shape, Shape, S
 
     Raises:
         UsageError: not three int shapes, a rank other than the input's, a dim outside
-            ``1 <= MIN <= OPT <= MAX``, or a fixed dim the profile does not keep.
+            ``0 <= MIN <= OPT <= MAX`` with ``MAX >= 1`` (TensorRT's rule: a zero-length dim, e.g. an
+            empty KV cache, is allowed), or a fixed dim the profile does not keep.
     """
     if not (isinstance(prof, (tuple, list)) and len(prof) == 3 and all(
             isinstance(s, (tuple, list)) and all(isinstance(d, int) and not isinstance(d, bool) for d in s) for s in prof)):
@@ -93,8 +94,8 @@ def check_profile(name: str, prof, dims: Sequence[Dim]) -> tuple[Shape, Shape, S
     if not len(mn) == len(op) == len(mx) == len(dims):
         raise UsageError(f"--shapes {name}: ranks {len(mn)}/{len(op)}/{len(mx)}, but input {name} has rank {len(dims)}")
     for axis, (a, b, c) in enumerate(zip(mn, op, mx)):
-        if not 1 <= a <= b <= c:
-            raise UsageError(f"--shapes {name} dim {axis}: need 1 <= MIN <= OPT <= MAX, got {a}, {b}, {c}")
+        if not 0 <= a <= b <= c or c < 1:
+            raise UsageError(f"--shapes {name} dim {axis}: need 0 <= MIN <= OPT <= MAX and MAX >= 1, got {a}, {b}, {c}")
         declared = dims[axis]
         if isinstance(declared, int) and declared > 0 and not a == b == c == declared:
             raise UsageError(f"--shapes {name} dim {axis}: the model fixes it at {declared}, the profile gives {a}..{c}")

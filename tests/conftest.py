@@ -65,9 +65,10 @@ def make_tiny_vit(path: Path, seed: int = 0, num_labels: int = 3) -> Path:
     return path
 
 
-def make_tiny_lm(path: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A 2-layer causal LM with hidden size 32 and random weights (``llama``: 4 heads, 2 KV heads, tied
-    embeddings; ``gpt2``: 4 heads), saved with a byte-level BPE tokenizer trained here on the samples."""
+def make_tiny_lm(path: Path, arch: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A ``layers``-layer (default 2) causal LM with hidden size ``hidden`` (intermediate twice that) and random weights
+    (``llama``: 4 heads, 2 KV heads, tied embeddings; ``gpt2``: 4 heads), saved with a byte-level BPE
+    tokenizer trained here on the samples."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -83,12 +84,12 @@ def make_tiny_lm(path: Path, arch: str = "llama", seed: int = 0) -> Path:
     tok.save_pretrained(str(path))
     vocab = len(tok)
     if arch == "llama":
-        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                        tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
         cls = transformers.LlamaForCausalLM
     else:
-        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=4, n_positions=128,
                                       bos_token_id=0, eos_token_id=0)
         cls = transformers.GPT2LMHeadModel
     torch.manual_seed(seed)

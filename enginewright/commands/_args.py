@@ -125,6 +125,28 @@ class ShapeArg(ValueType):
         raise argparse.ArgumentTypeError(f"takes {{NAME: [MIN, OPT, MAX]}} with dims as lists, got {value!r}")
 
 
+class DimArg(ValueType):
+    """``NAME=MIN,OPT,MAX`` for one named dim; in YAML ``{NAME: [MIN, OPT, MAX]}``."""
+
+    example = ("past_sequence_length=1,256,1023", {"past_sequence_length": [1, 256, 1023]})
+
+    def __call__(self, text: str) -> tuple[str, tuple[int, int, int]]:
+        name, sep, spec = text.partition("=")
+        try:
+            rng = tuple(int(d) for d in spec.split(","))
+        except ValueError:
+            rng = ()
+        if not sep or not name or len(rng) != 3:
+            raise argparse.ArgumentTypeError(f"{self.flag} takes NAME=MIN,OPT,MAX for a named dim "
+                                             f"(past_sequence_length=1,256,1023), got {text!r}")
+        return name, rng
+
+    def from_yaml(self, value) -> list[str]:
+        if isinstance(value, dict) and all(isinstance(v, list) and len(v) == 3 for v in value.values()):
+            return [f"{k}=" + ",".join(map(str, v)) for k, v in value.items()]
+        raise argparse.ArgumentTypeError(f"takes {{NAME: [MIN, OPT, MAX]}}, got {value!r}")
+
+
 class Percent(ValueType):
     example = ("10%", 0.1)
 

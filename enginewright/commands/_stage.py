@@ -21,11 +21,12 @@ from runtimes.errors import UsageError
 @dataclass(frozen=True)
 class CheckOutcome:
     """What a check stage (``STAGE = "check"``) hands the pipeline: its report, its checks (for
-    JUnit) and, when a gated check failed, one line saying so."""
+    JUnit), when a gated check failed one line saying so, and the report as markdown."""
 
     report: dict
     checks: list = field(default_factory=list)
     failure: str | None = None
+    markdown: str = ""
 
 
 def parser_of(command: ModuleType) -> argparse.ArgumentParser:

@@ -8,9 +8,11 @@ from enginewright.commands.compare import Share
 
 
 def add_weight_only_args(p) -> None:
-    g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float)")
+    g = p.add_argument_group("--mode weight-only (LLMs: MatMul weights to INT4/INT8 MatMulNBits, activations float; "
+                             "with --target tensorrt: DequantizeLinear -> MatMul, INT4 blocked or INT8 per channel)")
     g.add_argument("--bits", type=int, default=4, metavar="4|8", help="weight bits: 4 or 8 (default 4)")
-    g.add_argument("--block-size", type=int, default=32, metavar="N", help="weights per scale, a power of two >= 16 (default 32)")
+    g.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="weights per scale, a power of two >= 16 (default 32; with --target tensorrt: 64 or 128, default 128)")
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
@@ -20,6 +22,10 @@ def add_weight_only_args(p) -> None:
                    help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
                         "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
     g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
+    g.add_argument("--from-gguf", default=None, metavar="FILE|source",
+                   help="write this GGUF file's own Q4_0/Q4_1/Q8_0 blocks instead of rounding again (exact: the "
+                        "model's weights unchanged); 'source': the file the model was imported from. With "
+                        "--accuracy-level 0 (default) the products are exact; 4 is faster and less exact")
     g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
 
 
@@ -27,9 +33,10 @@ def make_weight_only(o, src, out, *, force: bool, command: str):
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
+                              format="qdq" if o.get("target") == "tensorrt" else "matmulnbits",
                               algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
                               accuracy_level=o["accuracy_level"], max_ppl_increase=o["max_ppl_increase"],
-                              max_promoted=o["max_promoted"], search_rows=o["search_rows"])
+                              max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"])
     calib = None
     if config.max_ppl_increase is not None and o.get("calib"):
         from evaluation.data import load_texts
@@ -43,6 +50,8 @@ def summarize(art, src) -> None:
     q = art.manifest["quantization"]
     print(f"quantized {src} ({q['kind']}): {q['quantized']} of {q['matmuls_with_constant_weights']} MatMuls, "
           f"{len(q['kept_float'])} kept in float; lm_head: {q['lm_head']}")
+    for name, why in (q.get("kept_float_why") or {}).items():
+        print(f"  float {name}: {why}")
     if s := q.get("weight_only"):
         c = s["counts"]
         print(f"search: all INT4 {s['all_int4_ppl_change_calibration']:+.2%} perplexity on {s['calibration_rows']} "

@@ -59,17 +59,41 @@ def _evaluate_llm(o, artifacts, *, command: str | None, progress: bool):
     from benchmarks.llm_bench import LlmBenchConfig, run_llm_bench
     from evaluation.llm_compare import load_prompts
 
-    if o["baseline"] is not None or o["natural"] or o["iters"] is not None:
-        raise CliError("--baseline, --natural and --iters apply to the tensor bench; a text-generation bench takes "
-                       "--batch, --seq, --rounds, --warmup, --max-new-tokens, --data or --prompts")
+    if o["natural"] or o["iters"] is not None:
+        raise CliError("--natural and --iters apply to the tensor bench; a text-generation bench takes "
+                       "--batch, --seq, --rounds, --warmup, --max-new-tokens, --data or --prompts (and --baseline)")
+    baseline = _baseline(o, llm=True)
     config = LlmBenchConfig(batches=o["batch"] or (1, 4), max_prompt_tokens=max(o["seq"]),
                             max_new_tokens=o["max_new_tokens"], rounds=o["rounds"],
                             warmup=1 if o["warmup"] is None else o["warmup"], threads=threads(o),
                             io_binding={"auto": None, "on": True, "off": False}[o["io_binding"]], hf_generate=o["hf_generate"])
     data = load_data(o) if o["data"] is not None else None
     prompts = load_prompts(o["prompts"]) if data is None else None
-    return run_llm_bench(artifacts, data, prompts=prompts, runtimes=o["runtimes"], config=config, command=command,
-                         progress=progress), None
+    report = run_llm_bench(artifacts, data, prompts=prompts, runtimes=o["runtimes"], config=config, command=command,
+                           progress=progress)
+    return report, _regressions(report, baseline, o)
+
+
+def _baseline(o, *, llm: bool):
+    """The ``--baseline`` report, loaded and its kind checked before any timing (None without one)."""
+    if o["baseline"] is None:
+        return None
+    from benchmarks.gates import is_llm_bench, load_baseline
+
+    baseline = load_baseline(o["baseline"])
+    if is_llm_bench(baseline) != llm:
+        kinds = {True: "an LLM (text-generation) bench", False: "a tensor bench"}
+        raise CliError(f"--baseline {o['baseline']}: {kinds[not llm]} report, and these artifacts take {kinds[llm]}; "
+                       "pass a baseline of the same kind")
+    return baseline
+
+
+def _regressions(report, baseline, o):
+    if baseline is None:
+        return None
+    from benchmarks.gates import regression_checks
+
+    return regression_checks(report, baseline, o["max_regression"])
 
 
 def markdown(report: dict) -> str:
@@ -88,20 +112,12 @@ def evaluate(o, artifacts, *, command: str | None, progress: bool):
 
     if _is_llm(artifacts[0]):
         return _evaluate_llm(o, artifacts, command=command, progress=progress)
-    baseline = None
-    if o["baseline"] is not None:
-        from benchmarks.gates import load_baseline
-
-        baseline = load_baseline(o["baseline"])
+    baseline = _baseline(o, llm=False)
     config = BenchConfig(batches=o["batch"] or (1, 8), seqs=o["seq"], warmup=3 if o["warmup"] is None else o["warmup"], iters=o["iters"],
                          time_budget=o["time_budget"], rounds=o["rounds"], threads=threads(o), natural=o["natural"],
                          provider_options=provider_options(o["provider_option"]), trust_engine_code=o["trust_engine_code"])
     report = run_bench(artifacts, load_data(o), runtimes=o["runtimes"], config=config, command=command, progress=progress)
-    if baseline is None:
-        return report, None
-    from benchmarks.gates import regression_checks
-
-    return report, regression_checks(report, baseline, o["max_regression"])
+    return report, _regressions(report, baseline, o)
 
 
 def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
@@ -109,11 +125,14 @@ def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
     from benchmarks.gates import summary
 
     report, checks = evaluate(o, [reference, *candidates], command=None, progress=progress)
-    say(markdown(report))
+    md = markdown(report)
+    say(md)
     failed = None
-    if checks is not None and not all(c.passed for c in checks):
-        failed = f"bench against {o['baseline']}: " + " | ".join(x.strip() for x in summary(checks).splitlines())
-    return CheckOutcome(report, checks or [], failed)
+    if checks is not None:
+        say(f"throughput against {o['baseline']}: {summary(checks)}")
+        if not all(c.passed for c in checks):
+            failed = f"bench against {o['baseline']}: " + " | ".join(x.strip() for x in summary(checks).splitlines())
+    return CheckOutcome(report, checks or [], failed, md)
 
 
 def run(args, command: str) -> int:

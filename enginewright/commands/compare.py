@@ -136,10 +136,11 @@ def failure(o, gated) -> str | None:
 def stage(o, reference, candidates, *, progress: bool, say) -> CheckOutcome:
     """The pipeline's compare stage: the report, every check, and the gated failure."""
     outcome, checks, gated = evaluate(o, reference, candidates, command=None, progress=progress)
-    say(outcome.markdown())
+    md = outcome.markdown()
+    say(md)
     failed = failure(o, gated)
     return CheckOutcome(outcome.report, checks["parity"] + checks["accuracy"],
-                        "compare failed " + " | ".join(x.strip() for x in failed.splitlines()) if failed else None)
+                        "compare failed " + " | ".join(x.strip() for x in failed.splitlines()) if failed else None, md)
 
 
 def run(args, command: str) -> int:

@@ -1,7 +1,9 @@
-"""prune, distil or 2:4-sparsify a fine-tuned classifier
+"""prune, distil or 2:4-sparsify a fine-tuned classifier; drop layers of and distil a causal LM
 
 Apply the techniques given (in this order: layer drop, pruning, 2:4 sparsity), then recover with a short
-fine-tune, or distillation with --distill.
+fine-tune, or distillation with --distill. A causal LM (text-generation) takes --student-layers and
+--distill on plain texts (--train/--eval with a 'text' column): token-level KL from the teacher's
+next-token distributions, perplexity before and after in the manifest.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ _QAT_ONLY = ("qat_percentile", "qat_float_layers", "qat_dropout", "qat_attention
 
 
 def add_arguments(p) -> None:
-    p.add_argument("artifact", type=Path, metavar="ARTIFACT", help="a fine-tuned classifier (enginewright finetune output)")
+    p.add_argument("artifact", type=Path, metavar="ARTIFACT", help="a fine-tuned classifier (enginewright finetune output) or a causal LM directory")
     g = p.add_argument_group("techniques")
     g.add_argument("--prune-heads", type=float, default=None, metavar="F", help="fraction of attention heads to remove")
     g.add_argument("--prune-ffn", type=float, default=None, metavar="F", help="fraction of FFN neurons to remove (every layer)")
@@ -25,7 +27,7 @@ def add_arguments(p) -> None:
                    help="fraction of encoder FLOPs (seq 128) to remove, split equally over heads and FFN")
     g.add_argument("--importance", choices=("gradient", "random"), default="gradient",
                    help="rank heads and neurons by gradient importance on --train (default) or at random (--seed)")
-    g.add_argument("--student-layers", type=int, default=None, metavar="N", help="keep N evenly spaced encoder layers")
+    g.add_argument("--student-layers", type=int, default=None, metavar="N", help="keep N evenly spaced encoder (or decoder) layers, the last always")
     g.add_argument("--sparse-2-4", action="store_true", help="2:4 semi-structured sparsity of the encoder's Linear weights")
     g.add_argument("--qat", action="store_true",
                    help="quantization-aware training (INT8 fake quantization of the encoder's Linear layers); "
@@ -43,9 +45,9 @@ def add_arguments(p) -> None:
                    help="with --qat-attention: keep the N attention MatMuls whose quantization alone moves the logits "
                         "most (on calibration batches) in float (default 0)")
     g.add_argument("--distill", action="store_true", help="recover by distillation from the teacher")
-    g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself)")
+    g.add_argument("--teacher", type=Path, default=None, help="teacher model (default: ARTIFACT itself; a causal LM's must have the same tokenizer)")
     g.add_argument("--temperature", type=float, default=2.0)
-    g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term against cross-entropy")
+    g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term against cross-entropy (causal LMs: the LM loss)")
     g.add_argument("--hidden-loss", type=float, default=0.0, metavar="W", help="weight of a hidden-state MSE term")
     g.add_argument("--no-recovery", action="store_true", help="skip recovery training")
     add_train_args(p, epochs=2, lr=5e-5)
@@ -99,6 +101,13 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
 def run(args, command: str) -> int:
     art = make(vars(args), args.artifact, args.output, force=args.force, command=command, progress=not args.quiet)
     m = art.manifest
+    if m.get("task") == "text-generation":
+        b, d, a = m["before"], m["dropped"], m["after"]
+        print(f"perplexity on --eval ({a['tokens_scored']} tokens): teacher {b['perplexity']:.2f}, student before training "
+              f"{d['perplexity']:.2f}, after {a['perplexity']:.2f}; KL from the teacher {d['kl_to_teacher']:.4f} -> "
+              f"{a['kl_to_teacher']:.4f}; layers {b['layers']} -> {a['layers']}; params {b['params']:,} -> {a['params']:,}; "
+              f"artifact: {art.path}")
+        return 0
     print_eval(m["after"]["eval"])
     b, a = m["before"], m["after"]
     print(f"params {b['params']:,} -> {a['params']:,}; encoder FLOPs (seq 128) {b['encoder_flops_seq128']:,} -> "

@@ -41,7 +41,11 @@ def run(args, command: str) -> int:
         print(f"  fused {name}: {count}")
     if o["contrib_ops"]:
         print(f"  contrib ops (ONNX Runtime only): {', '.join(o['contrib_ops'])}")
-    for out in art.manifest["parity"]["outputs"]:
+    parity = art.manifest["parity"]
+    if "top1_agreement" in parity:  # a decoder: teacher-forced logits and one decode step
+        print(f"  parity logits vs input: max abs {parity['prefill_max_abs']:.3g}, decode step {parity['decode_max_abs']:.3g}, "
+              f"top-1 {parity['top1_agreement']:.4f}: ok")
+    for out in parity.get("outputs", []):
         print(f"  parity {out['name']} vs input: max abs {out['max_abs']:.3g}, min cos {out['cos_min']:.6f}: ok")
     print(f"artifact: {art.path}")
     return 0

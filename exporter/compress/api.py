@@ -69,12 +69,20 @@ def compress(
 ) -> Artifact:
     """Apply ``techniques`` to a fine-tuned classifier, recover with a short fine-tune (or
     distillation), and write an ``hf`` artifact that ``export`` and the torch runtime load as is.
+    A causal LM (task text-generation) takes layer drop and distillation on plain texts instead
+    (:func:`exporter.compress.causal.compress_causal`).
 
     Raises:
         UsageError: not a fine-tuned classifier, data labels outside the model's, a teacher with
             another label set, bad technique settings, output exists without ``force``.
     """
     src = load_artifact(artifact)
+    if src.kind == "hf" and src.task == "text-generation":
+        from exporter.compress.causal import compress_causal
+
+        return compress_causal(src, out, techniques, train_data=train_data, eval_data=eval_data, recovery=recovery,
+                               teacher=teacher, device=_device(device), force=force, resume=resume, command=command,
+                               progress=progress)
     if src.kind != "hf" or src.task not in CLASSIFIER_TASKS:
         raise UsageError(f"{src.path}: compress takes a fine-tuned Hugging Face classifier "
                          f"(task {' or '.join(CLASSIFIER_TASKS)}); run enginewright finetune first")

@@ -53,8 +53,16 @@ def drop_layers_(model, cfg: LayerDropConfig, task: str | None = None) -> dict:
     layers = get_task(task).blocks(model)
     keep = kept_layers(len(layers), cfg.layers)
     get_task(task).set_blocks(model, [layers[i] for i in keep])
-    pruned = model.config.pruned_heads or {}
+    # decoder attention indexes its KV cache by layer_idx: renumbered as from_pretrained numbers them
+    for j, i in enumerate(keep):
+        for module in layers[i].modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = j
+    pruned = getattr(model.config, "pruned_heads", None) or {}
     model.config.pruned_heads = {j: pruned[i] for j, i in enumerate(keep) if i in pruned}
+    types = getattr(model.config, "layer_types", None)
+    if isinstance(types, list) and len(types) == len(layers):
+        model.config.layer_types = [types[i] for i in keep]
     model.config.num_hidden_layers = cfg.layers
     return {"technique": "layer_drop", "teacher_layers_kept": keep, "layers": cfg.layers}
 
@@ -84,6 +92,50 @@ def distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None = None
         if want_hidden:
             mapping = layer_map or list(range(len(s.hidden_states) - 1))
             mask = inputs["attention_mask"].unsqueeze(-1).to(s.logits.dtype)
+            pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(mapping)]
+            mse = sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2 * mask).sum() / (mask.sum() * s.hidden_states[i].shape[-1])
+                      for i, j in pairs) / len(pairs)
+            loss = loss + cfg.hidden_weight * mse
+        return loss
+
+    return loss_fn
+
+
+def causal_distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None = None):
+    """A ``loss_fn(student, batch)`` for a causal LM: the mean over real tokens of
+    ``T^2 * KL(teacher's next-token distribution / T || student's / T)``, mixed by ``cfg.alpha`` with
+    the LM loss (next-token cross-entropy); padding (``attention_mask`` 0, ``labels`` -100) counts
+    nowhere. Batches are right-padded, so no real token attends to a padded one."""
+    import torch
+    import torch.nn.functional as F
+
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    want_hidden = cfg.hidden_weight > 0
+
+    def loss_fn(student, batch):
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        if next(teacher.parameters()).device != labels.device:  # each of several processes has its own device
+            teacher.to(labels.device)
+        with torch.no_grad():
+            t = teacher(**inputs, output_hidden_states=want_hidden, use_cache=False)
+        s = student(**inputs, output_hidden_states=want_hidden, use_cache=False)
+        T = cfg.temperature
+        valid = inputs["attention_mask"].bool()
+        s_lp = F.log_softmax(s.logits[valid].float() / T, -1)
+        t_lp = F.log_softmax(t.logits[valid].float() / T, -1)
+        kd = (t_lp.exp() * (t_lp - s_lp)).sum(-1).mean() * T * T
+        loss = cfg.alpha * kd
+        if cfg.alpha < 1:
+            targets = labels[:, 1:]
+            ce = F.cross_entropy(s.logits[:, :-1].reshape(-1, s.logits.shape[-1]).float(), targets.reshape(-1),
+                                 ignore_index=-100) if bool((targets != -100).any()) else s.logits.sum() * 0
+            loss = loss + (1 - cfg.alpha) * ce
+        if want_hidden:
+            mapping = layer_map or list(range(len(s.hidden_states) - 1))
+            mask = valid.unsqueeze(-1).to(s.hidden_states[0].dtype)
             pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(mapping)]
             mse = sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2 * mask).sum() / (mask.sum() * s.hidden_states[i].shape[-1])
                       for i, j in pairs) / len(pairs)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exporter.passes import GraphIndex, attr as _attr
-from exporter.trtbuild import fill_profile
+from exporter.trtbuild import fill_profile, profile_set
 from exporter.writer import open_input
 from exporter.trtcheck.operators import OPERATORS, OPSET_RANGE, SOURCE, TRT_VERSION, TYPE_NAMES, TYPED_INPUTS
 from runtimes.artifact import Artifact
@@ -23,6 +23,17 @@ from runtimes.specs import TensorSpec
 
 SEVERITIES = ("error", "warning", "info")
 CONTRIB_FIX = "optimize with --target tensorrt (standard ops) instead of --target cpu/cuda"
+WEIGHT_ONLY_FIX = ("quantize the float export with quantize --mode weight-only --target tensorrt (INT4/INT8 weights as "
+                   "DequantizeLinear -> MatMul)")
+# ONNX Runtime contrib ops with a fix of their own (the rest: CONTRIB_FIX)
+CONTRIB_FIXES = {
+    "MatMulNBits": WEIGHT_ONLY_FIX,
+    "GroupQueryAttention": "optimize the plain decoder export with --target tensorrt (attention and its KV cache stay "
+                           "standard MatMul/Softmax/Concat) instead of ONNX Runtime's decoder fusions",
+}
+# the compact decoder graph (exporter/decoder_graph.py) is written for ONNX Runtime's CPU kernels
+COMPACT_DECODER_FIX = ("this is export --graph cpu's compact decoder graph, for ONNX Runtime's CPU kernels; export the "
+                       "model with --graph portable (standard ops) for TensorRT")
 REQUANTIZE_FIX = "re-quantize with quantize --target tensorrt (symmetric signed INT8, constant scales)"
 QDQ_FIX = "quantize the float model with --target tensorrt (static Q/DQ) instead of --mode dynamic or QOperator form"
 _ORT_QUANT_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "ConvInteger"}
@@ -179,12 +190,15 @@ def _walk(graph, functions, seen=()):
 
 
 def _check_nodes(g: _Graph, model, opset: int, add) -> None:
+    compact = model.producer_version == "decoder-graph"
     for label, n in _walk(model.graph, {(f.domain, f.name): f for f in model.functions}):
         op, ins = n.op_type, list(n.input) + [""] * 7
         if n.domain not in ("", "ai.onnx"):
-            fix = CONTRIB_FIX if n.domain.startswith("com.microsoft") else f"use standard ONNX ops or a TensorRT plugin named {op}"
-            add("error", label, f"{n.domain}::{op}", f"operator of domain {n.domain!r}: TensorRT's ONNX parser reads "
-                "standard ONNX operators only", fix)
+            contrib = n.domain.startswith("com.microsoft")
+            fix = (COMPACT_DECODER_FIX if compact else CONTRIB_FIXES.get(op, CONTRIB_FIX)) if contrib else \
+                f"use standard ONNX ops or a TensorRT plugin named {op}"
+            what = "ONNX Runtime contrib operator" if contrib else f"operator of domain {n.domain!r}"
+            add("error", label, f"{n.domain}::{op}", f"{what}: TensorRT's ONNX parser reads standard ONNX operators only", fix)
             continue
         support = OPERATORS.get(op)
         if support is None or not support.supported:
@@ -220,18 +234,36 @@ def _check_nodes(g: _Graph, model, opset: int, add) -> None:
 
 
 def _check_quantization(g: _Graph, add) -> None:
+    # a graph that dequantizes constant weights and quantizes nothing is weight-only by design: one note,
+    # not a mixed-precision warning per MatMul
+    weight_only = not any(n.op_type == "QuantizeLinear" for n in g.g.node)
+    only_weight, kinds = [], set()
     for i, n in enumerate(g.g.node):
         label = n.name or f"<unnamed #{i}>"
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ("", "ai.onnx"):
             _check_qdq(g, n, label, add)
         elif n.op_type in ("MatMul", "Gemm") and n.domain in ("", "ai.onnx") and len(n.input) > 1:
-            _check_placement(g, n, label, add)
+            w = g.made_by(n.input[1], "DequantizeLinear")
+            if weight_only and w is not None and g.made_by(n.input[0], "DequantizeLinear") is None:
+                only_weight.append(label)
+                kinds.add(g.type_of(w.input[0]) or "?")
+            else:
+                _check_placement(g, n, label, add)
+    if only_weight:
+        add("info", f"{len(only_weight)} MatMuls", "weight-only", f"weight-only quantization ({'/'.join(sorted(kinds))} weights "
+            "dequantized into float MatMuls; activations stay float): TensorRT keeps the weights low-precision and "
+            "computes in the graph's float type", "none")
 
 
 def _check_qdq(g: _Graph, n, label: str, add) -> None:
+    if n.op_type == "DequantizeLinear" and _attr(n, "block_size", 0):
+        _check_blocked(g, n, label, add)
     if not g.is_const(n.input[1]):
         add("error", label, n.op_type, "the scale is computed in the graph; TensorRT needs a constant scale "
             "(initializer or Constant)", REQUANTIZE_FIX)
+    elif (scales := g.const(n.input[1])) is not None and not (scales > 0).all():
+        add("error", label, n.op_type, f"{int((scales <= 0).sum())} scales are not positive; TensorRT takes strictly "
+            "positive scales", "re-quantize with positive scales (enginewright's --target tensorrt quantizers write them)")
     zp = n.input[2] if len(n.input) > 2 and n.input[2] else None
     if n.op_type == "QuantizeLinear":  # without a zero point, Q makes UINT8 unless output_dtype says otherwise
         qtype = g.type_of(zp) if zp else TYPE_NAMES.get(_attr(n, "output_dtype", 0) or 2)
@@ -239,11 +271,44 @@ def _check_qdq(g: _Graph, n, label: str, add) -> None:
         qtype = g.type_of(n.input[0]) or (g.type_of(zp) if zp else None)
     if qtype == "UINT8":
         add("error", label, n.op_type, "UINT8 quantization: TensorRT's explicit quantization needs signed INT8", REQUANTIZE_FIX)
+    elif qtype == "UINT4":
+        add("error", label, n.op_type, "UINT4 weights (asymmetric): TensorRT dequantizes signed INT4 with zero point 0",
+            WEIGHT_ONLY_FIX + " (symmetric)")
     elif zp is not None and (value := g.const(zp)) is None:
         add("error", label, n.op_type, "the zero point is computed in the graph; TensorRT needs a constant 0", REQUANTIZE_FIX)
     elif zp is not None and value.any():
         add("error", label, n.op_type, f"non-zero zero point (max |zp| {int(abs(value.astype('int64')).max())}); "
             "TensorRT quantizes symmetrically only (zero point 0)", REQUANTIZE_FIX)
+
+
+def _check_blocked(g: _Graph, n, label: str, add) -> None:
+    """Block dequantization as TensorRT 10 takes it (NvInfer.h, IDequantizeLayer; onnx-tensorrt's importer):
+    INT4/FP8/FP4 only, one blocked axis among the last two, the block size implied by the shapes."""
+    from exporter.weight_qdq import TRT_INT4_BLOCK_SIZES
+
+    qtype, block = g.type_of(n.input[0]), _attr(n, "block_size", 0)
+    data, scale = g.const(n.input[0]), g.const(n.input[1])
+    if qtype not in ("INT4", "FP8", "FP4", "UINT4", None):
+        add("error", label, n.op_type, f"{qtype} with block_size {block}: TensorRT block-dequantizes INT4, FP8 and FP4 "
+            "only", "dequantize INT8 weights per output channel (quantize --mode weight-only --target tensorrt --bits 8)")
+        return
+    if data is None or scale is None:
+        return
+    axis = _attr(n, "axis", 1) % data.ndim
+    if axis < data.ndim - 2:
+        add("error", label, n.op_type, f"blocked on axis {axis} of weight {list(data.shape)}; TensorRT blocks one of the "
+            "last two dimensions", WEIGHT_ONLY_FIX)
+    elif data.shape[axis] % block:
+        add("error", label, n.op_type, f"axis {axis} ({data.shape[axis]}) is not a multiple of block_size {block}: "
+            f"TensorRT infers the block from the shapes ({data.shape[axis]} / {scale.shape[axis]}), not from the attribute",
+            "keep this MatMul in float or use a block size that divides it")
+    elif qtype == "INT4" and data.shape[-1] % 2:
+        add("error", label, n.op_type, f"INT4 weight {list(data.shape)} with an odd last dimension: TensorRT packs INT4 "
+            "in pairs", "keep this MatMul in float")
+    elif qtype == "INT4" and block not in TRT_INT4_BLOCK_SIZES:
+        add("warning", label, n.op_type, f"INT4 block size {block}: TensorRT's documentation lists "
+            f"{' and '.join(map(str, TRT_INT4_BLOCK_SIZES))}; the build may find no kernel",
+            "quantize --mode weight-only --target tensorrt --block-size 128")
 
 
 def _check_placement(g: _Graph, n, label: str, add) -> None:
@@ -285,6 +350,23 @@ def _check_types(g: _Graph, dims: dict, add) -> None:
             "quantize --target tensorrt for INT8")
 
 
+def _default_profiles(art: Artifact, what: str, dynamic: dict, add) -> None:
+    """What ``build`` without ``--shapes`` would use: the task's profiles, or why it cannot derive them."""
+    from runtimes.tasks import get_task
+
+    try:
+        profile_set(art.inputs, task=art.task, model_dir=art.path)
+    except UsageError as e:
+        add("error", ", ".join(dynamic), "input", f"dynamic dims {what}; build cannot derive default profiles: {e}",
+            "pass build --shapes NAME:MIN,OPT,MAX for every dynamic input")
+        return
+    phases = get_task(art.task).profile_phases(art.path, (1, 8, 32), (1, 128, 512))
+    said = "; ".join(f"{name}: " + ", ".join(f"{d} {'/'.join(map(str, r))}" for d, r in dims.items())
+                     for name, dims in phases.items())
+    add("info", ", ".join(dynamic), "input", f"dynamic dims {what}: build's default profiles (min/opt/max) are {said}",
+        "build --dims NAME=MIN,OPT,MAX changes a dim; --shapes NAME:MIN,OPT,MAX checks a specific profile")
+
+
 def _check_dims(dims: dict, uncovered: list | None, art: Artifact | None, add) -> None:
     """``uncovered``: the dynamic dims the given shapes leave uncovered, or None when no shapes were given."""
     if uncovered is None:
@@ -293,8 +375,7 @@ def _check_dims(dims: dict, uncovered: list | None, art: Artifact | None, add) -
         if dynamic:
             what = "; ".join(f"{name} " + ", ".join(f"{d} ({s or '?'})" for d, s in dd) for name, dd in dynamic.items())
             if art is not None and art.inputs:
-                add("info", ", ".join(dynamic), "input", f"dynamic dims {what}: profiles will be derived from the "
-                    "manifest's dynamic dims", "pass --shapes NAME:MIN,OPT,MAX to check a specific profile")
+                _default_profiles(art, what, dynamic, add)
             else:
                 add("warning", ", ".join(dynamic), "input", f"dynamic dims {what} and no manifest to derive profiles "
                     "from", "pass --shapes NAME:MIN,OPT,MAX; an engine build needs a profile per dynamic input")

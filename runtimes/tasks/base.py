@@ -180,6 +180,13 @@ class Task:
         in ``model_dir``; ``batches`` and ``seqs`` are the (min, opt, max) the user asked for."""
         return {BATCH_DIM: tuple(batches)}
 
+    def profile_phases(self, model_dir: Path, batches: Sequence[int], seqs: Sequence[int],
+                       dims: Mapping[str, tuple] | None = None) -> dict[str, dict[str, tuple]]:
+        """The default optimization profiles of an engine, by name: ``{phase: {dim name: (min, opt,
+        max)}}``. One profile (``profile_dims``) unless a family needs more; ``dims`` are the user's
+        ranges for named dims, which replace the defaults."""
+        return {"default": {**self.profile_dims(model_dir, batches, seqs), **(dims or {})}}
+
 
 def is_seq_dim(name) -> bool:
     return isinstance(name, str) and name in SEQ_DIM_NAMES

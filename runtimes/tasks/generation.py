@@ -57,6 +57,26 @@ class GenerationTask(Task):
     model_inputs: tuple[str, ...] = (_IDS, _MASK, _POS)
     processor_files: tuple[str, ...] = TOKENIZER_FILES + ("generation_config.json", "chat_template.jinja")
     processor_name: str = "tokenizer"
+    block_names: tuple[str, ...] = ("layers", "h")  # Llama-style ``model.layers``, GPT-2's ``transformer.h``
+
+    def in_compress_scope(self, fqn: str) -> bool:
+        """True for a module name inside the decoder blocks (``model.layers.3.mlp``, ``transformer.h.0.attn``)."""
+        return any(f".{n}." in f".{fqn}." for n in self.block_names)
+
+    def _blocks_owner(self, model):
+        """The base model and the name of its block list, the first of ``block_names`` it has.
+
+        Raises:
+            UsageError: the model has none of them.
+        """
+        import torch
+
+        owner = getattr(model, getattr(model, "base_model_prefix", ""), model)
+        for name in self.block_names:
+            if isinstance(getattr(owner, name, None), torch.nn.ModuleList):
+                return owner, name
+        raise UsageError(f"{type(model).__name__}: compression needs the decoder blocks at "
+                         f"{' or '.join(repr(n) for n in self.block_names)} (task {self.name}); this model has none there")
 
     def has_processor(self, path: Path) -> bool:
         return any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
@@ -161,9 +181,38 @@ class GenerationTask(Task):
         return f"max length {max_length}, left-padded to the longest in each batch; padded positions excluded"
 
     def profile_dims(self, model_dir, batches, seqs) -> dict[str, tuple]:
-        """Batch and sequence as asked; the past runs from empty (a prefill) to the longest sequence."""
-        return {BATCH_DIM: tuple(batches), SEQ_DIM: tuple(seqs), PAST_DIM: (0, seqs[1], seqs[2])}
+        """One profile covering prefill and decode: batch and sequence as asked (within the model's
+        positions), the past from empty to the longest context (``profile_phases`` splits them)."""
+        seqs, past = self._seq_and_past(model_dir, seqs)
+        return {BATCH_DIM: tuple(batches), SEQ_DIM: seqs, PAST_DIM: (0, *past[1:])}
 
+    def profile_phases(self, model_dir, batches, seqs, dims=None) -> dict[str, dict[str, tuple]]:
+        """Two profiles, one per phase of generation (TensorRT tunes kernels at each profile's opt
+        shape, and a prefill's GEMMs have batch x prompt rows where a decode step's have batch rows):
+
+        - ``prefill``: an empty past (0), the prompt 1..max tokens;
+        - ``decode``: one new token, a past of 1 up to the longest context (by default twice the
+          longest prompt, less one, within the model's positions).
+
+        ``attention_mask``'s ``past_sequence_length + sequence_length`` follows from the two. ``dims``
+        replaces ``batch_size`` (both phases), ``sequence_length`` (prefill) or
+        ``past_sequence_length`` (decode); a call with a non-empty past and more than one token fits
+        neither profile (a runner refuses it in one line).
+        """
+        dims = dict(dims or {})
+        seq_default, past_default = self._seq_and_past(model_dir, seqs)
+        batch = tuple(dims.pop(BATCH_DIM, tuple(batches)))
+        seq = tuple(dims.pop(SEQ_DIM, seq_default))
+        past = tuple(dims.pop(PAST_DIM, past_default))
+        return {"prefill": {**dims, BATCH_DIM: batch, SEQ_DIM: seq, PAST_DIM: (0, 0, 0)},
+                "decode": {**dims, BATCH_DIM: batch, SEQ_DIM: (1, 1, 1), PAST_DIM: past}}
+
+    def _seq_and_past(self, model_dir, seqs) -> tuple[tuple, tuple]:
+        """The prompt range (capped at the model's positions) and the decode past range."""
+        limit = self.max_sequence(model_dir) if model_dir is not None else None
+        seq = tuple(min(s, limit) for s in seqs) if limit else tuple(seqs)
+        longest = min(2 * seq[2], limit) if limit else 2 * seq[2]
+        return seq, (1, min(seq[1], longest - 1), longest - 1)
 
 TEXT_GENERATION = GenerationTask("text-generation", auto_class="AutoModelForCausalLM",
                                  optimum_task="text-generation-with-past", arch_suffixes=("ForCausalLM", "LMHeadModel"),

@@ -66,7 +66,7 @@ def test_the_command_routes_llms_and_writes_the_report(tiny_gpt2, tmp_path, caps
 
 @pytest.mark.parametrize("extra, message", [(["--max-new-tokens", "0"], "--max-new-tokens 0"),
                                             (["--prompts", "EMPTY"], "empty"), (["--data", "EMPTY"], "empty"),
-                                            (["--baseline", "x.json"], "--baseline")])
+                                            (["--iters", "3"], "--iters"), (["--baseline", "x.json"], "x.json: baseline report not found")])
 def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, capsys, extra, message):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -81,3 +81,31 @@ def test_config_refuses_bad_settings():
         LlmBenchConfig(batches=(0,))
     with pytest.raises(UsageError, match="--rounds"):
         LlmBenchConfig(rounds=0)
+
+
+def test_a_peer_loop_is_timed_beside_ours_and_makes_the_same_tokens(tiny_llama, tiny_llama_onnx):
+    """benchmarks/llm_speed.py's peer: optimum's ORTModelForCausalLM.generate() on the same FP32
+    export, interleaved with our loop; greedy tokens equal, so both did the same work."""
+    from benchmarks.llm_bench import Peer, timed_hf_generate
+    from benchmarks.llm_speed import optimum_peer
+    from runtimes import load_artifact, open_runner
+    from runtimes.generation import GenerationConfig, generate
+    from runtimes.tasks import get_task
+
+    peer = optimum_peer("optimum fp32", tiny_llama_onnx, 1)
+    assert isinstance(peer, Peer)
+    cfg = LlmBenchConfig(batches=(1,), max_new_tokens=4, rounds=2)
+    report = run_llm_bench([tiny_llama_onnx], DATA, config=cfg, progress=False, peers=[peer])
+    loops = {r["label"]: r["loop"] for r in report["runners"]}
+    assert loops["optimum fp32"] == "optimum ORTModelForCausalLM.generate()"
+    row = next(r for r in report["results"] if r["label"] == "optimum fp32")
+    assert row["generations"] == 2 * len(DATA.texts) and row["decode_tokens_per_s"] > 0 and "decode_speedup" in row
+    task = get_task("text-generation")
+    enc = task.encode(task.load_processor(tiny_llama), type("B", (), {"texts": DATA.texts[:1]})())
+    gen = GenerationConfig(max_new_tokens=6)
+    with open_runner(load_artifact(tiny_llama_onnx), "onnxruntime:cpu") as runner:
+        ours = generate(runner, enc, gen).tokens
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(tiny_llama_onnx, use_cache=True, use_io_binding=False, local_files_only=True)
+    assert np.array_equal(timed_hf_generate(model, enc, gen).tokens, ours)

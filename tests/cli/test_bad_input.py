@@ -51,6 +51,17 @@ def _truncate_model(t: Path) -> None:
     p.write_bytes(p.read_bytes()[:500])
 
 
+def _other_vocabulary_lm(t: Path) -> None:
+    """``t/teacher``: a tiny Llama whose tokenizer has one token more than the shared one's."""
+    from tests.conftest import make_tiny_lm
+
+    make_tiny_lm(t / "teacher", "llama")
+    tj = t / "teacher" / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    data["model"]["vocab"]["zzqx"] = max(data["model"]["vocab"].values()) + 1
+    tj.write_text(json.dumps(data))
+
+
 def _relist(t: Path) -> None:
     """Record the onnx copy's files as they are now in its manifest (an edit the size and hash checks cannot see)."""
     from runtimes.artifact import file_table
@@ -102,6 +113,26 @@ CASES = [
     Case("bench-llm-empty-prompts", ("bench", "{llm}", "{llm_onnx}", "--prompts", "{t}/p.txt"), ("p.txt",), _write("p.txt", "\n\n")),
     Case("quantize-weight-only-bad-bits", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only", "--bits", "3"),
          ("--bits",)),
+    # the TensorRT route for decoders: weight-only DequantizeLinear form, decoder profiles
+    Case("quantize-weight-only-trt-asymmetric", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only",
+                                                 "--target", "tensorrt", "--asymmetric"), ("--asymmetric", "symmetric")),
+    Case("quantize-weight-only-trt-block-32", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only",
+                                               "--target", "tensorrt", "--block-size", "32"), ("--block-size 32", "64 or 128")),
+    Case("quantize-weight-only-trt-int8-blocks", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only", "--bits",
+                                                  "8", "--target", "tensorrt", "--block-size", "64"), ("--block-size", "per output channel")),
+    Case("quantize-weight-only-trt-nothing-fits", ("quantize", "{llm_onnx}", "-o", "{t}/out", "--mode", "weight-only",
+                                                   "--target", "tensorrt"), ("model.onnx", "no MatMul weight fits", "K = 32")),
+    Case("optimize-llm-fp16", ("optimize", "{llm_onnx}", "-o", "{t}/out", "--target", "tensorrt", "--fp16"),
+         ("--fp16", "decoder")),
+    Case("build-llm-dims-out-of-order", ("build", "{llm_onnx}", "-o", "{t}/out", "--dims", "past_sequence_length=4,2,8"),
+         ("--dims past_sequence_length", "MIN <= OPT <= MAX")),
+    Case("build-llm-dims-unknown", ("build", "{llm_onnx}", "-o", "{t}/out", "--dims", "heads=1,2,4"), ("--dims", "'heads'")),
+    Case("build-llm-dims-twice", ("build", "{llm_onnx}", "-o", "{t}/out", "--dims", "batch_size=1,1,1", "batch_size=1,2,2"),
+         ("--dims", "twice")),
+    Case("build-llm-dims-malformed", ("build", "{llm_onnx}", "-o", "{t}/out", "--dims", "past_sequence_length=1,2"),
+         ("--dims", "NAME=MIN,OPT,MAX")),
+    Case("build-llm-dims-and-shapes", ("build", "{llm_onnx}", "-o", "{t}/out", "--dims", "batch_size=1,1,1", "--shapes",
+                                       "input_ids:1x1,1x8,1x16"), ("--dims", "--shapes")),
     # import-gguf
     Case("import-gguf-missing-file", ("import-gguf", "{t}/nope.gguf", "-o", "{t}/out"), ("nope.gguf", "no such file")),
     Case("import-gguf-not-gguf", ("import-gguf", "{t}/m.gguf", "-o", "{t}/out"), ("m.gguf", "not a readable GGUF"),
@@ -199,6 +230,9 @@ CASES = [
     Case("optimize-model-not-onnx", ("optimize", "{t}/onnx", "-o", "{t}/out"), ("model.onnx", "not a valid ONNX model"),
          lambda t: (_write("onnx/model.onnx", b"\x00garbage" * 100)(t), _relist(t))),
     Case("triton-bad-max-batch", ("triton", "{onnx}", "-o", "{t}/repo", "--max-batch-size", "-1"), ("--max-batch-size",)),
+    Case("triton-decoder-batched", ("triton", "{llm_onnx}", "-o", "{t}/repo", "--max-batch-size", "8"),
+         ("--max-batch-size 8", "unbatched")),
+    Case("triton-decoder-ensemble", ("triton", "{llm_onnx}", "-o", "{t}/repo", "--ensemble"), ("--ensemble", "encoders")),
     # inspect
     Case("inspect-missing", ("inspect", "{t}/nope"), ("nope",)),
     Case("inspect-manifest-not-json", ("inspect", "{t}/onnx"), ("manifest.json",), _write("onnx/manifest.json", "{")),
@@ -208,6 +242,8 @@ CASES = [
     Case("run-not-yaml", ("run", "{t}/p.yaml"), ("p.yaml",), _pipeline("model: [unclosed\n")),
     Case("run-no-stages", ("run", "{t}/p.yaml"), ("p.yaml", "stages"), _pipeline("model: {hf}\nrun_dir: {t}/r\n")),
     Case("run-unknown-stage", ("run", "{t}/p.yaml"), ("p.yaml", "deploy"), _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - deploy: {{}}\n")),
+    Case("run-gguf-stage-with-a-model-dir", ("run", "{t}/p.yaml"), ("p.yaml:4", "import-gguf"),
+         _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - import-gguf: {{}}\n")),
     Case("run-unknown-option", ("run", "{t}/p.yaml"), ("p.yaml", "colour"),
          _pipeline("model: {hf}\nrun_dir: {t}/r\nstages:\n  - export: {{colour: red}}\n")),
     Case("run-stage-without-options", ("run", "{t}/p.yaml"), ("p.yaml",),
@@ -249,6 +285,25 @@ CASES = [
     Case("compress-bad-fraction", ("compress", "{hf}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl", "-o", "{t}/out",
                                    "--prune-heads", "1.5"), ("--prune-heads",),
          _write("tr.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')),
+    # compress of a causal LM ({llm}: 2 layers)
+    Case("compress-llm-drop-every-layer", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "0", "--distill"), ("student layers", "0"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
+    Case("compress-llm-no-layer-dropped", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "2", "--distill"), ("fewer layers", "2"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
+    Case("compress-llm-empty-text-file", ("compress", "{llm}", "--train", "{t}/tr.txt", "--eval", "{t}/tr.txt",
+                                          "-o", "{t}/out", "--student-layers", "1", "--distill"), ("tr.txt",),
+         _write("tr.txt", "")),
+    Case("compress-llm-no-text-to-score", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                           "-o", "{t}/out", "--student-layers", "1", "--distill"), ("tr.jsonl", "2 tokens"),
+         _write("tr.jsonl", '{"text": "a"}\n{"text": "b"}\n')),
+    Case("compress-llm-teacher-other-vocabulary", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                                   "-o", "{t}/out", "--student-layers", "1", "--distill", "--teacher", "{t}/teacher"),
+         ("teacher", "tokenizer"), lambda t: (_write("tr.jsonl", '{"text": "the quick brown fox"}\n')(t), _other_vocabulary_lm(t))),
+    Case("compress-llm-pruning", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
+                                  "-o", "{t}/out", "--prune-heads", "0.5"), ("causal LM", "PruneConfig"),
+         _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
 ]
 
 

@@ -58,7 +58,8 @@ def test_every_option_of_a_stage_means_the_same_in_a_pipeline(tmp_path):
         skip[name] = {a.dest for a in parser_of(command)._actions if not a.option_strings}
         skip[name] |= {cli_options(command)[k].dest for k in command.NOT_IN_PIPELINE}
     pipe = tmp_path / "all.yaml"
-    pipe.write_text(yaml.safe_dump({"model": str(tmp_path), "stages": stages}))
+    (tmp_path / "model.gguf").write_bytes(b"")  # import-gguf, the first stage, reads a GGUF model
+    pipe.write_text(yaml.safe_dump({"model": str(tmp_path / "model.gguf"), "stages": stages}))
     loaded = load_pipeline(pipe)
     assert [s.name for s in loaded.stages] == list(STAGES)
     for stage in loaded.stages:

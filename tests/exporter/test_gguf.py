@@ -15,8 +15,11 @@ from runtimes.errors import UsageError
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
 
 
-def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A 2-layer Llama (hidden 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``."""
+def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0,
+                    quant: dict[str, str] | None = None) -> Path:
+    """A 2-layer Llama (hidden 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``;
+    ``quant`` maps a tensor-name fragment (``attn_q``, ``token_embd``...) to a gguf type (``Q4_1``...)
+    its tensors are quantized to, the first matching fragment winning."""
     import gguf
 
     tok = json.loads((tokenizer_dir / "tokenizer.json").read_text())
@@ -33,7 +36,13 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
     rng = np.random.default_rng(seed)
 
     def t(name, *shape):
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.3).astype(np.float32))
+        value = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+        kind = next((k for frag, k in (quant or {}).items() if frag in name), None)
+        if kind is None:
+            w.add_tensor(name, value)
+        else:
+            qtype = gguf.GGMLQuantizationType[kind]
+            w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
 
     t("token_embd.weight", n_vocab, hidden)
     w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))

@@ -46,7 +46,7 @@ def test_engine_and_unbatched_configs(tiny_onnx, tmp_path):
 def test_bad_repository_requests(tiny_bert, tiny_onnx, tmp_path):
     with pytest.raises(UsageError, match="export"):
         write_repository([tiny_bert], tmp_path / "r")
-    with pytest.raises(UsageError, match="share the directory name"):
+    with pytest.raises(UsageError, match="share the model name"):
         write_repository([tiny_onnx, tiny_onnx], tmp_path / "r")
     with pytest.raises(UsageError, match="need --device gpu"):
         TritonConfig(device="cpu", tensorrt_accelerator=True)

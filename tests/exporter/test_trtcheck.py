@@ -77,7 +77,7 @@ def test_plain_export_is_ready(tiny_onnx):
     report = check_tensorrt(tiny_onnx)
     assert report, str(report)
     assert report.errors == [] and report.warnings == []
-    assert any("derived from the manifest" in f.message for f in report.infos)
+    assert any("default profiles (min/opt/max) are default: batch_size 1/8/32" in f.message for f in report.infos)
     assert any("TensorRT 11" in f.message for f in report.infos)  # FP32 throughout: 11 builds FP32
     d = report.to_dict()
     assert d["ready"] is True and d["tensorrt"] == TRT_VERSION and json.dumps(d)
@@ -176,9 +176,21 @@ def test_gemm_trans_b_wants_axis_0(tmp_path, axis, ok):
     assert bool(check_tensorrt(_qdq_matmul(tmp_path, op="Gemm", trans_b=1, w_axis=axis))) is ok
 
 
-def test_weight_only_dequantized_matmul_is_a_warning(tmp_path):
-    report = check_tensorrt(_qdq_matmul(tmp_path, quantize_x=False))
-    assert report
+def test_weight_only_graph_is_one_note_and_mixed_precision_a_warning(tmp_path):
+    report = check_tensorrt(_qdq_matmul(tmp_path, quantize_x=False))  # no QuantizeLinear anywhere: weight-only
+    assert report and report.warnings == []
+    assert [f.op for f in report.infos if f.op == "weight-only"] == ["weight-only"]
+    # with activations quantized elsewhere in the graph, a MatMul whose activation is float is a warning
+    w = np.arange(12, dtype=np.int8).reshape(4, 3)
+    inits = [_init("w", w), _init("s", np.full(3, 0.1, np.float32)), _init("xs", np.float32(0.05)),
+             _init("xz", np.int8(0))]
+    nodes = [helper.make_node("DequantizeLinear", ["w", "s"], ["wf"], name="dq_w", axis=1),
+             helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q_x"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"], name="dq_x"),
+             helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm"), helper.make_node("Add", ["xf", "x"], ["z"])]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    report = check_tensorrt(_save(mixed, nodes, [_float("x", [2, 4])], [_float("y", [2, 3]), _float("z", [2, 4])], inits))
     assert [f.node for f in report.warnings] == ["mm"] and "mixed-precision" in report.warnings[0].message
 
 

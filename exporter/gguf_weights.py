@@ -1,0 +1,212 @@
+"""Carry a GGUF file's quantized blocks over into ``MatMulNBits`` exactly, instead of re-quantizing.
+
+A model imported from GGUF (``enginewright import-gguf``) holds the file's weights de-quantized to
+float32; quantizing those again with round-to-nearest lands on a different grid and loses accuracy
+(SmolLM2-135M's Q4_1 file: +34% perplexity for INT4 RTN). The blocks are already there, so this
+writes them as they are:
+
+- ``Q4_0`` (``d * (q - 8)``): a 4-bit ``MatMulNBits`` with the default zero point 8;
+- ``Q8_0`` (``d * q``, q signed): an 8-bit ``MatMulNBits`` with ``q + 128`` and the default zero
+  point 128;
+- ``Q4_1`` (``d * q + m``, a float minimum per block): ONNX Runtime's CPU kernel takes float zero
+  points only on a slow path (about 12x slower measured on a 576x1536 MatMul), so the block is
+  written as ``MatMulNBits(x; q, d, zero point 0) + blocksum(x) @ M``, where ``blocksum`` adds the
+  activations of each block of 32 and ``M[block, n]`` is ``m`` (one block-sum per distinct input,
+  shared by the projections that read it).
+
+Which MatMul a GGUF tensor belongs to is decided by value, not by name: every supported tensor is
+de-quantized the way gguf-py does (the same arithmetic transformers' loader uses, with its Q/K row
+permutation), and a MatMul takes the blocks whose de-quantized values equal its weight bit for bit.
+So the carry-over works on either export graph and cannot attach blocks to the wrong weight; a
+MatMul no tensor equals (a fine-tuned weight, an unsupported type) stays float and is reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtimes.errors import UsageError
+
+QK = 32  # block size of Q4_0, Q4_1 and Q8_0
+SUPPORTED_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+
+
+@dataclass
+class Blocks:
+    """One weight ``[N, K]`` in blocks of 32 along K: ``q`` ``[N, K/32, 32]`` unsigned (0..15 for 4
+    bits, 0..255 for 8 bits, zero point already applied as below), ``d`` ``[N, K/32]`` scales, ``m``
+    ``[N, K/32]`` minimums (Q4_1) or None."""
+
+    gguf_name: str
+    gguf_type: str
+    bits: int
+    q: np.ndarray
+    d: np.ndarray
+    m: np.ndarray | None
+
+    def dequantize(self) -> np.ndarray:
+        """``[N, K]`` float32, as gguf-py computes it."""
+        if self.gguf_type == "Q4_1":
+            w = self.d[..., None] * self.q.astype(np.float32) + self.m[..., None]
+        else:
+            zero = 8 if self.bits == 4 else 128
+            w = self.d[..., None] * (self.q.astype(np.float32) - zero)
+        return w.reshape(w.shape[0], -1)
+
+
+def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(q, d, m)`` of a tensor's raw bytes ``[rows, bytes per row]``."""
+    blocks = raw.reshape(rows, -1, {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[gguf_type])
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if gguf_type == "Q8_0":
+        q = (blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        return q, d, None
+    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if gguf_type == "Q4_1" else None
+    qs = blocks[..., 4:] if gguf_type == "Q4_1" else blocks[..., 2:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # gguf order: low nibbles are elements 0-15
+    return q, d, m
+
+
+def read_blocks(path: Path, config) -> list[Blocks]:
+    """Every 2-D tensor of a supported type in ``path``, rows in transformers' order (the Q/K rows of
+    a Llama file permuted back as its loader does)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--from-gguf {path}: not a readable GGUF file ({e})") from None
+    permute = None
+    if getattr(config, "model_type", None) in ("llama", "mistral"):
+        from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+        permute = LlamaTensorProcessor(config={"num_attention_heads": config.num_attention_heads,
+                                               "num_key_value_heads": config.num_key_value_heads})
+    out = []
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        if kind not in SUPPORTED_TYPES or len(t.shape) != 2:
+            continue
+        cols, rows = int(t.shape[0]), int(t.shape[1])  # gguf lists ne0 (the contiguous axis, K) first
+        if cols % QK:
+            continue
+        q, d, m = _parse(np.asarray(t.data), kind, rows)
+        if permute is not None and (".attn_q." in t.name or ".attn_k." in t.name):
+            heads = config.num_attention_heads if ".attn_q." in t.name else config.num_key_value_heads
+            q, d = (permute._reverse_permute_weights(a, config.num_attention_heads, heads) for a in (q, d))
+            if m is not None:
+                m = permute._reverse_permute_weights(m, config.num_attention_heads, heads)
+        out.append(Blocks(t.name, kind, 8 if kind == "Q8_0" else 4, q, d, m))
+    return out
+
+
+def _key(w: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest()
+
+
+def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[str, Blocks]:
+    """MatMul node -> the blocks whose de-quantized values equal its weight ``[K, N]`` bit for bit."""
+    by_value = {}
+    for b in blocks:
+        by_value.setdefault(_key(b.dequantize()), b)
+    return {node: by_value[k] for node, w in weights.items() if (k := _key(w.T)) in by_value}
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    """``[N, K/32, 32]`` values 0..15 -> MatMulNBits' ``[N, K/32, 16]`` (element 2j low, 2j+1 high)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: int, accuracy_level_8bit: int) -> dict:
+    """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
+    block-sum term for Q4_1); returns what was done, per GGUF type."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = list(graph.node)
+    new_nodes, new_inits, block_sums, used = [], [], {}, {}
+    for node in nodes:
+        b = matched.get(node.name)
+        if node.op_type != "MatMul" or b is None:
+            new_nodes.append(node)
+            continue
+        n, blocks, _ = b.q.shape
+        k = blocks * QK
+        base = node.name.strip("/").replace("/", ".") or node.output[0]
+        level = accuracy_level_4bit if b.bits == 4 else accuracy_level_8bit
+        out = node.output[0] if b.m is None else f"{node.name}/nbits"
+
+        def nbits(suffix: str, q: np.ndarray, scale: np.ndarray, zero: int | None, bits: int, level: int, y: str):
+            names = [f"{base}.gguf_q{suffix}", f"{base}.gguf_scales{suffix}"]
+            new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(_pack4(q) if bits == 4 else q), names[0]),
+                              numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1)), names[1])])
+            if zero is not None:  # 4 bits: two zero points a byte
+                names.append(f"{base}.gguf_zero{suffix}")
+                new_inits.append(numpy_helper.from_array(np.full((n, (blocks + 1) // 2), zero * 17, np.uint8), names[2]))
+            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [y], name=f"{node.name}_Q{bits}{suffix}",
+                                              domain="com.microsoft", K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
+
+        if b.bits == 8 and level == 0:
+            # ONNX Runtime's 8-bit CPU kernel with float activations de-quantizes the whole weight on every
+            # call; exactly the same product in two 4-bit kernels: u = q + 128 = 16 h + l, so
+            # d (u - 128) = 16 d (h - 8) + d l
+            nbits("_high", b.q >> 4, 16 * b.d, 8, 4, 0, f"{node.name}/high")
+            nbits("_low", b.q & 0x0F, b.d, 0, 4, 0, f"{node.name}/low")
+            new_nodes.append(helper.make_node("Add", [f"{node.name}/high", f"{node.name}/low"], [out], name=f"{node.name}/sum"))
+        else:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum
+            nbits("", b.q, b.d, 0 if b.m is not None else None, b.bits, level, out)
+        if b.m is not None:
+            x = node.input[0]
+            if x not in block_sums:
+                shape = f"{base}.gguf_blocks_shape"
+                new_inits += [numpy_helper.from_array(np.array([0, 0, blocks, QK], np.int64), shape),
+                              numpy_helper.from_array(np.array([-1], np.int64), f"{base}.gguf_last_axis")]
+                blocked = f"{node.name}/x_blocks"
+                block_sums[x] = f"{node.name}/x_block_sums"
+                new_nodes += [helper.make_node("Reshape", [x, shape], [blocked], name=f"{node.name}/x_blocks"),
+                              helper.make_node("ReduceSum", [blocked, f"{base}.gguf_last_axis"], [block_sums[x]],
+                                               name=f"{node.name}/x_block_sums", keepdims=0)]
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b.m.T), f"{base}.gguf_mins"))
+            offset = f"{node.name}/min_offset"
+            new_nodes += [helper.make_node("MatMul", [block_sums[x], f"{base}.gguf_mins"], [offset], name=offset),
+                          helper.make_node("Add", [out, offset], [node.output[0]], name=f"{node.name}/with_min")]
+        used[b.gguf_type] = used.get(b.gguf_type, 0) + 1
+    still_read = {i for nd in new_nodes for i in nd.input}
+    kept = [i for name, i in inits.items() if name in still_read]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return dict(sorted(used.items()))
+
+
+def carry_over(model, gguf_path: Path, config, *, accuracy_level_4bit: int = 0, accuracy_level_8bit: int = 4) -> dict:
+    """Rewrite ``model``'s MatMuls whose weights are ``gguf_path``'s blocks; returns the record for the
+    manifest.
+
+    Raises:
+        UsageError: the file is unreadable, or no MatMul weight equals one of its tensors.
+    """
+    consts = {i.name: i for i in model.graph.initializer}
+    from onnx import numpy_helper
+
+    weights = {n.name: numpy_helper.to_array(consts[n.input[1]]) for n in model.graph.node
+               if n.op_type == "MatMul" and n.input[1] in consts and len(consts[n.input[1]].dims) == 2}
+    blocks = read_blocks(gguf_path, config)
+    matched = match_blocks(weights, blocks)
+    if not matched:
+        types = sorted({b.gguf_type for b in blocks}) or "none of " + ", ".join(SUPPORTED_TYPES)
+        raise UsageError(f"--from-gguf {gguf_path}: no MatMul weight of the model equals one of the file's tensors "
+                         f"(types {types}); was the model imported from this file and left unchanged?")
+    by_type = replace_matmuls(model, matched, accuracy_level_4bit=accuracy_level_4bit,
+                              accuracy_level_8bit=accuracy_level_8bit)
+    return {"source": str(gguf_path), "matched": {node: f"{b.gguf_name} ({b.gguf_type})" for node, b in sorted(matched.items())},
+            "by_type": by_type, "float": sorted(set(weights) - set(matched)),
+            "accuracy_level": {"4-bit": accuracy_level_4bit, "8-bit": accuracy_level_8bit}}

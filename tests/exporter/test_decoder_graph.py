@@ -1,0 +1,148 @@
+"""The compact decoder graph (``export --graph cpu``) and the exact carry-over of GGUF blocks
+(``quantize --mode weight-only --from-gguf``), on tiny Llamas."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from enginewright.cli import main
+from runtimes import load_artifact, open_runner
+from runtimes.generation import GenerationConfig, generate
+from runtimes.tasks import get_task
+from tests.exporter.test_gguf import write_tiny_gguf
+
+pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
+
+# one type per projection kind, so every carry-over form is exercised: Q4_1 (block-sum term),
+# Q4_0 (default zero point), Q8_0 (8 bits; the tied lm_head reads token_embd)
+QUANT = {"attn_q": "Q4_1", "attn_k": "Q4_0", "attn_v": "Q4_1", "attn_output": "Q8_0", "ffn_gate": "Q4_1",
+         "ffn_up": "Q4_0", "ffn_down": "Q4_1", "token_embd": "Q8_0"}
+
+
+@pytest.fixture(scope="module")
+def gguf_model(tiny_llama, tmp_path_factory):
+    """A quantized tiny GGUF, imported, and its compact export."""
+    root = tmp_path_factory.mktemp("gguf_q")
+    gguf_file = write_tiny_gguf(root / "tiny-q.gguf", tiny_llama, quant=QUANT)
+    assert main(["import-gguf", str(gguf_file), "-o", str(root / "hf")]) == 0
+    assert main(["export", str(root / "hf"), "--graph", "cpu", "-o", str(root / "cpu"), "-q"]) == 0
+    return root
+
+
+def _prompts(art):
+    task = get_task("text-generation")
+    batch = type("Batch", (), {"texts": ("the quick brown fox", "a b")})()
+    return task.encode(task.load_processor(art.path), batch)
+
+
+def _tokens(path, enc, runtime="onnxruntime:cpu"):
+    with open_runner(load_artifact(path), runtime) as runner:
+        return generate(runner, enc, GenerationConfig(max_new_tokens=6)).tokens
+
+
+def test_compact_graph_matches_pytorch_with_far_fewer_nodes(tiny_llama, tiny_llama_onnx, tmp_path, capsys):
+    out = tmp_path / "cpu"
+    assert main(["export", str(tiny_llama), "--graph", "cpu", "-o", str(out)]) == 0
+    assert "parity vs torch:cpu" in capsys.readouterr().out
+    m = load_artifact(out).manifest
+    assert m["options"]["graph"] == "cpu" and m["parity"]["top1_agreement"] == 1.0
+    assert m["parity"]["prefill_max_abs"] < 1e-4 and m["parity"]["decode_max_abs"] < 1e-4
+    compact = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    portable = onnx.load(str(tiny_llama_onnx / "model.onnx"), load_external_data=False).graph
+    assert len(compact.node) * 4 < len(portable.node)
+    assert {n.op_type for n in compact.node} >= {"SkipSimplifiedLayerNormalization", "RotaryEmbedding"}
+    assert [i.name for i in compact.input] == [i.name for i in portable.input]
+    assert [o.name for o in compact.output] == [o.name for o in portable.output]
+    # left-padded batch of two, greedy: the same tokens as PyTorch through the one loop
+    enc = _prompts(load_artifact(out))
+    assert (enc["attention_mask"] == 0).any()
+    assert np.array_equal(_tokens(out, enc), _tokens(tiny_llama, enc, "torch:cpu"))
+
+
+def test_compact_graph_refuses_what_it_does_not_write(tiny_gpt2, tiny_llama, tmp_path, capsys):
+    assert main(["export", str(tiny_gpt2), "--graph", "cpu", "-o", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--graph cpu" in err[0] and "--graph portable" in err[0]
+    assert main(["export", str(tiny_llama), "--graph", "cpu", "--opset", "17", "-o", str(tmp_path / "b")]) == 2
+    assert "opset 23" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_gguf_blocks_carried_over_exactly(gguf_model, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(gguf_model / "cpu"), "--mode", "weight-only", "--from-gguf", "source", "-o", str(out)]) == 0
+    assert "the GGUF file's own blocks" in capsys.readouterr().out
+    q = load_artifact(out).manifest["quantization"]
+    # 2 layers x 7 projections + the tied lm_head, each matched to its tensor by value
+    assert q["quantized"] == 15 and q["kept_float"] == []
+    assert q["gguf"]["by_type"] == {"Q4_0": 4, "Q4_1": 8, "Q8_0": 3}
+    assert q["gguf"]["matched"]["/lm_head/MatMul"] == "token_embd.weight (Q8_0)"
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("proj/MatMul")]
+    # accuracy level 0: the products are the float model's up to rounding order
+    enc = _prompts(load_artifact(out))
+    with open_runner(load_artifact(gguf_model / "cpu"), "onnxruntime:cpu") as a, \
+            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
+        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
+        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+                      for s in a.input_specs() if s.name.startswith("past")})
+        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(fa - fb)[real].max() < 1e-4
+
+
+def test_gguf_carry_over_on_the_portable_graph_too(gguf_model, tmp_path):
+    """Blocks are matched by value, so optimum's graph (a Transpose-fed lm_head) takes them as well."""
+    onnx_dir, out = tmp_path / "onnx", tmp_path / "q"
+    assert main(["export", str(gguf_model / "hf"), "-o", str(onnx_dir), "-q"]) == 0
+    assert main(["quantize", str(onnx_dir), "--mode", "weight-only", "--from-gguf", "source", "-o", str(out), "-q"]) == 0
+    q = load_artifact(out).manifest["quantization"]
+    assert q["quantized"] == 15 and q["kept_float"] == []
+    enc = _prompts(load_artifact(out))
+    assert np.array_equal(_tokens(out, enc), _tokens(gguf_model / "hf", enc, "torch:cpu"))
+
+
+def test_from_gguf_refusals(gguf_model, tiny_llama_onnx, tmp_path, capsys):
+    gguf_file = next(gguf_model.glob("*.gguf"))
+    cases = [
+        # a model that was not imported from a GGUF: nothing in its lineage
+        ([str(tiny_llama_onnx), "--from-gguf", "source"], "was not imported from a GGUF"),
+        # weights that are not the file's: no MatMul matches
+        ([str(tiny_llama_onnx), "--from-gguf", str(gguf_file)], "no MatMul weight"),
+        ([str(gguf_model / "cpu"), "--from-gguf", str(tmp_path / "missing.gguf")], "no such file"),
+        ([str(gguf_model / "cpu"), "--from-gguf", "source", "--max-ppl-increase", "2%"], "drop --max-ppl-increase"),
+    ]
+    for i, (args, words) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        assert main(["quantize", *args, "--mode", "weight-only", "-o", str(out)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (args, err)
+        assert not out.exists()
+
+
+def test_compare_reports_agreement_on_greedy_continuations(tiny_llama, tiny_llama_onnx, tmp_path):
+    """The FP32 export's next-token picks on PyTorch's own greedy continuations agree everywhere;
+    the INT4 RTN copy's agree less (the measure can fail)."""
+    int4 = tmp_path / "int4"
+    assert main(["quantize", str(tiny_llama_onnx), "--mode", "weight-only", "--bits", "4", "-o", str(int4), "-q"]) == 0
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tiny_llama), str(tiny_llama_onnx), str(int4), "--limit", "4", "--max-new-tokens", "8",
+                 "-o", str(out), "-q"]) == 0
+    rows = json.loads((out / "report.json").read_text())["candidates"]
+    assert rows[0]["continuation_top1"] == 1.0
+    assert 0 <= rows[1]["continuation_top1"] < 1.0
+    assert "top-1 on greedy continuations" in (out / "report.md").read_text()
+
+
+def test_tensorrt_check_sends_the_compact_graph_back_to_the_portable_export(tiny_llama, tmp_path, capsys):
+    out = tmp_path / "cpu"
+    assert main(["export", str(tiny_llama), "--graph", "cpu", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(out), "--target", "tensorrt"]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error")]
+    assert errors and all("--graph portable" in line for line in errors)
