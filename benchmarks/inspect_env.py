@@ -68,7 +68,11 @@ def artifact_text(info: dict) -> str:
                          f"encoder FLOPs (seq 128) {info[key]['encoder_flops_seq128']:,}")
     if info.get("eval") and not info.get("after"):
         e = info["eval"]
-        lines.append(f"  eval: {e['metric']} {e.get('accuracy', e.get('entity_micro_f1')):.4f}")
+        if e.get("metric") == "perplexity":  # a fine-tuned causal LM: validation on the response tokens
+            lines.append(f"  eval: perplexity {e['before']['perplexity']:.2f} -> {e['after']['perplexity']:.2f} "
+                         f"(loss {e['before']['loss']:.4f} -> {e['after']['loss']:.4f}, {e['tokens']} response tokens)")
+        else:
+            lines.append(f"  eval: {e['metric']} {e.get('accuracy', e.get('entity_micro_f1')):.4f}")
     return "\n".join(lines)
 
 

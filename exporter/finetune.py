@@ -18,16 +18,19 @@ from runtimes.pyt.loading import as_usage_error, hf_load_errors
 from runtimes.tasks import get_task, task_names
 
 FINETUNE_TASKS = task_names(trainable=True)
+CLASSIFIER_TASKS = tuple(t for t in FINETUNE_TASKS if get_task(t).family != "decoder")  # what compress and QAT take
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA adapters (peft) on the attention projections, merged into the weights at the end."""
+    """LoRA adapters (peft), merged into the weights at the end. ``target_modules`` None: the task's
+    default, the attention's query and value projections of an encoder, every linear layer but the
+    output head of a causal LM."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout < 1:
@@ -221,6 +224,11 @@ def finetune(
     writer = ArtifactWriter(out, force=force, inputs=[src.path])
     out = writer.out
     device = _device(device)
+    if task == "text-generation":
+        from exporter.causal_finetune import finetune_causal
+
+        return finetune_causal(src, writer, train_data=train_data, eval_data=eval_data, config=config, lora=lora,
+                               device=device, resume=resume, force=force, command=command, progress=progress)
     tokenizer = load_tokenizer(src.path)
     if task == "text-classification":
         data = prepare_text_classification(tokenizer, train_data, eval_data, config.max_length, label_column)
@@ -237,7 +245,7 @@ def finetune(
     except hf_load_errors() as e:
         raise as_usage_error(src.path, e) from None
     if lora is not None:
-        model = _with_lora(model, lora, task)
+        model = with_lora(model, lora, task)
 
     fingerprint = run_fingerprint(config, data, lora, src)
     ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), fingerprint)
@@ -279,10 +287,21 @@ def run_fingerprint(config: TrainConfig, data: TaskData, lora: LoraSettings | No
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _with_lora(model, lora: LoraSettings, task: str):
+def with_lora(model, lora: LoraSettings, task: str):
+    """``model`` wrapped by peft with ``lora``'s adapters (only they train).
+
+    Raises:
+        UsageError: a target module the model does not have.
+    """
     from peft import LoraConfig, TaskType, get_peft_model
 
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS if task == "text-classification" else TaskType.TOKEN_CLS,
-                     r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules))
-    return get_peft_model(model, cfg)
+    kind = {"text-classification": TaskType.SEQ_CLS, "token-classification": TaskType.TOKEN_CLS,
+            "text-generation": TaskType.CAUSAL_LM}[task]
+    default = "all-linear" if task == "text-generation" else ["query", "value"]
+    cfg = LoraConfig(task_type=kind, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules) if lora.target_modules else default)
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        raise UsageError(f"--lora-targets {','.join(lora.target_modules or ())}: {str(e).splitlines()[0][:200]}; "
+                         "name modules the model has (e.g. q_proj,v_proj)") from None

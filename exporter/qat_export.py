@@ -27,10 +27,10 @@ def export_qat(src: Artifact, out: Path, *, opset: int | None, external_data: bo
     (TorchScript exporter), checked against the fake-quantized PyTorch model."""
     import transformers
 
-    from exporter.finetune import FINETUNE_TASKS
+    from exporter.finetune import CLASSIFIER_TASKS
     from runtimes.tasks import get_task
 
-    auto = getattr(transformers, get_task(src.task).auto_class) if src.task in FINETUNE_TASKS else None
+    auto = getattr(transformers, get_task(src.task).auto_class) if src.task in CLASSIFIER_TASKS else None
     if auto is None:
         raise UsageError(f"{src.path}: QAT export supports classifiers, not task {src.task!r}")
     model = load_eager(src, auto)

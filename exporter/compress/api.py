@@ -24,7 +24,7 @@ from exporter.compress.qat import (
 )
 from exporter.compress.sparsity import Sparse24Config, linear_filter, sparsify_
 from exporter.finetune import (
-    FINETUNE_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
+    CLASSIFIER_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
     prepare_token_classification, save_pretrained,
 )
 from exporter.training import Checkpoint, TrainConfig, train
@@ -83,9 +83,9 @@ def compress(
         return compress_causal(src, out, techniques, train_data=train_data, eval_data=eval_data, recovery=recovery,
                                teacher=teacher, device=_device(device), force=force, resume=resume, command=command,
                                progress=progress)
-    if src.kind != "hf" or src.task not in FINETUNE_TASKS:
+    if src.kind != "hf" or src.task not in CLASSIFIER_TASKS:
         raise UsageError(f"{src.path}: compress takes a fine-tuned Hugging Face classifier "
-                         f"(task {' or '.join(FINETUNE_TASKS)}); run enginewright finetune first")
+                         f"(task {' or '.join(CLASSIFIER_TASKS)}); run enginewright finetune first")
     for t in techniques:
         if not isinstance(t, (PruneConfig, DistillConfig, LayerDropConfig, Sparse24Config, QATConfig)):
             raise UsageError(f"unknown compression technique {type(t).__name__}")

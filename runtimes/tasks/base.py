@@ -45,7 +45,7 @@ class Task:
     layer_pattern: str | None = None
     processor_files: tuple[str, ...] = ()
     scores_labels: bool = False  # one row of logits per sample: accuracy against data labels
-    trainable: bool = False  # finetune and compress have a training recipe for this head
+    trainable: bool = False  # finetune has a training recipe for this head (compress: the classifiers)
     processor_name: str = "feed builder"
 
     # -- the model ------------------------------------------------------------------------------

@@ -215,4 +215,5 @@ class GenerationTask(Task):
         return seq, (1, min(seq[1], longest - 1), longest - 1)
 
 TEXT_GENERATION = GenerationTask("text-generation", auto_class="AutoModelForCausalLM",
-                                 optimum_task="text-generation-with-past", arch_suffixes=("ForCausalLM", "LMHeadModel"))
+                                 optimum_task="text-generation-with-past", arch_suffixes=("ForCausalLM", "LMHeadModel"),
+                                 trainable=True)

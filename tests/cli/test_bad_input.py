@@ -262,6 +262,25 @@ CASES = [
     Case("finetune-bad-epochs", ("finetune", "{hf}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl", "-o", "{t}/out",
                                  "--epochs", "0"), ("epochs",),
          _write("tr.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')),
+    # finetune --task text-generation ({llm}: a tiny Llama; prompt/response pairs)
+    Case("finetune-lm-no-response", ("finetune", "{llm}", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                     "--eval", "{t}/tr.jsonl", "-o", "{t}/out"), ("tr.jsonl:2", "'response'"),
+         _write("tr.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "c", "answer": "d"}\n')),
+    Case("finetune-lm-empty-file", ("finetune", "{llm}", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                    "--eval", "{t}/tr.jsonl", "-o", "{t}/out"), ("tr.jsonl", "empty"), _write("tr.jsonl", "\n")),
+    Case("finetune-lm-no-tokenizer", ("finetune", "{t}/lm", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                      "--eval", "{t}/tr.jsonl", "-o", "{t}/out"), ("lm", "no tokenizer"),
+         _write("tr.jsonl", '{"prompt": "a", "response": "b"}\n')),
+    Case("finetune-lm-response-cut-away", ("finetune", "{llm}", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                           "--eval", "{t}/tr.jsonl", "-o", "{t}/out", "--max-length", "8"),
+         ("tr.jsonl", "row 1", "--max-length 8"),
+         _write("tr.jsonl", '{"prompt": "a prompt that takes far more than eight tokens", "response": "b"}\n')),
+    Case("finetune-lm-not-causal", ("finetune", "{hf}", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                    "--eval", "{t}/tr.jsonl", "-o", "{t}/out"), ("--task text-generation", "causal"),
+         _write("tr.jsonl", '{"prompt": "a", "response": "b"}\n')),
+    Case("finetune-lm-bad-lora-targets", ("finetune", "{llm}", "--task", "text-generation", "--train", "{t}/tr.jsonl",
+                                          "--eval", "{t}/tr.jsonl", "-o", "{t}/out", "--lora", "--lora-targets", "nope"),
+         ("--lora-targets nope",), _write("tr.jsonl", '{"prompt": "a", "response": "b"}\n')),
     Case("compress-nothing-asked", ("compress", "{hf}", "-o", "{t}/out"), ("compress",)),
     Case("compress-bad-fraction", ("compress", "{hf}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl", "-o", "{t}/out",
                                    "--prune-heads", "1.5"), ("--prune-heads",),
@@ -307,6 +326,10 @@ def test_bad_input(case, tiny_bert, tiny_onnx, tiny_llama, tiny_llama_onnx, tmp_
     if case.id == "export-config-wrong-type":
         shutil.copytree(tiny_bert, t / "hf")
         _edit_json("hf/config.json", lambda c: c.update(hidden_size="big"))(t)
+    if case.id == "finetune-lm-no-tokenizer":  # a causal LM's weights and config, without its tokenizer files
+        (t / "lm").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(tiny_llama / name, t / "lm" / name)
     fill = {"hf": str(tiny_bert), "onnx": str(t / "onnx"), "t": str(t), "llm": str(tiny_llama),
             "llm_onnx": str(tiny_llama_onnx)}
     if case.setup is not None:
