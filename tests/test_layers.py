@@ -52,3 +52,14 @@ def test_importing_a_layer_loads_nothing_above_it(layer):
             f"print(','.join(p for p in {above!r} if p in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "", f"importing {layer} loaded {out.strip()}"
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists packages by hand: a package missing there works in the editable install
+    (tests, CI) and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {str(p.parent.relative_to(ROOT)).replace("/", ".") for layer in LAYERS
+             for p in (ROOT / layer).rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
