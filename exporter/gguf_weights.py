@@ -121,93 +121,61 @@ def _pack4(q: np.ndarray) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _concat(blocks: list[Blocks]) -> Blocks:
-    """Sibling weights of one GGUF type as one ``[N1 + N2 + ..., K/32, 32]`` weight."""
-    first = blocks[0]
-    m = None if first.m is None else np.concatenate([b.m for b in blocks])
-    return Blocks("+".join(b.gguf_name for b in blocks), first.gguf_type, first.bits,
-                  np.concatenate([b.q for b in blocks]), np.concatenate([b.d for b in blocks]), m)
-
-
 def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: int, accuracy_level_8bit: int) -> dict:
     """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
-    block-sum term for Q4_1); returns how many MatMuls, per GGUF type.
-
-    MatMuls that read the same input with blocks of the same type (a layer's Q, K and V projections;
-    its gate and up projections) become one kernel over their concatenated weights and a ``Split``:
-    fewer, larger kernels and one minimum term instead of one each."""
+    block-sum term for Q4_1); returns what was done, per GGUF type."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    groups: dict[tuple, list] = {}
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.name in matched:
-            groups.setdefault((node.input[0], matched[node.name].gguf_type), []).append(node)
-    first_of = {members[0].name: members for members in groups.values()}
-    packed = {n.name for members in groups.values() for n in members}
+    nodes = list(graph.node)
     new_nodes, new_inits, block_sums, used = [], [], {}, {}
-
-    def nbits(base: str, x: str, b: Blocks, q: np.ndarray, scale: np.ndarray, zero: int | None, bits: int, level: int,
-              y: str):
-        n, blocks = b.d.shape
-        names = [f"{base}.gguf_q", f"{base}.gguf_scales"]
-        new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(_pack4(q) if bits == 4 else q), names[0]),
-                          numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1)), names[1])])
-        if zero is not None:  # 4 bits: two zero points a byte
-            names.append(f"{base}.gguf_zero")
-            new_inits.append(numpy_helper.from_array(np.full((n, (blocks + 1) // 2), zero * 17, np.uint8), names[2]))
-        new_nodes.append(helper.make_node("MatMulNBits", [x, *names], [y], name=f"{base}/MatMulNBits", domain="com.microsoft",
-                                          K=blocks * QK, N=n, bits=bits, block_size=QK, accuracy_level=level))
-
-    def emit(name: str, x: str, b: Blocks, y: str) -> None:
-        """``y = x @ W`` for the blocks ``b`` (one MatMul's or a packed group's)."""
-        base = name.strip("/").replace("/", ".") or y
+    for node in nodes:
+        b = matched.get(node.name)
+        if node.op_type != "MatMul" or b is None:
+            new_nodes.append(node)
+            continue
+        n, blocks, _ = b.q.shape
+        k = blocks * QK
+        base = node.name.strip("/").replace("/", ".") or node.output[0]
         level = accuracy_level_4bit if b.bits == 4 else accuracy_level_8bit
-        out = y if b.m is None else f"{name}/nbits"
+        out = node.output[0] if b.m is None else f"{node.name}/nbits"
+
+        def nbits(suffix: str, q: np.ndarray, scale: np.ndarray, zero: int | None, bits: int, level: int, y: str):
+            names = [f"{base}.gguf_q{suffix}", f"{base}.gguf_scales{suffix}"]
+            new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(_pack4(q) if bits == 4 else q), names[0]),
+                              numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1)), names[1])])
+            if zero is not None:  # 4 bits: two zero points a byte
+                names.append(f"{base}.gguf_zero{suffix}")
+                new_inits.append(numpy_helper.from_array(np.full((n, (blocks + 1) // 2), zero * 17, np.uint8), names[2]))
+            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [y], name=f"{node.name}_Q{bits}{suffix}",
+                                              domain="com.microsoft", K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
+
         if b.bits == 8 and level == 0:
             # ONNX Runtime's 8-bit CPU kernel with float activations de-quantizes the whole weight on every
             # call; exactly the same product in two 4-bit kernels: u = q + 128 = 16 h + l, so
             # d (u - 128) = 16 d (h - 8) + d l
-            nbits(f"{base}_high", x, b, b.q >> 4, 16 * b.d, 8, 4, 0, f"{name}/high")
-            nbits(f"{base}_low", x, b, b.q & 0x0F, b.d, 0, 4, 0, f"{name}/low")
-            new_nodes.append(helper.make_node("Add", [f"{name}/high", f"{name}/low"], [out], name=f"{name}/sum"))
+            nbits("_high", b.q >> 4, 16 * b.d, 8, 4, 0, f"{node.name}/high")
+            nbits("_low", b.q & 0x0F, b.d, 0, 4, 0, f"{node.name}/low")
+            new_nodes.append(helper.make_node("Add", [f"{node.name}/high", f"{node.name}/low"], [out], name=f"{node.name}/sum"))
         else:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum
-            nbits(base, x, b, b.q, b.d, 0 if b.m is not None else None, b.bits, level, out)
-        if b.m is None:
-            return
-        blocks = b.d.shape[1]
-        if x not in block_sums:
-            shape, axis = f"{base}.gguf_blocks_shape", f"{base}.gguf_last_axis"
-            new_inits.extend([numpy_helper.from_array(np.array([0, 0, blocks, QK], np.int64), shape),
-                              numpy_helper.from_array(np.array([-1], np.int64), axis)])
-            block_sums[x] = f"{name}/x_block_sums"
-            new_nodes.extend([helper.make_node("Reshape", [x, shape], [f"{name}/x_blocks"], name=f"{name}/x_blocks"),
-                              helper.make_node("ReduceSum", [f"{name}/x_blocks", axis], [block_sums[x]],
-                                               name=f"{name}/x_block_sums", keepdims=0)])
-        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b.m.T), f"{base}.gguf_mins"))
-        offset = f"{name}/min_offset"
-        new_nodes.extend([helper.make_node("MatMul", [block_sums[x], f"{base}.gguf_mins"], [offset], name=offset),
-                          helper.make_node("Add", [out, offset], [y], name=f"{name}/with_min")])
-
-    for node in graph.node:
-        if node.name not in packed:
-            new_nodes.append(node)
-            continue
-        members = first_of.get(node.name)
-        if members is None:  # emitted with its group's first
-            continue
-        for m in members:
-            used[matched[m.name].gguf_type] = used.get(matched[m.name].gguf_type, 0) + 1
-        if len(members) == 1:
-            emit(node.name, node.input[0], matched[node.name], node.output[0])
-            continue
-        name = f"{node.name}_packed{len(members)}"
-        emit(name, node.input[0], _concat([matched[m.name] for m in members]), f"{name}/y")
-        sizes = f"{name.strip('/').replace('/', '.')}.split_sizes"
-        new_inits.append(numpy_helper.from_array(np.array([matched[m.name].d.shape[0] for m in members], np.int64), sizes))
-        new_nodes.append(helper.make_node("Split", [f"{name}/y", sizes], [m.output[0] for m in members],
-                                          name=f"{name}/split", axis=-1))
+            nbits("", b.q, b.d, 0 if b.m is not None else None, b.bits, level, out)
+        if b.m is not None:
+            x = node.input[0]
+            if x not in block_sums:
+                shape = f"{base}.gguf_blocks_shape"
+                new_inits += [numpy_helper.from_array(np.array([0, 0, blocks, QK], np.int64), shape),
+                              numpy_helper.from_array(np.array([-1], np.int64), f"{base}.gguf_last_axis")]
+                blocked = f"{node.name}/x_blocks"
+                block_sums[x] = f"{node.name}/x_block_sums"
+                new_nodes += [helper.make_node("Reshape", [x, shape], [blocked], name=f"{node.name}/x_blocks"),
+                              helper.make_node("ReduceSum", [blocked, f"{base}.gguf_last_axis"], [block_sums[x]],
+                                               name=f"{node.name}/x_block_sums", keepdims=0)]
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b.m.T), f"{base}.gguf_mins"))
+            offset = f"{node.name}/min_offset"
+            new_nodes += [helper.make_node("MatMul", [block_sums[x], f"{base}.gguf_mins"], [offset], name=offset),
+                          helper.make_node("Add", [out, offset], [node.output[0]], name=f"{node.name}/with_min")]
+        used[b.gguf_type] = used.get(b.gguf_type, 0) + 1
     still_read = {i for nd in new_nodes for i in nd.input}
     kept = [i for name, i in inits.items() if name in still_read]
     del graph.node[:]
