@@ -190,7 +190,7 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     import torch
     import transformers
 
-    from exporter.finetune import TaskData, run_fingerprint, save_pretrained, with_lora
+    from exporter.tuning import TaskData, run_fingerprint, save_pretrained, with_lora
     from exporter.training import Checkpoint
     from runtimes.artifact import source_record
     from runtimes.manifests import HfManifest

@@ -1,0 +1,74 @@
+"""What fine-tuning a classifier (``exporter/finetune.py``) and a causal LM
+(``exporter/causal_finetune.py``) share: LoRA settings and adapters, the encoded task data, the run
+fingerprint that keys a checkpoint, and saving the result."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from exporter.training import Encoded, TrainConfig
+from runtimes.artifact import Artifact
+from runtimes.errors import UsageError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (peft), merged into the weights at the end. ``target_modules`` None: the task's
+    default, the attention's query and value projections of an encoder, every linear layer but the
+    output head of a causal LM."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout < 1:
+            raise UsageError(f"LoRA needs r >= 1, alpha >= 1 and dropout within [0, 1); got {asdict(self)}")
+
+
+@dataclass
+class TaskData:
+    """Train and eval sets of one task, encoded, with the label names."""
+
+    task: str
+    labels: list[str]
+    train: Encoded
+    eval: Encoded
+    fingerprints: dict
+
+
+def save_pretrained(tmp: Path, model, tokenizer) -> None:
+    """The weights (safetensors, on the CPU), config and tokenizer of an ``hf`` artifact."""
+    model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+
+
+def run_fingerprint(config: TrainConfig, data: TaskData, lora: LoraSettings | None, src: Artifact) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps({"config": config.fingerprint(), "data": data.fingerprints, "labels": data.labels,
+                       "lora": asdict(lora) if lora else None, "source": str(src.path.resolve())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def with_lora(model, lora: LoraSettings, task: str):
+    """``model`` wrapped by peft with ``lora``'s adapters (only they train).
+
+    Raises:
+        UsageError: a target module the model does not have.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    kind = {"text-classification": TaskType.SEQ_CLS, "token-classification": TaskType.TOKEN_CLS,
+            "text-generation": TaskType.CAUSAL_LM}[task]
+    default = "all-linear" if task == "text-generation" else ["query", "value"]
+    cfg = LoraConfig(task_type=kind, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules) if lora.target_modules else default)
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        raise UsageError(f"--lora-targets {','.join(lora.target_modules or ())}: {str(e).splitlines()[0][:200]}; "
+                         "name modules the model has (e.g. q_proj,v_proj)") from None
