@@ -186,7 +186,12 @@ def _from_lines(p: Path, source: str) -> TextDataset:
     return TextDataset(source, texts)
 
 
-def _jsonl_rows(p: Path) -> list[dict]:
+def numbered_jsonl_rows(p: Path, fields: str = "named fields") -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every non-blank line of a JSONL file.
+
+    Raises:
+        UsageError: a line that is not JSON or not an object, naming the file, the line and ``fields``.
+    """
     rows = []
     for lineno, line in enumerate(read_data_text(p).splitlines(), 1):
         if not line.strip():
@@ -196,9 +201,13 @@ def _jsonl_rows(p: Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise UsageError(f"{p}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
         if not isinstance(row, dict):
-            raise UsageError(f"{p}:{lineno}: each line must be a JSON object with named fields")
-        rows.append(row)
+            raise UsageError(f"{p}:{lineno}: each line must be a JSON object with {fields}")
+        rows.append((lineno, row))
     return rows
+
+
+def _jsonl_rows(p: Path) -> list[dict]:
+    return [row for _, row in numbered_jsonl_rows(p)]
 
 
 def _csv_rows(p: Path, delimiter: str) -> list[dict]:

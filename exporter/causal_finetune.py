@@ -51,9 +51,7 @@ def load_pairs(path: str | Path) -> Pairs:
     Raises:
         UsageError: the file is missing, not UTF-8 text, not JSONL, empty, or a row lacks a field.
     """
-    import json
-
-    from evaluation.data import read_data_text
+    from evaluation.data import numbered_jsonl_rows
 
     p = Path(path)
     if not p.is_file():
@@ -62,15 +60,7 @@ def load_pairs(path: str | Path) -> Pairs:
         raise UsageError(f"{p}: text-generation fine-tuning reads JSONL (one {{\"prompt\": ..., \"response\": ...}} "
                          "object per line)")
     prompts, responses = [], []
-    for lineno, line in enumerate(read_data_text(p).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{p}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(row, dict):
-            raise UsageError(f"{p}:{lineno}: each line must be a JSON object with 'prompt' and 'response' fields")
+    for lineno, row in numbered_jsonl_rows(p, "'prompt' and 'response' fields"):
         for name in FIELDS:
             value = row.get(name)
             if value is None or (isinstance(value, str) and not value.strip()) or isinstance(value, (dict, list)):

@@ -67,14 +67,29 @@ def drop_layers_(model, cfg: LayerDropConfig, task: str | None = None) -> dict:
     return {"technique": "layer_drop", "teacher_layers_kept": keep, "layers": cfg.layers}
 
 
+def _freeze(teacher) -> None:
+    """The teacher in eval mode, no gradients."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+
+def _hidden_mse(s, t, mask, layer_map: list[int] | None):
+    """Mean squared error between the student's hidden states and the teacher's it maps to (the
+    embeddings to the embeddings, student layer i to teacher layer ``layer_map[i]``), real tokens only."""
+    mapping = layer_map or list(range(len(s.hidden_states) - 1))
+    mask = mask.unsqueeze(-1).to(s.hidden_states[0].dtype)
+    pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(mapping)]
+    return sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2 * mask).sum() / (mask.sum() * s.hidden_states[i].shape[-1])
+               for i, j in pairs) / len(pairs)
+
+
 def distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None = None):
     """A ``loss_fn(student, batch)`` for :func:`exporter.training.train`."""
     import torch
     import torch.nn.functional as F
 
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    _freeze(teacher)
     want_hidden = cfg.hidden_weight > 0
 
     def loss_fn(student, batch):
@@ -90,12 +105,7 @@ def distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None = None
         ce = F.cross_entropy(s_logits, labels[valid])
         loss = cfg.alpha * kd + (1 - cfg.alpha) * ce
         if want_hidden:
-            mapping = layer_map or list(range(len(s.hidden_states) - 1))
-            mask = inputs["attention_mask"].unsqueeze(-1).to(s.logits.dtype)
-            pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(mapping)]
-            mse = sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2 * mask).sum() / (mask.sum() * s.hidden_states[i].shape[-1])
-                      for i, j in pairs) / len(pairs)
-            loss = loss + cfg.hidden_weight * mse
+            loss = loss + cfg.hidden_weight * _hidden_mse(s, t, inputs["attention_mask"], layer_map)
         return loss
 
     return loss_fn
@@ -109,9 +119,7 @@ def causal_distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None
     import torch
     import torch.nn.functional as F
 
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    _freeze(teacher)
     want_hidden = cfg.hidden_weight > 0
 
     def loss_fn(student, batch):
@@ -134,12 +142,7 @@ def causal_distill_loss(teacher, cfg: DistillConfig, layer_map: list[int] | None
                                  ignore_index=-100) if bool((targets != -100).any()) else s.logits.sum() * 0
             loss = loss + (1 - cfg.alpha) * ce
         if want_hidden:
-            mapping = layer_map or list(range(len(s.hidden_states) - 1))
-            mask = valid.unsqueeze(-1).to(s.hidden_states[0].dtype)
-            pairs = [(0, 0)] + [(i + 1, j + 1) for i, j in enumerate(mapping)]
-            mse = sum(((s.hidden_states[i] - t.hidden_states[j]) ** 2 * mask).sum() / (mask.sum() * s.hidden_states[i].shape[-1])
-                      for i, j in pairs) / len(pairs)
-            loss = loss + cfg.hidden_weight * mse
+            loss = loss + cfg.hidden_weight * _hidden_mse(s, t, valid, layer_map)
         return loss
 
     return loss_fn
