@@ -180,6 +180,7 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     import torch
     import transformers
 
+    from exporter.distributed import full_weights, refuse_fsdp_with_lora
     from exporter.tuning import TaskData, run_fingerprint, save_pretrained, with_lora
     from exporter.training import Checkpoint
     from runtimes.artifact import source_record
@@ -203,6 +204,7 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
             dtype=torch.float32)
     except hf_load_errors() as e:
         raise as_usage_error(src.path, e) from None
+    refuse_fsdp_with_lora(lora)
     if lora is not None:
         model = with_lora(model, lora, TASK)
 
@@ -220,9 +222,10 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     report = eval_report(result, data.eval)
     if lora is not None:
         model = model.merge_and_unload()
+    weights = full_weights(model)  # None unless trained sharded (--use_fsdp); every process gathers
 
     def fill(tmp):
-        save_pretrained(tmp, model, tokenizer)
+        save_pretrained(tmp, model, tokenizer, weights)
         return HfManifest(
             task=TASK, source=source_record(src), command=command,
             options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import numpy as np
 
 from evaluation.data import TextDataset, load_texts, load_tokenizer
+from exporter.distributed import full_weights, refuse_fsdp_with_lora
 from exporter.training import Checkpoint, Encoded, TrainConfig, train
 from exporter.tuning import LoraSettings, TaskData, run_fingerprint, save_pretrained, with_lora
 from exporter.writer import ArtifactWriter, open_input
@@ -217,6 +218,7 @@ def finetune(
                                      local_files_only=True, trust_remote_code=False, attn_implementation="sdpa")
     except hf_load_errors() as e:
         raise as_usage_error(src.path, e) from None
+    refuse_fsdp_with_lora(lora)
     if lora is not None:
         model = with_lora(model, lora, task)
 
@@ -230,9 +232,10 @@ def finetune(
     report = evaluate_report(model, data, config.eval_batch_size, device, pad_id)
     if lora is not None:
         model = model.merge_and_unload()
+    weights = full_weights(model)  # None unless trained sharded (--use_fsdp); every process gathers
 
     def fill(tmp):
-        save_pretrained(tmp, model, tokenizer)
+        save_pretrained(tmp, model, tokenizer, weights)
         return HfManifest(
             task=task, labels=data.labels, source=source_record(src), command=command,
             options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},

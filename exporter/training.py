@@ -126,6 +126,7 @@ class TrainResult:
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None
+    sharded: bool = False  # trained with sharded weights (FSDP)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,7 +266,13 @@ def train(
         torch.manual_seed(config.seed + 7919 * rank)  # rank 0 draws as one process does; the others differ
         device = accelerator.device
     units = batch_units or dist.units
+    sharded = world > 1 and dist.fsdp_requested()
+    if sharded and after_step:
+        raise UsageError("--use_fsdp: this training step edits the weights after each step, which sharded weights "
+                         "do not support; launch without --use_fsdp")
     model.to(device)
+    if sharded:
+        dist.shard_model(model)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _no_decay(n)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _no_decay(n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -273,19 +280,26 @@ def train(
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total), total)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:  # already sharded; accelerate's prepare would put DDP around it
+        wrapped, optimizer = model, accelerator.prepare(optimizer)
+    else:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
     plain = accelerator.unwrap_model(wrapped)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
-             "bad_epochs": 0, "history": [], "done": False, "processes": world}
+             "bad_epochs": 0, "history": [], "done": False, "processes": world,
+             "sharded": sharded}
     best = None
     resumed = None
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise UsageError("--resume: there is no checkpoint to resume from; run without --resume")
         state, weights, extra, best = checkpoint.read()
+        if state.get("sharded", False) != sharded:
+            raise UsageError(f"--resume: the checkpoint was made {'with' if state.get('sharded') else 'without'} "
+                             f"--use_fsdp; resume it the same way (its optimizer state is laid out for that)")
         dist.load_model_state(accelerator, wrapped, weights)
-        optimizer.load_state_dict(extra["optimizer"])
+        dist.load_optimizer_state(plain, optimizer, extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         same = dist.load_rng(accelerator, extra["rng_ranks"], config.seed)
         saved_by = state.get("processes", 1)
@@ -302,7 +316,7 @@ def train(
 
     def save() -> None:
         weights = dist.model_state(accelerator, wrapped)
-        optim = optimizer.state_dict()
+        optim = dist.optimizer_state(plain, optimizer)
         rng = dist.rng_states(accelerator)
         if main:
             checkpoint.save(weights, optim, scheduler.state_dict(), state, best, rng)
@@ -380,7 +394,7 @@ def train(
     stopped = state["done"]
     epochs_run = sum(h["epoch"] > 0 for h in state["history"])
     return TrainResult(state["best_metric"], state["best_epoch"], epochs_run, state["global_step"], stopped,
-                       state["history"], resumed)
+                       state["history"], resumed, sharded)
 
 
 def _no_decay(name: str) -> bool:

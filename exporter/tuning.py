@@ -39,9 +39,14 @@ class TaskData:
     fingerprints: dict
 
 
-def save_pretrained(tmp: Path, model, tokenizer) -> None:
-    """The weights (safetensors, on the CPU), config and tokenizer of an ``hf`` artifact."""
-    model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+def save_pretrained(tmp: Path, model, tokenizer, weights: dict | None = None) -> None:
+    """The weights (safetensors, on the CPU), config and tokenizer of an ``hf`` artifact. ``weights``:
+    the full state dict of a model trained sharded (``exporter.distributed.full_weights``), written
+    in place of the model's own (its parameters are shards then)."""
+    if weights is None:
+        model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        model.save_pretrained(str(tmp), state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
 
 

@@ -55,12 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list, processes: int = 2) -> subprocess.Popen:
+def _launch(args: list, processes: int = 2, fsdp: bool = False) -> subprocess.Popen:
     """``accelerate launch`` of the CLI in ``processes`` CPU processes (``--multi_gpu`` is accelerate's
     torchrun launcher; ``--cpu`` would pick its MPI one)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp" if fsdp else "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
            "-m", "enginewright", "finetune", *map(str, args), "--device", "cpu"]
@@ -152,11 +152,33 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_wei
     assert not (tmp_path / "cut.ckpt").exists()
 
 
-def test_sharded_weights_are_refused_in_one_line(tiny_classifier, data, tmp_path, monkeypatch):
+@multiprocess
+def test_two_sharded_processes_reach_the_weights_of_one_and_save_a_whole_model(data, tmp_path):
+    # FSDP2 over gloo: the same global batch as one process; tolerance as for DDP (module docstring)
+    model = make_tiny_bert(tmp_path / "m", task="text-classification")
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    two = _launch(_args(model, data, tmp_path / "two", 2, 1e-3), fsdp=True)
+    one = finetune(model, tmp_path / "one", train_data=data / "train.jsonl", eval_data=data / "eval.jsonl",
+                   config=TrainConfig(epochs=2, batch_size=8, max_length=32, lr=1e-3, patience=None, checkpoint_every=3),
+                   device="cpu", progress=False)
+    printed = _finish(two)
+    assert printed.count("artifact:") == 1
+    a, b = _weights(one.path), _weights(tmp_path / "two")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)  # whole tensors, not shards
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= ATOL
+    t1, t2 = one.manifest["training"], json.loads((tmp_path / "two" / "manifest.json").read_text())["training"]
+    assert t2["sharded"] and not t1["sharded"]
+    assert t1["steps"] == t2["steps"] == 8 and t1["best_epoch"] == t2["best_epoch"]
+    assert [h["loss"] for h in t2["history"]] == pytest.approx([h["loss"] for h in t1["history"]], rel=1e-5)
+
+
+def test_sharded_weights_in_one_process_are_refused_in_one_line(tiny_classifier, data, tmp_path, monkeypatch):
     from runtimes.errors import UsageError
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --use_fsdp sets
-    with pytest.raises(UsageError, match="^--use_fsdp: .* not supported yet"):
+    with pytest.raises(UsageError, match="^--use_fsdp: sharded weights need several processes"):
         finetune(tiny_classifier, tmp_path / "out", train_data=data / "train.jsonl", eval_data=data / "eval.jsonl",
                  config=TrainConfig(epochs=1, batch_size=8, max_length=32), device="cpu", progress=False)
     assert not (tmp_path / "out").exists()
