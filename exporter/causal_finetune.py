@@ -218,7 +218,7 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
         return -evaluate_lm(m, data.eval, batch_size, device, pad_id)["loss"]
 
     result = train(model, data.train, config, evaluate=evaluate, loss_fn=response_loss, checkpoint=ckpt,
-                   resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress, baseline=True)
+                   resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress, baseline=True, shardable=True)
     report = eval_report(result, data.eval)
     if lora is not None:
         model = model.merge_and_unload()

@@ -228,7 +228,7 @@ def finetune(
         raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
     pad_id = tokenizer.pad_token_id or 0
     result = train(model, data.train, config, evaluate=lambda m: headline(evaluate_report(m, data, config.eval_batch_size, device, pad_id)),
-                   checkpoint=ckpt, resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress)
+                   checkpoint=ckpt, resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress, shardable=True)
     report = evaluate_report(model, data, config.eval_batch_size, device, pad_id)
     if lora is not None:
         model = model.merge_and_unload()

@@ -224,6 +224,7 @@ def train(
     progress: bool = True,
     baseline: bool = False,
     batch_units: Callable[[dict], int] | None = None,
+    shardable: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place; on return it holds the best epoch's weights (by ``evaluate``,
     higher is better), or the last weights when there is no ``evaluate``.
@@ -244,7 +245,8 @@ def train(
     masks). With ``checkpoint``, state is saved every ``config.checkpoint_every`` steps and at each
     epoch end; ``resume`` continues from it. ``batch_units(batch)`` counts what ``loss_fn``'s mean
     averages over (default: labelled tokens for per-token labels, else rows); several processes
-    weight their losses by it.
+    weight their losses by it. ``shardable``: the caller saves the result with
+    ``distributed.full_weights``, so ``accelerate launch --use_fsdp`` may shard the model (else refused).
 
     Raises:
         UsageError: a checkpoint from other settings, ``resume`` without a checkpoint, a global batch
@@ -267,9 +269,9 @@ def train(
         device = accelerator.device
     units = batch_units or dist.units
     sharded = world > 1 and dist.fsdp_requested()
-    if sharded and after_step:
-        raise UsageError("--use_fsdp: this training step edits the weights after each step, which sharded weights "
-                         "do not support; launch without --use_fsdp")
+    if sharded and (after_step or not shardable):
+        raise UsageError(f"--use_fsdp: {desc} does not support sharded weights yet (only finetune writes its "
+                         "artifact from gathered weights); launch without --use_fsdp")
     model.to(device)
     if sharded:
         dist.shard_model(model)
