@@ -7,7 +7,7 @@ writes them as they are:
 
 - ``Q4_0`` (``d * (q - 8)``): a 4-bit ``MatMulNBits`` with the default zero point 8;
 - ``Q8_0`` (``d * q``, q signed): an 8-bit ``MatMulNBits`` with ``q + 128`` and the default zero
-  point 128;
+  point 128 (at float activations split into two exact 4-bit kernels, ``exporter/passes/nibbles.py``);
 - ``Q4_1`` (``d * q + m``, a float minimum per block): ONNX Runtime's CPU kernel takes float zero
   points only on a slow path (about 12x slower measured on a 576x1536 MatMul), so the block is
   written as ``MatMulNBits(x; q, d, zero point 0) + blocksum(x) @ M``, where ``blocksum`` adds the
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.passes.nibbles import pack4, split_8bit_matmulnbits
 from runtimes.errors import UsageError
 
 QK = 32  # block size of Q4_0, Q4_1 and Q8_0
@@ -116,11 +117,6 @@ def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[s
     return {node: by_value[k] for node, w in weights.items() if (k := _key(w.T)) in by_value}
 
 
-def _pack4(q: np.ndarray) -> np.ndarray:
-    """``[N, K/32, 32]`` values 0..15 -> MatMulNBits' ``[N, K/32, 16]`` (element 2j low, 2j+1 high)."""
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-
-
 def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: int, accuracy_level_8bit: int) -> dict:
     """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
     block-sum term for Q4_1); returns what was done, per GGUF type."""
@@ -140,26 +136,14 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: i
         base = node.name.strip("/").replace("/", ".") or node.output[0]
         level = accuracy_level_4bit if b.bits == 4 else accuracy_level_8bit
         out = node.output[0] if b.m is None else f"{node.name}/nbits"
-
-        def nbits(suffix: str, q: np.ndarray, scale: np.ndarray, zero: int | None, bits: int, level: int, y: str):
-            names = [f"{base}.gguf_q{suffix}", f"{base}.gguf_scales{suffix}"]
-            new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(_pack4(q) if bits == 4 else q), names[0]),
-                              numpy_helper.from_array(np.ascontiguousarray(scale.reshape(-1)), names[1])])
-            if zero is not None:  # 4 bits: two zero points a byte
-                names.append(f"{base}.gguf_zero{suffix}")
-                new_inits.append(numpy_helper.from_array(np.full((n, (blocks + 1) // 2), zero * 17, np.uint8), names[2]))
-            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [y], name=f"{node.name}_Q{bits}{suffix}",
-                                              domain="com.microsoft", K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
-
-        if b.bits == 8 and level == 0:
-            # ONNX Runtime's 8-bit CPU kernel with float activations de-quantizes the whole weight on every
-            # call; exactly the same product in two 4-bit kernels: u = q + 128 = 16 h + l, so
-            # d (u - 128) = 16 d (h - 8) + d l
-            nbits("_high", b.q >> 4, 16 * b.d, 8, 4, 0, f"{node.name}/high")
-            nbits("_low", b.q & 0x0F, b.d, 0, 4, 0, f"{node.name}/low")
-            new_nodes.append(helper.make_node("Add", [f"{node.name}/high", f"{node.name}/low"], [out], name=f"{node.name}/sum"))
-        else:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum
-            nbits("", b.q, b.d, 0 if b.m is not None else None, b.bits, level, out)
+        names = [f"{base}.gguf_q", f"{base}.gguf_scales"]
+        new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(pack4(b.q) if b.bits == 4 else b.q), names[0]),
+                          numpy_helper.from_array(np.ascontiguousarray(b.d.reshape(-1)), names[1])])
+        if b.m is not None:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum
+            names.append(f"{base}.gguf_zero")
+            new_inits.append(numpy_helper.from_array(np.zeros((n, (blocks + 1) // 2), np.uint8), names[2]))
+        new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [out], name=f"{node.name}_Q{b.bits}",
+                                          domain="com.microsoft", K=k, N=n, bits=b.bits, block_size=QK, accuracy_level=level))
         if b.m is not None:
             x = node.input[0]
             if x not in block_sums:
@@ -207,6 +191,7 @@ def carry_over(model, gguf_path: Path, config, *, accuracy_level_4bit: int = 0, 
                          f"(types {types}); was the model imported from this file and left unchanged?")
     by_type = replace_matmuls(model, matched, accuracy_level_4bit=accuracy_level_4bit,
                               accuracy_level_8bit=accuracy_level_8bit)
+    split_8bit_matmulnbits(model)  # 8 bits at float activations: two exact 4-bit kernels
     return {"source": str(gguf_path), "matched": {node: f"{b.gguf_name} ({b.gguf_type})" for node, b in sorted(matched.items())},
             "by_type": by_type, "float": sorted(set(weights) - set(matched)),
             "accuracy_level": {"4-bit": accuracy_level_4bit, "8-bit": accuracy_level_8bit}}

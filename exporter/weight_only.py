@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
+from exporter.passes.nibbles import split_8bit_matmulnbits
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
@@ -169,6 +170,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                 result = q.model.model
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
+        # 8 bits at float activations: two exact 4-bit kernels (ONNX Runtime's 8-bit one is slow there)
+        nibbles = split_8bit_matmulnbits(result).count if config.format == "matmulnbits" else 0
         path = tmp / "model.onnx"
         large = result.ByteSize() > 1_800_000_000
         onnx.save(result, str(path), save_as_external_data=large, location="model.onnx_data" if large else None)
@@ -184,7 +187,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             parity=None,
             quantization={"kind": _kind(config), "format": config.format, "matmuls_with_constant_weights":
                           len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
-                          "accuracy_level": config.accuracy_level or 0,
+                          "accuracy_level": config.accuracy_level or 0, "int8_as_two_int4_kernels": nibbles,
                           "weight_only": _search_record(searched, config, calib) if searched else None,
                           "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"

@@ -55,9 +55,9 @@ def test_every_matmul_weight_is_quantized_including_the_lm_head(llama_onnx, tmp_
     q = art.manifest["quantization"]
     assert q["quantized"] == q["matmuls_with_constant_weights"] == 15 and "folded" in q["lm_head"]
     nodes = onnx.load(str(art.model_file)).graph.node
-    lm_head = [n for n in nodes if n.name.startswith("/lm_head")]
-    assert [n.op_type for n in lm_head] == ["MatMulNBits"] and dict(
-        (a.name, a.i) for a in lm_head[0].attribute)["bits"] == bits
+    lm_head = [n for n in nodes if n.name.startswith("/lm_head") and n.op_type == "MatMulNBits"]
+    # 8 bits at float activations are written as two exact 4-bit kernels (exporter/passes/nibbles.py)
+    assert [dict((a.name, a.i) for a in n.attribute)["bits"] for n in lm_head] == ([4] if bits == 4 else [4, 4])
     assert art.size_bytes() < load_artifact(llama_onnx).size_bytes()
 
 
