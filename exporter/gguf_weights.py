@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.passes.nibbles import pack4, split_8bit_matmulnbits
+from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
+from exporter.passes.nibbles import pack4
 from runtimes.errors import UsageError
 
 QK = 32  # block size of Q4_0, Q4_1 and Q8_0
@@ -191,7 +192,7 @@ def carry_over(model, gguf_path: Path, config, *, accuracy_level_4bit: int = 0, 
                          f"(types {types}); was the model imported from this file and left unchanged?")
     by_type = replace_matmuls(model, matched, accuracy_level_4bit=accuracy_level_4bit,
                               accuracy_level_8bit=accuracy_level_8bit)
-    split_8bit_matmulnbits(model)  # 8 bits at float activations: two exact 4-bit kernels
+    run_passes(AFTER_WEIGHT_ONLY, model)  # 8 bits at float activations: two exact 4-bit kernels
     return {"source": str(gguf_path), "matched": {node: f"{b.gguf_name} ({b.gguf_type})" for node, b in sorted(matched.items())},
             "by_type": by_type, "float": sorted(set(weights) - set(matched)),
             "accuracy_level": {"4-bit": accuracy_level_4bit, "8-bit": accuracy_level_8bit}}

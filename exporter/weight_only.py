@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_with_external_data
-from exporter.passes.nibbles import split_8bit_matmulnbits
+from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
@@ -171,7 +171,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
         # 8 bits at float activations: two exact 4-bit kernels (ONNX Runtime's 8-bit one is slow there)
-        nibbles = split_8bit_matmulnbits(result).count if config.format == "matmulnbits" else 0
+        nibbles = run_passes(AFTER_WEIGHT_ONLY, result).count if config.format == "matmulnbits" else 0
         path = tmp / "model.onnx"
         large = result.ByteSize() > 1_800_000_000
         onnx.save(result, str(path), save_as_external_data=large, location="model.onnx_data" if large else None)
