@@ -180,9 +180,8 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     import torch
     import transformers
 
-    from exporter.distributed import full_weights, refuse_fsdp_with_lora
-    from exporter.tuning import TaskData, run_fingerprint, save_pretrained, with_lora
-    from exporter.training import Checkpoint
+    from exporter.distributed import refuse_fsdp_with_lora
+    from exporter.tuning import TaskData, open_checkpoint, run_fingerprint, with_lora, write_tuned
     from runtimes.artifact import source_record
     from runtimes.manifests import HfManifest
     from runtimes.pyt.loading import as_usage_error, hf_load_errors
@@ -208,9 +207,7 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     if lora is not None:
         model = with_lora(model, lora, TASK)
 
-    ckpt = Checkpoint(writer.out.with_name(writer.out.name + ".ckpt"), run_fingerprint(config, data, lora, src))
-    if ckpt.exists() and not resume and not force:
-        raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+    ckpt = open_checkpoint(writer.out, run_fingerprint(config, data, lora, src), resume=resume, force=force)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch_size = min(config.batch_size, config.eval_batch_size)  # the eval logits are [batch, length, vocab]
 
@@ -220,21 +217,11 @@ def finetune_causal(src, writer, *, train_data, eval_data, config: TrainConfig, 
     result = train(model, data.train, config, evaluate=evaluate, loss_fn=response_loss, checkpoint=ckpt,
                    resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress, baseline=True, shardable=True)
     report = eval_report(result, data.eval)
-    if lora is not None:
-        model = model.merge_and_unload()
-    weights = full_weights(model)  # None unless trained sharded (--use_fsdp); every process gathers
-
-    def fill(tmp):
-        save_pretrained(tmp, model, tokenizer, weights)
-        return HfManifest(
-            task=TASK, source=source_record(src), command=command,
-            options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},
-            extra={"data": data.fingerprints, "training": result.to_dict(), "eval": report},
-        )
-
-    art = writer.write(fill)
-    ckpt.remove()
-    return art
+    return write_tuned(writer, model, tokenizer, lora, ckpt, lambda: HfManifest(
+        task=TASK, source=source_record(src), command=command,
+        options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},
+        extra={"data": data.fingerprints, "training": result.to_dict(), "eval": report},
+    ))
 
 
 def eval_report(result, eval_enc: Encoded) -> dict:

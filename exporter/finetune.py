@@ -8,9 +8,9 @@ from dataclasses import asdict
 import numpy as np
 
 from evaluation.data import TextDataset, load_texts, load_tokenizer
-from exporter.distributed import full_weights, refuse_fsdp_with_lora
-from exporter.training import Checkpoint, Encoded, TrainConfig, train
-from exporter.tuning import LoraSettings, TaskData, run_fingerprint, save_pretrained, with_lora
+from exporter.distributed import refuse_fsdp_with_lora
+from exporter.training import Encoded, TrainConfig, train
+from exporter.tuning import LoraSettings, TaskData, open_checkpoint, run_fingerprint, with_lora, write_tuned
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact, source_record
 from runtimes.manifests import HfManifest
@@ -222,26 +222,13 @@ def finetune(
     if lora is not None:
         model = with_lora(model, lora, task)
 
-    fingerprint = run_fingerprint(config, data, lora, src)
-    ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), fingerprint)
-    if ckpt.exists() and not resume and not force:
-        raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+    ckpt = open_checkpoint(out, run_fingerprint(config, data, lora, src), resume=resume, force=force)
     pad_id = tokenizer.pad_token_id or 0
     result = train(model, data.train, config, evaluate=lambda m: headline(evaluate_report(m, data, config.eval_batch_size, device, pad_id)),
                    checkpoint=ckpt, resume=resume, device=device, pad_id=pad_id, desc="finetune", progress=progress, shardable=True)
     report = evaluate_report(model, data, config.eval_batch_size, device, pad_id)
-    if lora is not None:
-        model = model.merge_and_unload()
-    weights = full_weights(model)  # None unless trained sharded (--use_fsdp); every process gathers
-
-    def fill(tmp):
-        save_pretrained(tmp, model, tokenizer, weights)
-        return HfManifest(
-            task=task, labels=data.labels, source=source_record(src), command=command,
-            options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},
-            extra={"data": data.fingerprints, "training": result.to_dict(), "eval": report},
-        )
-
-    art = writer.write(fill)
-    ckpt.remove()
-    return art
+    return write_tuned(writer, model, tokenizer, lora, ckpt, lambda: HfManifest(
+        task=task, labels=data.labels, source=source_record(src), command=command,
+        options={"train": asdict(config), "lora": asdict(lora) if lora else None, "device": device},
+        extra={"data": data.fingerprints, "training": result.to_dict(), "eval": report},
+    ))

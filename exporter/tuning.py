@@ -1,13 +1,15 @@
 """What fine-tuning a classifier (``exporter/finetune.py``) and a causal LM
 (``exporter/causal_finetune.py``) share: LoRA settings and adapters, the encoded task data, the run
-fingerprint that keys a checkpoint, and saving the result."""
+fingerprint that keys a checkpoint, opening that checkpoint, and writing the result."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from exporter.training import Encoded, TrainConfig
+from typing import Callable
+
+from exporter.training import Checkpoint, Encoded, TrainConfig
 from runtimes.artifact import Artifact
 from runtimes.errors import UsageError
 
@@ -77,3 +79,34 @@ def with_lora(model, lora: LoraSettings, task: str):
     except ValueError as e:
         raise UsageError(f"--lora-targets {','.join(lora.target_modules or ())}: {str(e).splitlines()[0][:200]}; "
                          "name modules the model has (e.g. q_proj,v_proj)") from None
+
+
+def open_checkpoint(out: Path, fingerprint: str, *, resume: bool, force: bool) -> Checkpoint:
+    """The checkpoint beside ``out`` for the run ``fingerprint`` names.
+
+    Raises:
+        UsageError: an interrupted run's checkpoint is there and neither ``resume`` nor ``force`` was given.
+    """
+    ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), fingerprint)
+    if ckpt.exists() and not resume and not force:
+        raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+    return ckpt
+
+
+def write_tuned(writer, model, tokenizer, lora: LoraSettings | None, ckpt: Checkpoint, manifest: Callable):
+    """The trained model as an ``hf`` artifact: LoRA adapters merged, the full weights gathered when
+    it was trained sharded (every process takes part), written once by ``writer`` with ``manifest()``
+    as its manifest; then the checkpoint is removed. Returns the artifact."""
+    from exporter.distributed import full_weights
+
+    if lora is not None:
+        model = model.merge_and_unload()
+    weights = full_weights(model)  # None unless trained sharded (--use_fsdp); every process gathers
+
+    def fill(tmp):
+        save_pretrained(tmp, model, tokenizer, weights)
+        return manifest()
+
+    art = writer.write(fill)
+    ckpt.remove()
+    return art

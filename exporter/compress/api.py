@@ -25,9 +25,10 @@ from exporter.compress.qat import (
 from exporter.compress.sparsity import Sparse24Config, linear_filter, sparsify_
 from exporter.finetune import (
     CLASSIFIER_TASKS, _device, argmax, evaluate_report, headline, predict_logits, prepare_text_classification,
-    prepare_token_classification, save_pretrained,
+    prepare_token_classification,
 )
-from exporter.training import Checkpoint, TrainConfig, train
+from exporter.training import TrainConfig, train
+from exporter.tuning import open_checkpoint, save_pretrained
 from exporter.writer import ArtifactWriter
 from runtimes.artifact import Artifact, load_artifact, source_record
 from runtimes.manifests import HfManifest
@@ -185,9 +186,7 @@ def compress(
     result = None
     if recovery is not None:
         loss_fn = distill_loss(teacher_model, distill, layer_map) if distill else None
-        ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), _fingerprint(src, techniques, recovery, data))
-        if ckpt.exists() and not resume and not force:
-            raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+        ckpt = open_checkpoint(out, _fingerprint(src, techniques, recovery, data), resume=resume, force=force)
         if qat_selection:
             def evaluate(m):
                 agree, kl = fidelity(predict_logits(m, data.eval, eval_bs, device, pad_id), ref_logits)

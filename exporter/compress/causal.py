@@ -22,7 +22,8 @@ from pathlib import Path
 from evaluation.data import load_texts
 from exporter.compress.distill import DistillConfig, LayerDropConfig, causal_distill_loss, drop_layers_
 from exporter.compress.pruning import param_count
-from exporter.training import Checkpoint, Encoded, TrainConfig, collate, train
+from exporter.training import Encoded, TrainConfig, collate, train
+from exporter.tuning import open_checkpoint
 from exporter.writer import ArtifactWriter
 from runtimes.artifact import Artifact, load_artifact, source_record
 from runtimes.errors import UsageError
@@ -184,9 +185,7 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
     result = None
     if recovery is not None:
         loss_fn = causal_distill_loss(teacher_model, distill, layer_map) if distill else None
-        ckpt = Checkpoint(out.with_name(out.name + ".ckpt"), _fingerprint(src, teacher_path, techniques, recovery, data))
-        if ckpt.exists() and not resume and not force:
-            raise UsageError(f"{ckpt.path}: an interrupted run's checkpoint is there; pass --resume to continue it or --force to start over")
+        ckpt = open_checkpoint(out, _fingerprint(src, teacher_path, techniques, recovery, data), resume=resume, force=force)
 
         def evaluate(m):
             return -scores(m, eval_enc, eval_bs, pad_id)["perplexity"]
