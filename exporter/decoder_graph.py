@@ -221,19 +221,19 @@ def build_decoder_graph(model, *, opset: int = 23):
 def write_decoder_graph(src_dir: Path, out_dir: Path, *, opset: int = 23, external_data: bool = False) -> dict:
     """Load the causal LM in ``src_dir`` (float32, no remote code) and write ``out_dir/model.onnx``;
     returns what the manifest records about the graph."""
-    import onnx
     import torch
     from transformers import AutoModelForCausalLM
+
+    from exporter.onnx_file import save_model
 
     model = AutoModelForCausalLM.from_pretrained(src_dir, dtype=torch.float32, trust_remote_code=False)
     model.eval()
     proto = build_decoder_graph(model, opset=opset)
     out_dir.mkdir(parents=True, exist_ok=True)
-    big = proto.ByteSize() > 1_900_000_000
-    onnx.save_model(proto, str(out_dir / "model.onnx"), save_as_external_data=external_data or big,
-                    all_tensors_to_one_file=True, location="model.onnx_data")
+    external = external_data or proto.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit
+    save_model(proto, out_dir / "model.onnx", external)
     counts: dict[str, int] = {}
     for n in proto.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return {"graph": "cpu", "nodes": len(proto.graph.node), "op_types": dict(sorted(counts.items())),
-            "external_data": external_data or big}
+            "external_data": external}

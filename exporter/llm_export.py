@@ -4,8 +4,6 @@ position and one decode step through the cache, with teacher-forced top-1 agreem
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 from evaluation.data import TextDataset, data_for_task
 from evaluation.llm_metrics import reference_pass, score_candidate
@@ -14,7 +12,7 @@ from exporter.manifest import onnx_manifest
 from exporter.decoder_graph import write_decoder_graph
 from exporter.onnx_file import check_onnx
 from exporter.optimum_run import optimum_to_onnx
-from exporter.writer import ArtifactWriter
+from exporter.writer import ArtifactWriter, copy_companions
 from runtimes import open_runner
 from runtimes.artifact import Artifact
 from runtimes.errors import CheckFailed, UsageError
@@ -23,13 +21,6 @@ from runtimes.tasks import get_task
 # FP32 logits of a real LLM reach magnitudes of 20-40; 1e-3 absolute is the export target
 LLM_TOLERANCE = Tolerance(atol=1e-3, rtol=0.0, min_top1=0.99)
 TASK = "text-generation"
-
-
-def copy_processor_files(src: Path, dst: Path, task) -> None:
-    """config.json and the tokenizer's files (those ``src`` has) next to a graph written by hand."""
-    for name in ("config.json", *task.processor_files):
-        if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
 
 
 def llm_parity(ref: Artifact, cand: Artifact, data: TextDataset, *, tolerance: Tolerance, max_length: int = 64,
@@ -96,7 +87,7 @@ def export_causal_lm(src: Artifact, writer: ArtifactWriter, *, opset: int | None
     def fill(tmp):
         if graph == "cpu":
             built = write_decoder_graph(src.path, tmp, external_data=external_data)
-            copy_processor_files(src.path, tmp, task)
+            copy_companions(src.path, tmp)
             checks = check_onnx(tmp / "model.onnx")
             exporter = f"enginewright decoder graph ({built['nodes']} nodes, ONNX Runtime CPU kernels)"
         else:

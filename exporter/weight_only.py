@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exporter.manifest import onnx_manifest
-from exporter.onnx_file import check_onnx, save_with_external_data
+from exporter.onnx_file import check_onnx, save_model
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
@@ -173,10 +173,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         # 8 bits at float activations: two exact 4-bit kernels (ONNX Runtime's 8-bit one is slow there)
         nibbles = run_passes(AFTER_WEIGHT_ONLY, result).count if config.format == "matmulnbits" else 0
         path = tmp / "model.onnx"
-        large = result.ByteSize() > 1_800_000_000
-        onnx.save(result, str(path), save_as_external_data=large, location="model.onnx_data" if large else None)
-        if large:
-            save_with_external_data(path)
+        save_model(result, path, external=result.ByteSize() > 1_800_000_000)  # protobuf's 2 GB limit
         checks = check_onnx(path)
         return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
@@ -262,7 +259,6 @@ def gguf_source(src: Artifact, given: str) -> Path:
 
 
 def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command):
-    import onnx
     from transformers import AutoConfig
 
     from exporter.gguf_weights import carry_over
@@ -281,8 +277,7 @@ def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyC
 
     def fill(tmp):
         target = tmp / "model.onnx"
-        large = model.ByteSize() > 1_800_000_000
-        onnx.save(model, str(target), save_as_external_data=large, location="model.onnx_data" if large else None)
+        save_model(model, target, external=model.ByteSize() > 1_800_000_000)
         checks = check_onnx(target)
         kinds = ", ".join(f"{count} {kind}" for kind, count in record["by_type"].items())
         return onnx_manifest(
