@@ -108,18 +108,22 @@ def main(argv=None) -> int:
     from benchmarks.llm_bench import LlmBenchConfig, run_llm_bench
     from evaluation.llm_compare import LlmCompareConfig, run_llm_compare
     from runtimes import usable_cores
+    from runtimes.errors import UsageError
+    from runtimes.outputs import MARKER, check_output_free
 
     test = args.data_dir / "quotes_topics_test.jsonl"
     if not test.is_file():
-        print(f"{test}: not found; pass --data-dir (the shared quotes-topics data)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{test}: not found; pass --data-dir (the shared quotes-topics data)")
+    if args.reuse is not None and not (args.reuse / "artifacts").is_dir():
+        raise UsageError(f"--reuse {args.reuse}: no artifacts/ directory there; give an earlier run's -o")
+    # --force replaces only an output this tool wrote (the marker), never the --reuse run it reads
+    check_output_free(args.output, args.force, inputs=[args.reuse] if args.reuse else [])
     if args.output.exists():
-        if not args.force:
-            print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
-            return 2
         shutil.rmtree(args.output)
+    args.output.mkdir(parents=True)
+    (args.output / MARKER).touch()
     work = (args.reuse / "artifacts") if args.reuse else args.output / "artifacts"
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(exist_ok=True)
     arts = build(work, args.gguf or packaged_gguf())
     threads = usable_cores()
 
@@ -174,4 +178,6 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.compression import run_main
+
+    sys.exit(run_main(main, None))

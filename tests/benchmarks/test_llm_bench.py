@@ -109,3 +109,27 @@ def test_a_peer_loop_is_timed_beside_ours_and_makes_the_same_tokens(tiny_llama, 
 
     model = ORTModelForCausalLM.from_pretrained(tiny_llama_onnx, use_cache=True, use_io_binding=False, local_files_only=True)
     assert np.array_equal(timed_hf_generate(model, enc, gen).tokens, ours)
+
+
+def test_llm_speed_force_replaces_only_its_own_output(tmp_path, capsys):
+    """--force on a directory the benchmark did not write, or on the --reuse run it reads, is one line
+    and exit 2, before anything is built; the files stay."""
+    from benchmarks.compression import run_main
+    from benchmarks.llm_speed import main as speed_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "quotes_topics_test.jsonl").write_text('{"text": "a", "label": "b"}\n')
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    earlier = tmp_path / "earlier"
+    (earlier / "artifacts").mkdir(parents=True)
+    for argv, words in [(["-o", str(mine), "--force"], "did not write"),
+                        (["--reuse", str(earlier), "-o", str(earlier), "--force"], "is the input"),
+                        (["--reuse", str(mine), "-o", str(tmp_path / "new")], "no artifacts/")]:
+        assert run_main(speed_main, ["--data-dir", str(data), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert (mine / "notes.txt").read_text() == "keep" and (earlier / "artifacts").is_dir()
+    assert not (tmp_path / "new").exists()
