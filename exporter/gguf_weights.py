@@ -118,15 +118,16 @@ def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[s
     return {node: by_value[k] for node, w in weights.items() if (k := _key(w.T)) in by_value}
 
 
-def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: int, accuracy_level_8bit: int) -> dict:
+def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict, dict[str, int]]:
     """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
-    block-sum term for Q4_1); returns what was done, per GGUF type."""
+    block-sum term for Q4_1) at ``levels(matmul name)``'s accuracy level; returns what was done, per
+    GGUF type, and each MatMul's level."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     nodes = list(graph.node)
-    new_nodes, new_inits, block_sums, used = [], [], {}, {}
+    new_nodes, new_inits, block_sums, used, chosen = [], [], {}, {}, {}
     for node in nodes:
         b = matched.get(node.name)
         if node.op_type != "MatMul" or b is None:
@@ -135,7 +136,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: i
         n, blocks, _ = b.q.shape
         k = blocks * QK
         base = node.name.strip("/").replace("/", ".") or node.output[0]
-        level = accuracy_level_4bit if b.bits == 4 else accuracy_level_8bit
+        level = chosen[node.name] = levels(node.name)
         out = node.output[0] if b.m is None else f"{node.name}/nbits"
         names = [f"{base}.gguf_q", f"{base}.gguf_scales"]
         new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(pack4(b.q) if b.bits == 4 else b.q), names[0]),
@@ -169,12 +170,12 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, accuracy_level_4bit: i
     graph.initializer.extend(kept + new_inits)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return dict(sorted(used.items()))
+    return dict(sorted(used.items())), chosen
 
 
-def carry_over(model, gguf_path: Path, config, *, accuracy_level_4bit: int = 0, accuracy_level_8bit: int = 4) -> dict:
+def carry_over(model, gguf_path: Path, config, *, levels=lambda matmul: 0) -> dict:
     """Rewrite ``model``'s MatMuls whose weights are ``gguf_path``'s blocks; returns the record for the
-    manifest.
+    manifest. ``levels(matmul name)``: the MatMulNBits ``accuracy_level`` (0: exact).
 
     Raises:
         UsageError: the file is unreadable, or no MatMul weight equals one of its tensors.
@@ -190,9 +191,8 @@ def carry_over(model, gguf_path: Path, config, *, accuracy_level_4bit: int = 0, 
         types = sorted({b.gguf_type for b in blocks}) or "none of " + ", ".join(SUPPORTED_TYPES)
         raise UsageError(f"--from-gguf {gguf_path}: no MatMul weight of the model equals one of the file's tensors "
                          f"(types {types}); was the model imported from this file and left unchanged?")
-    by_type = replace_matmuls(model, matched, accuracy_level_4bit=accuracy_level_4bit,
-                              accuracy_level_8bit=accuracy_level_8bit)
+    by_type, chosen = replace_matmuls(model, matched, levels=levels)
     run_passes(AFTER_WEIGHT_ONLY, model)  # 8 bits at float activations: two exact 4-bit kernels
     return {"source": str(gguf_path), "matched": {node: f"{b.gguf_name} ({b.gguf_type})" for node, b in sorted(matched.items())},
             "by_type": by_type, "float": sorted(set(weights) - set(matched)),
-            "accuracy_level": {"4-bit": accuracy_level_4bit, "8-bit": accuracy_level_8bit}}
+            "levels": chosen}

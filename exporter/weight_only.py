@@ -42,6 +42,8 @@ class WeightOnlyConfig:
     algorithm: str = "rtn"
     exclude: tuple[str, ...] = ()
     accuracy_level: int | None = None  # MatMulNBits' compute type on CPU: None (float) or 4 (int8 activations)
+    # per MatMul: (part of a node name, level), the last that matches wins (lm_head at 4, the rest exact)
+    accuracy_levels: tuple[tuple[str, int], ...] = ()
     max_ppl_increase: float | None = None  # the search's budget on the calibration texts (relative: 0.02 is 2%)
     max_promoted: int = 32  # the search keeps at most this many MatMuls out of INT4
     search_rows: int = 8  # calibration texts the search scores on
@@ -67,6 +69,11 @@ class WeightOnlyConfig:
             raise UsageError("--algorithm hqq quantizes to 4 bits with a zero point: pass --bits 4 --asymmetric")
         if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
             raise UsageError(f"--accuracy-level {self.accuracy_level}: give 0 (float compute) to 4 (int8 activations)")
+        for name, level in self.accuracy_levels:
+            if not name or level not in (0, 1, 2, 3, 4):
+                raise UsageError(f"--accuracy-level {name}={level}: give MATMUL=LEVEL with a level 0 (float compute) to 4")
+            if self.gguf is not None and level not in (0, 4):
+                raise UsageError(f"--from-gguf: --accuracy-level {name}={level}: give 0 (exact) or 4 (int8 activations)")
         if self.gguf is not None and self.format != "matmulnbits":
             raise UsageError("--from-gguf writes MatMulNBits for ONNX Runtime; not with --target tensorrt")
         if self.gguf is not None and self.max_ppl_increase is not None:
@@ -87,8 +94,9 @@ class WeightOnlyConfig:
         if not self.symmetric or self.algorithm == "hqq":
             raise UsageError("--asymmetric/--algorithm hqq with --target tensorrt: TensorRT dequantizes symmetric weights "
                              "only (zero point 0); drop them")
-        if self.accuracy_level:
-            raise UsageError(f"--accuracy-level {self.accuracy_level} is a MatMulNBits setting; drop it with --target tensorrt")
+        if self.accuracy_level or self.accuracy_levels:
+            raise UsageError(f"--accuracy-level {self.accuracy_level or self.accuracy_levels[0][1]} is a MatMulNBits "
+                             "setting; drop it with --target tensorrt")
         if self.max_ppl_increase is not None:
             raise UsageError("--max-ppl-increase searches the MatMulNBits form; not with --target tensorrt yet")
         if self.bits == 8 and self.block_size is not None:
@@ -126,6 +134,9 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     if unknown := sorted(set(config.exclude) - matmuls):
         raise UsageError(f"--exclude {unknown[0]!r}: no MatMul of {src.model_file} has that name")
+    for name, _ in config.accuracy_levels:
+        if not any(name in m for m in matmuls):
+            raise UsageError(f"--accuracy-level {name}=...: no MatMul of {src.model_file} has {name!r} in its name")
     folded = fold_transposed_matmul_weights(model)
     if config.gguf is not None:
         return _from_gguf(model, src, writer, config, folded.modified, command)
@@ -170,6 +181,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                 result = q.model.model
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
+        levels = set_accuracy_levels(result, config) if config.format == "matmulnbits" else {}
         # 8 bits at float activations: two exact 4-bit kernels (ONNX Runtime's 8-bit one is slow there)
         nibbles = run_passes(AFTER_WEIGHT_ONLY, result).count if config.format == "matmulnbits" else 0
         path = tmp / "model.onnx"
@@ -179,12 +191,14 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"mode": "weight-only", "bits": config.bits, "block_size": config.block_size,
                      "symmetric": config.symmetric, "algorithm": config.algorithm, "exclude": list(config.exclude),
-                     "accuracy_level": config.accuracy_level or 0, "max_ppl_increase": config.max_ppl_increase,
+                     "accuracy_level": config.accuracy_level or 0, "accuracy_levels": dict(config.accuracy_levels),
+                     "max_ppl_increase": config.max_ppl_increase,
                      "max_promoted": config.max_promoted if searched else None, "format": config.format},
             parity=None,
             quantization={"kind": _kind(config), "format": config.format, "matmuls_with_constant_weights":
                           len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
-                          "accuracy_level": config.accuracy_level or 0, "int8_as_two_int4_kernels": nibbles,
+                          "accuracy_level": config.accuracy_level or 0, "accuracy_levels": levels,
+                          "int8_as_two_int4_kernels": nibbles,
                           "weight_only": _search_record(searched, config, calib) if searched else None,
                           "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
@@ -192,6 +206,35 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         )
 
     return writer.write(fill, companions_from=src.path)
+
+
+def level_for(matmul: str, config: WeightOnlyConfig) -> int:
+    """The ``accuracy_level`` of the MatMulNBits that replaces MatMul node ``matmul``: the last
+    ``config.accuracy_levels`` entry whose name is part of ``matmul``'s, else ``config.accuracy_level``."""
+    level = config.accuracy_level or 0
+    for name, override in config.accuracy_levels:
+        if name in matmul:
+            level = override
+    return level
+
+
+def set_accuracy_levels(model, config: WeightOnlyConfig) -> dict[str, int]:
+    """Set every MatMulNBits' ``accuracy_level`` (ONNX Runtime's quantizer names one after its MatMul
+    plus ``_Q4``/``_Q8``); returns the MatMuls whose level differs from the default."""
+    from onnx import helper
+
+    default, changed = config.accuracy_level or 0, {}
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        matmul = node.name.rpartition("_Q")[0] or node.name
+        level = level_for(matmul, config)
+        attrs = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend([*attrs, helper.make_attribute("accuracy_level", level)])
+        if level != default:
+            changed[matmul] = level
+    return dict(sorted(changed.items()))
 
 
 def _kind(config: WeightOnlyConfig) -> str:
@@ -271,9 +314,10 @@ def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyC
             if n.name in keep:
                 n.name = n.name + "#excluded"
     record = carry_over(model, path, AutoConfig.from_pretrained(src.path, trust_remote_code=False),
-                        accuracy_level_4bit=level, accuracy_level_8bit=level)
+                        levels=lambda matmul: level_for(matmul, config))
     for n in model.graph.node:
         n.name = n.name.removesuffix("#excluded")
+    changed = {m: v for m, v in sorted(record.pop("levels").items()) if v != level}
 
     def fill(tmp):
         target = tmp / "model.onnx"
@@ -283,12 +327,12 @@ def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyC
         return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"mode": "weight-only", "from_gguf": str(path), "exclude": list(config.exclude),
-                     "accuracy_level": level},
+                     "accuracy_level": level, "accuracy_levels": dict(config.accuracy_levels)},
             parity=None,
             quantization={"kind": f"weight-only, the GGUF file's own blocks ({kinds})",
                           "matmuls_with_constant_weights": len(record["matched"]) + len(record["float"]),
                           "quantized": len(record["matched"]), "kept_float": record["float"], "kept_int8": [],
-                          "accuracy_level": level, "gguf": record,
+                          "accuracy_level": level, "accuracy_levels": changed, "gguf": record,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then carried over"
                           if folded else "had a constant weight already"},
         )

@@ -103,6 +103,28 @@ class ToleranceArg(ValueType):
         return super().from_yaml(value)
 
 
+class AccuracyLevelArg(ValueType):
+    """``LEVEL`` (every MatMul) or ``MATMUL=LEVEL`` (the MatMuls whose node name contains MATMUL), LEVEL
+    one of MatMulNBits' ``accuracy_level`` values 0..4; in YAML a number or ``{MATMUL: LEVEL}``."""
+
+    example = ("lm_head=4", 4)
+
+    def __call__(self, text: str) -> tuple[str | None, int]:
+        name, sep, value = text.rpartition("=")
+        try:
+            level = int(value)
+        except ValueError:
+            level = -1
+        if level not in range(5) or (sep and not name):
+            raise argparse.ArgumentTypeError(f"{self.flag} takes a level 0..4 or MATMUL=LEVEL (lm_head=4), got {text!r}")
+        return (name if sep else None), level
+
+    def from_yaml(self, value) -> list[str]:
+        if isinstance(value, dict):
+            return [f"{k}={v}" for k, v in value.items()]
+        return super().from_yaml(value)
+
+
 class ShapeArg(ValueType):
     """``NAME:MIN,OPT,MAX`` with dims joined by x; in YAML ``{NAME: [MIN, OPT, MAX]}``, dims as lists."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from enginewright.commands._args import AccuracyLevelArg
 from enginewright.commands.compare import Share
 
 
@@ -16,8 +17,10 @@ def add_weight_only_args(p) -> None:
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
-    g.add_argument("--accuracy-level", type=int, default=0, metavar="0|4",
-                   help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less exact)")
+    g.add_argument("--accuracy-level", action="append", type=AccuracyLevelArg("--accuracy-level"), default=[],
+                   metavar="[MATMUL=]0|4",
+                   help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less "
+                        "exact); repeat with MATMUL=LEVEL for the MatMuls whose name contains MATMUL (lm_head=4)")
     g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="X",
                    help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
                         "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
@@ -32,10 +35,16 @@ def add_weight_only_args(p) -> None:
 def make_weight_only(o, src, out, *, force: bool, command: str):
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
+    levels = o["accuracy_level"] or []
+    if isinstance(levels, int):  # a caller that built the options by hand
+        levels = [(None, levels)]
+    default = [level for name, level in levels if name is None]
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
                               format="qdq" if o.get("target") == "tensorrt" else "matmulnbits",
                               algorithm=o["algorithm"], exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
-                              accuracy_level=o["accuracy_level"], max_ppl_increase=o["max_ppl_increase"],
+                              accuracy_level=default[-1] if default else None,
+                              accuracy_levels=tuple((name, level) for name, level in levels if name is not None),
+                              max_ppl_increase=o["max_ppl_increase"],
                               max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"])
     calib = None
     if config.max_ppl_increase is not None and o.get("calib"):
@@ -50,6 +59,8 @@ def summarize(art, src) -> None:
     q = art.manifest["quantization"]
     print(f"quantized {src} ({q['kind']}): {q['quantized']} of {q['matmuls_with_constant_weights']} MatMuls, "
           f"{len(q['kept_float'])} kept in float; lm_head: {q['lm_head']}")
+    if levels := q.get("accuracy_levels"):
+        print(f"  accuracy level {q.get('accuracy_level', 0)}, except " + ", ".join(f"{m} at {v}" for m, v in levels.items()))
     for name, why in (q.get("kept_float_why") or {}).items():
         print(f"  float {name}: {why}")
     if s := q.get("weight_only"):

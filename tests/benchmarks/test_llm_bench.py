@@ -133,3 +133,11 @@ def test_llm_speed_force_replaces_only_its_own_output(tmp_path, capsys):
         assert len(err) == 1 and words in err[0], err
     assert (mine / "notes.txt").read_text() == "keep" and (earlier / "artifacts").is_dir()
     assert not (tmp_path / "new").exists()
+
+
+def test_llm_speed_verdict_names_the_fastest_accurate_artifact():
+    from benchmarks.llm_speed import verdict
+
+    assert "no artifact is within the accuracy part" in verdict([])
+    assert "met by `fast` at 5.50x" in verdict([(4.2, "slow"), (5.5, "fast")])
+    assert "not met; the fastest within the accuracy part is `b` at 4.90x" in verdict([(4.9, "b"), (3.1, "a")])

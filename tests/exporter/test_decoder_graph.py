@@ -146,3 +146,20 @@ def test_tensorrt_check_sends_the_compact_graph_back_to_the_portable_export(tiny
     assert main(["check", str(out), "--target", "tensorrt"]) == 1
     errors = [line for line in capsys.readouterr().out.splitlines() if line.startswith("error")]
     assert errors and all("--graph portable" in line for line in errors)
+
+
+def test_gguf_blocks_exact_but_the_lm_head_at_int8_activations(gguf_model, tmp_path, capsys):
+    """``--accuracy-level lm_head=4``: every layer exact, the tied lm_head's Q8_0 blocks on ONNX
+    Runtime's 8-bit kernel with int8 activations (one node instead of two 4-bit ones)."""
+    out = tmp_path / "q"
+    assert main(["quantize", str(gguf_model / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                 "--accuracy-level", "lm_head=4", "-o", str(out)]) == 0
+    assert "except /lm_head/MatMul at 4" in capsys.readouterr().out
+    q = load_artifact(out).manifest["quantization"]
+    assert q["accuracy_level"] == 0 and q["accuracy_levels"] == {"/lm_head/MatMul": 4}
+    nodes = [n for n in onnx.load(str(out / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in nodes}
+    assert [(a["bits"], a["accuracy_level"]) for k, a in attrs.items() if "lm_head" in k] == [(8, 4)]
+    assert all(a["accuracy_level"] == 0 for k, a in attrs.items() if "lm_head" not in k)
+    enc = _prompts(load_artifact(out))
+    assert np.array_equal(_tokens(out, enc), _tokens(gguf_model / "hf", enc, "torch:cpu"))

@@ -84,3 +84,57 @@ def test_bad_weight_only_settings_are_one_line(llama_onnx, tmp_path):
     with pytest.raises(UsageError, match="--exclude 'nope'"):
         quantize_weights(llama_onnx, tmp_path / "q", WeightOnlyConfig(exclude=("nope",)))
     assert not (tmp_path / "q").exists()
+
+
+def _levels(model_file) -> dict[str, tuple[int, int]]:
+    """MatMulNBits node -> (bits, accuracy_level)."""
+    out = {}
+    for n in onnx.load(str(model_file), load_external_data=False).graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: x.i for x in n.attribute}
+            out[n.name] = (a["bits"], a.get("accuracy_level", 0))
+    return out
+
+
+def test_accuracy_level_per_matmul(llama_onnx, tmp_path, capsys):
+    """A bare level sets every MatMul, NAME=LEVEL the ones whose name contains NAME (the last match
+    wins); an 8-bit MatMul left at 4 keeps ONNX Runtime's 8-bit kernel, at 0 it becomes two 4-bit ones."""
+    out = tmp_path / "q"
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--bits", "8", "--accuracy-level", "4",
+                 "--accuracy-level", "layers.1=0", "--accuracy-level", "layers.1/mlp/down=4", "-o", str(out)]) == 0
+    assert "accuracy level 4, except" in capsys.readouterr().out
+    q = load_artifact(out).manifest["quantization"]
+    assert set(q["accuracy_levels"]) == {f"/model/layers.1/{p}/MatMul" for p in
+                                         ("self_attn/q_proj", "self_attn/k_proj", "self_attn/v_proj", "self_attn/o_proj",
+                                          "mlp/gate_proj", "mlp/up_proj")}
+    assert set(q["accuracy_levels"].values()) == {0} and q["int8_as_two_int4_kernels"] == 6
+    levels = _levels(out / "model.onnx")
+    assert levels["/lm_head/MatMul_Q8"] == (8, 4) and levels["/model/layers.1/mlp/down_proj/MatMul_Q8"] == (8, 4)
+    assert sum(v == (4, 0) for v in levels.values()) == 12  # six MatMuls of layer 1, each two exact 4-bit kernels
+    assert all(v == (8, 4) for k, v in levels.items() if "layers.1/" not in k or "down_proj" in k)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--accuracy-level", "nope=4"], "no MatMul of"),
+    (["--accuracy-level", "lm_head=7"], "a level 0..4"),
+    (["--accuracy-level", "=4"], "a level 0..4"),
+    (["--accuracy-level", "lm_head=4", "--target", "tensorrt"], "MatMulNBits setting"),
+])
+def test_bad_accuracy_levels_are_one_line(llama_onnx, tmp_path, capsys, args, words):
+    out = tmp_path / "q"
+    try:
+        code = main(["quantize", str(llama_onnx), "--mode", "weight-only", *args, "-o", str(out)])
+    except SystemExit as e:  # argparse's own refusal of the value
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not out.exists()
+
+
+def test_accuracy_levels_from_yaml():
+    from enginewright.commands._args import AccuracyLevelArg
+
+    arg = AccuracyLevelArg("--accuracy-level")
+    assert [arg(t) for t in arg.from_yaml({"lm_head": 4})] == [("lm_head", 4)]
+    assert [arg(t) for t in arg.from_yaml(0)] == [(None, 0)]
