@@ -14,6 +14,11 @@ writes them as they are:
   activations of each block of 32 and ``M[block, n]`` is ``m`` (one block-sum per distinct input,
   shared by the projections that read it).
 
+MatMuls that read the same input at the same width and accuracy level (a layer's q/k/v, its gate/up)
+are written as one ``MatMulNBits`` with their blocks side by side, then a ``Split``: the same
+products in fewer, larger kernel calls (SmolLM2: 122 kernels instead of 212; 3.6% faster per decode
+step, measured interleaved).
+
 Which MatMul a GGUF tensor belongs to is decided by value, not by name: every supported tensor is
 de-quantized the way gguf-py does (the same arithmetic transformers' loader uses, with its Q/K row
 permutation), and a MatMul takes the blocks whose de-quantized values equal its weight bit for bit.
@@ -118,50 +123,78 @@ def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[s
     return {node: by_value[k] for node, w in weights.items() if (k := _key(w.T)) in by_value}
 
 
-def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict, dict[str, int]]:
+def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict, dict[str, int], list[list[str]]]:
     """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
-    block-sum term for Q4_1) at ``levels(matmul name)``'s accuracy level; returns what was done, per
-    GGUF type, and each MatMul's level."""
+    block-sum term for Q4_1) at ``levels(matmul name)``'s accuracy level. MatMuls that read one input
+    at one width and level (a layer's q/k/v, its gate/up) become one MatMulNBits with their blocks side
+    by side and a Split: the same products, fewer and larger kernel calls. Returns what was done per
+    GGUF type, each MatMul's level, and the packed groups."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    nodes = list(graph.node)
-    new_nodes, new_inits, block_sums, used, chosen = [], [], {}, {}, {}
-    for node in nodes:
-        b = matched.get(node.name)
-        if node.op_type != "MatMul" or b is None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    groups: dict[tuple, list] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.name in matched:
+            key = (node.input[0], matched[node.name].bits, levels(node.name)) if opset >= 13 else (node.name,)
+            groups.setdefault(key, []).append(node)
+    first = {g[0].name: g for g in groups.values()}
+    members = {n.name for g in groups.values() for n in g}
+    new_nodes, new_inits, block_sums, used, chosen, packed = [], [], {}, {}, {}, []
+    for node in graph.node:
+        if node.name not in members:
             new_nodes.append(node)
             continue
-        n, blocks, _ = b.q.shape
-        k = blocks * QK
-        base = node.name.strip("/").replace("/", ".") or node.output[0]
-        level = chosen[node.name] = levels(node.name)
-        out = node.output[0] if b.m is None else f"{node.name}/nbits"
+        if node.name not in first:  # written with its group
+            continue
+        group = first[node.name]
+        bs = [matched[n.name] for n in group]
+        level = levels(node.name)
+        for member, b in zip(group, bs):
+            chosen[member.name] = level
+            used[b.gguf_type] = used.get(b.gguf_type, 0) + 1
+        q, d = np.concatenate([b.q for b in bs]), np.concatenate([b.d for b in bs])
+        n, blocks, _ = q.shape
+        k, bits = blocks * QK, bs[0].bits
+        has_min = any(b.m is not None for b in bs)
+        if len(group) > 1:
+            packed.append([m.name for m in group])
+        name = node.name if len(group) == 1 else node.name + "+" + "+".join(m.name.rsplit("/", 2)[-2] for m in group[1:])
+        base = name.strip("/").replace("/", ".") or node.output[0]
+        result = node.output[0] if len(group) == 1 else f"{name}/packed"
+        out = result if not has_min else f"{name}/nbits"
         names = [f"{base}.gguf_q", f"{base}.gguf_scales"]
-        new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(pack4(b.q) if b.bits == 4 else b.q), names[0]),
-                          numpy_helper.from_array(np.ascontiguousarray(b.d.reshape(-1)), names[1])])
-        if b.m is not None:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum
+        new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(pack4(q) if bits == 4 else q), names[0]),
+                          numpy_helper.from_array(np.ascontiguousarray(d.reshape(-1)), names[1])])
+        if has_min:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum;
+            # a Q4_0 weight packed beside it keeps its zero point 8 and adds no minimum
             names.append(f"{base}.gguf_zero")
-            new_inits.append(numpy_helper.from_array(np.zeros((n, (blocks + 1) // 2), np.uint8), names[2]))
-        new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [out], name=f"{node.name}_Q{b.bits}",
-                                          domain="com.microsoft", K=k, N=n, bits=b.bits, block_size=QK, accuracy_level=level))
-        if b.m is not None:
+            zero = np.concatenate([np.full((b.q.shape[0], (blocks + 1) // 2), 0x00 if b.m is not None else 0x88, np.uint8)
+                                   for b in bs])
+            new_inits.append(numpy_helper.from_array(zero, names[2]))
+        new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [out], name=f"{name}_Q{bits}",
+                                          domain="com.microsoft", K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
+        if has_min:
             x = node.input[0]
             if x not in block_sums:
                 shape = f"{base}.gguf_blocks_shape"
                 new_inits += [numpy_helper.from_array(np.array([0, 0, blocks, QK], np.int64), shape),
                               numpy_helper.from_array(np.array([-1], np.int64), f"{base}.gguf_last_axis")]
-                blocked = f"{node.name}/x_blocks"
-                block_sums[x] = f"{node.name}/x_block_sums"
-                new_nodes += [helper.make_node("Reshape", [x, shape], [blocked], name=f"{node.name}/x_blocks"),
+                blocked = f"{name}/x_blocks"
+                block_sums[x] = f"{name}/x_block_sums"
+                new_nodes += [helper.make_node("Reshape", [x, shape], [blocked], name=f"{name}/x_blocks"),
                               helper.make_node("ReduceSum", [blocked, f"{base}.gguf_last_axis"], [block_sums[x]],
-                                               name=f"{node.name}/x_block_sums", keepdims=0)]
-            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b.m.T), f"{base}.gguf_mins"))
-            offset = f"{node.name}/min_offset"
+                                               name=f"{name}/x_block_sums", keepdims=0)]
+            mins = np.concatenate([b.m if b.m is not None else np.zeros_like(b.d) for b in bs])
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(mins.T), f"{base}.gguf_mins"))
+            offset = f"{name}/min_offset"
             new_nodes += [helper.make_node("MatMul", [block_sums[x], f"{base}.gguf_mins"], [offset], name=offset),
-                          helper.make_node("Add", [out, offset], [node.output[0]], name=f"{node.name}/with_min")]
-        used[b.gguf_type] = used.get(b.gguf_type, 0) + 1
+                          helper.make_node("Add", [out, offset], [result], name=f"{name}/with_min")]
+        if len(group) > 1:
+            new_inits.append(numpy_helper.from_array(np.array([b.q.shape[0] for b in bs], np.int64), f"{base}.split"))
+            new_nodes.append(helper.make_node("Split", [result, f"{base}.split"], [m.output[0] for m in group],
+                                              name=f"{name}/split", axis=-1))
     still_read = {i for nd in new_nodes for i in nd.input}
     kept = [i for name, i in inits.items() if name in still_read]
     del graph.node[:]
@@ -170,7 +203,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
     graph.initializer.extend(kept + new_inits)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return dict(sorted(used.items())), chosen
+    return dict(sorted(used.items())), chosen, packed
 
 
 def carry_over(model, gguf_path: Path, config, *, levels=lambda matmul: 0) -> dict:
@@ -191,8 +224,8 @@ def carry_over(model, gguf_path: Path, config, *, levels=lambda matmul: 0) -> di
         types = sorted({b.gguf_type for b in blocks}) or "none of " + ", ".join(SUPPORTED_TYPES)
         raise UsageError(f"--from-gguf {gguf_path}: no MatMul weight of the model equals one of the file's tensors "
                          f"(types {types}); was the model imported from this file and left unchanged?")
-    by_type, chosen = replace_matmuls(model, matched, levels=levels)
+    by_type, chosen, packed = replace_matmuls(model, matched, levels=levels)
     run_passes(AFTER_WEIGHT_ONLY, model)  # 8 bits at float activations: two exact 4-bit kernels
     return {"source": str(gguf_path), "matched": {node: f"{b.gguf_name} ({b.gguf_type})" for node, b in sorted(matched.items())},
             "by_type": by_type, "float": sorted(set(weights) - set(matched)),
-            "levels": chosen}
+            "levels": chosen, "packed": packed}

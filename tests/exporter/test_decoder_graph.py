@@ -81,7 +81,10 @@ def test_gguf_blocks_carried_over_exactly(gguf_model, tmp_path, capsys):
     assert q["quantized"] == 15 and q["kept_float"] == []
     assert q["gguf"]["by_type"] == {"Q4_0": 4, "Q4_1": 8, "Q8_0": 3}
     assert q["gguf"]["matched"]["/lm_head/MatMul"] == "token_embd.weight (Q8_0)"
+    # each layer's q/k/v and gate/up are one kernel each (Q4_0 beside Q4_1: zero points 8 and 0, one minimum term)
+    assert sorted(len(g) for g in q["gguf"]["packed"]) == [2, 2, 3, 3]
     graph = onnx.load(str(out / "model.onnx")).graph
+    assert sum(n.op_type == "Split" for n in graph.node) == 4
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("proj/MatMul")]
     # accuracy level 0: the products are the float model's up to rounding order
     enc = _prompts(load_artifact(out))
