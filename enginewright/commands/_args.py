@@ -265,8 +265,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """Where candidates run: ``--on``, ``--threads``, ``--provider-option``."""
     p.add_argument("--on", action="append", metavar="RUNTIME", dest="runtimes",
                    help="runtime for the candidates, repeatable: torch[:cpu|:cuda], onnxruntime[:cpu|:cuda|:tensorrt], "
-                        "tensorrt[:cuda] (default: torch for Hugging Face models, onnxruntime:cpu for ONNX, "
-                        "tensorrt:cuda for engines)")
+                        "tensorrt[:cuda], llama.cpp (a model imported from a GGUF: the file itself, batch 1 for generation) "
+                        "(default: torch for Hugging Face models, onnxruntime:cpu for ONNX, tensorrt:cuda for engines)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op threads for every runtime (default: the usable cores)")
     p.add_argument("--provider-option", action="append", type=ProviderOption("--provider-option"), default=[],

@@ -138,6 +138,7 @@ def test_llm_speed_force_replaces_only_its_own_output(tmp_path, capsys):
 def test_llm_speed_verdict_names_the_fastest_accurate_artifact():
     from benchmarks.llm_speed import verdict
 
-    assert "no artifact is within the accuracy part" in verdict([])
+    assert "no artifact of ours is within the accuracy part" in verdict([])
     assert "met by `fast` at 5.50x" in verdict([(4.2, "slow"), (5.5, "fast")])
-    assert "not met; the fastest within the accuracy part is `b` at 4.90x" in verdict([(4.9, "b"), (3.1, "a")])
+    assert "not met; the fastest of ours within the accuracy part is `b` at 4.90x" in verdict([(4.9, "b"), (3.1, "a")])
+    assert "Fastest peer within the accuracy part: `p` at 6.10x" in verdict([(4.9, "b")], [(6.1, "p")])
