@@ -9,10 +9,11 @@ writes them as they are:
 - ``Q8_0`` (``d * q``, q signed): an 8-bit ``MatMulNBits`` with ``q + 128`` and the default zero
   point 128 (at float activations split into two exact 4-bit kernels, ``exporter/passes/nibbles.py``);
 - ``Q4_1`` (``d * q + m``, a float minimum per block): ONNX Runtime's CPU kernel takes float zero
-  points only on a slow path (about 12x slower measured on a 576x1536 MatMul), so the block is
-  written as ``MatMulNBits(x; q, d, zero point 0) + blocksum(x) @ M``, where ``blocksum`` adds the
-  activations of each block of 32 and ``M[block, n]`` is ``m`` (one block-sum per distinct input,
-  shared by the projections that read it).
+  points only on a slow path (15-50x slower measured), so the block is written as
+  ``MatMulNBits(x; q, d, zero point z) + blocksum(x) @ R``, where ``z`` is the integer zero point
+  nearest ``-m / d``, ``R[block, n] = m + d * z`` the remainder, and ``blocksum`` adds the
+  activations of each block of 32 (one block-sum per distinct input, shared by the projections that
+  read it). Centring on ``z`` changes no product; it matters at int8 activations (``centred``).
 
 MatMuls that read the same input at the same width and accuracy level (a layer's q/k/v, its gate/up)
 are written as one ``MatMulNBits`` with their blocks side by side, then a ``Split``: the same
@@ -123,6 +124,18 @@ def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[s
     return {node: by_value[k] for node, w in weights.items() if (k := _key(w.T)) in by_value}
 
 
+def centred(b: Blocks) -> tuple[np.ndarray, np.ndarray]:
+    """A Q4_1 tensor's ``d * q + m`` as ``d * (q - z) + r``: ``z`` ``[N, K/32]`` the integer zero point
+    (0..15) nearest ``-m / d``, ``r = m + d * z`` the remainder, exact in float32 (``d`` and ``m`` are
+    float16, ``z`` four bits). The products are the same; but with int8 activations
+    (``--accuracy-level 4``) only ``d * (q - z)`` meets the rounded activations, and weights centred on
+    their zero point carry about a quarter of the rounding error's variance that ``d * q`` (0..15) does."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(b.d > 0, np.clip(np.rint(-b.m / b.d), 0, 15), 0).astype(np.uint8)
+    r = (b.m + b.d * z.astype(np.float32)).astype(np.float32)
+    return z, r
+
+
 def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict, dict[str, int], list[list[str]]]:
     """Rewrite ``model`` (onnx ModelProto, in place): each matched MatMul becomes MatMulNBits (plus the
     block-sum term for Q4_1) at ``levels(matmul name)``'s accuracy level. MatMuls that read one input
@@ -167,11 +180,11 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
         names = [f"{base}.gguf_q", f"{base}.gguf_scales"]
         new_inits.extend([numpy_helper.from_array(np.ascontiguousarray(pack4(q) if bits == 4 else q), names[0]),
                           numpy_helper.from_array(np.ascontiguousarray(d.reshape(-1)), names[1])])
-        if has_min:  # Q4_1: zero point 0, the kernel computes d * q and the minimum goes through the block-sum;
-            # a Q4_0 weight packed beside it keeps its zero point 8 and adds no minimum
+        if has_min:  # Q4_1: d * q + m = d * (q - z) + r, z the integer zero point nearest -m / d, r the remainder
+            # through the block-sum; a Q4_0 weight packed beside it keeps its zero point 8 and adds nothing
             names.append(f"{base}.gguf_zero")
-            zero = np.concatenate([np.full((b.q.shape[0], (blocks + 1) // 2), 0x00 if b.m is not None else 0x88, np.uint8)
-                                   for b in bs])
+            parts = [centred(b) if b.m is not None else (np.full(b.d.shape, 8, np.uint8), np.zeros_like(b.d)) for b in bs]
+            zero = np.concatenate([pack4(np.pad(z, ((0, 0), (0, blocks % 2)))) for z, _ in parts])
             new_inits.append(numpy_helper.from_array(zero, names[2]))
         new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [out], name=f"{name}_Q{bits}",
                                           domain="com.microsoft", K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
@@ -186,7 +199,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
                 new_nodes += [helper.make_node("Reshape", [x, shape], [blocked], name=f"{name}/x_blocks"),
                               helper.make_node("ReduceSum", [blocked, f"{base}.gguf_last_axis"], [block_sums[x]],
                                                name=f"{name}/x_block_sums", keepdims=0)]
-            mins = np.concatenate([b.m if b.m is not None else np.zeros_like(b.d) for b in bs])
+            mins = np.concatenate([r for _, r in parts])
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(mins.T), f"{base}.gguf_mins"))
             offset = f"{name}/min_offset"
             new_nodes += [helper.make_node("MatMul", [block_sums[x], f"{base}.gguf_mins"], [offset], name=offset),
