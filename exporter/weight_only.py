@@ -281,7 +281,7 @@ def gguf_source(src: Artifact, given: str) -> Path:
     Raises:
         UsageError: no such file, no GGUF in the artifact's lineage, or the file changed since.
     """
-    from runtimes.artifact import file_sha256, read_json
+    from runtimes.artifact import imported_gguf, read_json
 
     if given != "source":
         path = Path(given)
@@ -294,10 +294,10 @@ def gguf_source(src: Artifact, given: str) -> Path:
     if record.get("format") != "gguf":
         raise UsageError(f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not imported from a GGUF "
                          "file; give the file's path")
-    path = Path(record["path"])
-    if not path.is_file() or file_sha256(path) != record.get("sha256"):
-        raise UsageError(f"--from-gguf source: {path}, which {model_dir} was imported from, is missing or changed; "
-                         "give the file's path")
+    path = imported_gguf(record)
+    if path is None:
+        raise UsageError(f"--from-gguf source: {record.get('path')}, which {model_dir} was imported from, is missing or "
+                         "changed; give the file's path")
     return path
 
 

@@ -170,6 +170,15 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
     )
 
 
+def imported_gguf(record: dict) -> Path | None:
+    """The GGUF file a model directory's manifest ``source`` record names (``import-gguf`` writes the
+    path and its sha256), if it is still there unchanged; None when it is missing or changed."""
+    path = Path(record.get("path") or "")
+    if record.get("format") != "gguf" or not path.is_file() or file_sha256(path) != record.get("sha256"):
+        return None
+    return path
+
+
 def model_files_sha256(art: Artifact) -> str:
     """One hash over the model files (ONNX graph and its external data, or engine) by name and content."""
     h = hashlib.sha256()

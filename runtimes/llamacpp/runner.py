@@ -41,16 +41,16 @@ def gguf_file(artifact) -> Path:
     Raises:
         UsageError: not imported from a GGUF, or the file is missing or changed.
     """
-    from runtimes.artifact import file_sha256
+    from runtimes.artifact import imported_gguf
 
     record = (artifact.manifest or {}).get("source") or {}
     if record.get("format") != "gguf":
         raise UsageError(f"{artifact.path}: runtime llama.cpp runs a GGUF file; this model was not imported from one "
                          "(enginewright import-gguf FILE -o DIR)")
-    path = Path(record["path"])
-    if not path.is_file() or file_sha256(path) != record.get("sha256"):
-        raise UsageError(f"{artifact.path}: the GGUF file it was imported from ({path}) is missing or changed; "
-                         "import it again")
+    path = imported_gguf(record)
+    if path is None:
+        raise UsageError(f"{artifact.path}: the GGUF file it was imported from ({record.get('path')}) is missing or "
+                         "changed; import it again")
     return path
 
 
