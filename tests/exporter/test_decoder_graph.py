@@ -166,3 +166,21 @@ def test_gguf_blocks_exact_but_the_lm_head_at_int8_activations(gguf_model, tmp_p
     assert all(a["accuracy_level"] == 0 for k, a in attrs.items() if "lm_head" not in k)
     enc = _prompts(load_artifact(out))
     assert np.array_equal(_tokens(out, enc), _tokens(gguf_model / "hf", enc, "torch:cpu"))
+
+
+def test_q4_1_blocks_are_centred_on_their_zero_point():
+    """``d * q + m`` written as ``d * (q - z) + r``: the same weights bit for bit, ``z`` the integer
+    zero point nearest ``-m / d`` (so ``|r| <= d / 2`` where ``-m / d`` lies in 0..15)."""
+    from exporter.gguf_weights import Blocks, centred
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.001, 0.05, (8, 4)).astype(np.float16).astype(np.float32)
+    m = (-d * rng.uniform(-2, 18, (8, 4))).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (8, 4, 32), dtype=np.uint8)
+    b = Blocks("t", "Q4_1", 4, q, d, m)
+    z, r = centred(b)
+    assert z.dtype == np.uint8 and z.min() >= 0 and z.max() <= 15
+    again = (d[..., None] * (q.astype(np.float32) - z[..., None]) + r[..., None]).reshape(8, -1)
+    assert np.array_equal(again, b.dequantize())
+    inside = (-m / d >= 0) & (-m / d <= 15)
+    assert (np.abs(r[inside]) <= d[inside] / 2 + 1e-7).all() and inside.sum() < inside.size  # both cases drawn
