@@ -107,7 +107,7 @@ class AccuracyLevelArg(ValueType):
     """``LEVEL`` (every MatMul) or ``MATMUL=LEVEL`` (the MatMuls whose node name contains MATMUL), LEVEL
     one of MatMulNBits' ``accuracy_level`` values 0..4; in YAML a number or ``{MATMUL: LEVEL}``."""
 
-    example = ("lm_head=4", 4)
+    example = ("lm_head=4", {"lm_head": 4})
 
     def __call__(self, text: str) -> tuple[str | None, int]:
         name, sep, value = text.rpartition("=")
