@@ -24,7 +24,7 @@ from runtimes.errors import UsageError
 if TYPE_CHECKING:
     from evaluation.data import TextDataset
 
-ALGORITHMS = ("rtn", "hqq")
+ALGORITHMS = ("rtn", "hqq", "gptq")
 FORMATS = ("matmulnbits", "qdq")  # ONNX Runtime's contrib op, or standard DequantizeLinear -> MatMul for TensorRT
 
 
@@ -47,6 +47,7 @@ class WeightOnlyConfig:
     max_ppl_increase: float | None = None  # the search's budget on the calibration texts (relative: 0.02 is 2%)
     max_promoted: int = 32  # the search keeps at most this many MatMuls out of INT4
     search_rows: int = 8  # calibration texts the search scores on
+    calib_rows: int = 32  # calibration texts GPTQ collects its Hessians on (one at a time, up to 128 tokens each)
     search_length: int = 40  # tokens of each (one forward pass per MatMul: SmolLM2 has 211)
     gguf: str | None = None  # carry this GGUF file's blocks over exactly ("source": the one the model was imported from)
     format: str = "matmulnbits"
@@ -63,8 +64,16 @@ class WeightOnlyConfig:
         if self.block_size is not None and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
             raise UsageError(f"--block-size {self.block_size}: give a power of two, at least 16")
         if self.algorithm not in ALGORITHMS:
-            raise UsageError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)} (GPTQ needs "
-                             "calibration and is not wired yet)")
+            raise UsageError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        if self.algorithm == "gptq":
+            if self.bits != 4 or self.format != "matmulnbits":
+                raise UsageError("--algorithm gptq: ONNX Runtime's GPTQ writes 4-bit MatMulNBits; pass --bits 4 and no "
+                                 "--target tensorrt")
+            if self.exclude:
+                raise UsageError("--algorithm gptq quantizes every MatMul (ONNX Runtime's GPTQ takes no exclusions); "
+                                 "drop --exclude")
+            if self.calib_rows < 1:
+                raise UsageError(f"--calib-rows {self.calib_rows}: GPTQ needs at least 1 calibration text")
         if self.algorithm == "hqq" and (self.bits != 4 or self.symmetric):
             raise UsageError("--algorithm hqq quantizes to 4 bits with a zero point: pass --bits 4 --asymmetric")
         if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
@@ -108,11 +117,13 @@ class WeightOnlyConfig:
             raise UsageError(f"--block-size {self.block_size} with --target tensorrt: TensorRT's INT4 block dequantization "
                              f"takes block sizes {' or '.join(map(str, TRT_INT4_BLOCK_SIZES))}")
 
-    def algo_config(self, bits: int | None = None):
+    def algo_config(self, bits: int | None = None, reader=None):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
         if self.algorithm == "hqq":
             return mq.HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=self.bits)
+        if self.algorithm == "gptq":  # block size and symmetry are the quantizer's own arguments here
+            return mq.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader)
         return mq.DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric,
                                                bits=bits or self.bits, accuracy_level=self.accuracy_level or None)
 
@@ -176,9 +187,14 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                                                 algo_config=config.algo_config(bits=8))
                     q.process()
                     result = q.model.model
-                q = mq.MatMulNBitsQuantizer(result, nodes_to_exclude=float_kept, algo_config=config.algo_config())
+                reader = _calibration_reader(result, src, calib, config, log) if config.algorithm == "gptq" else None
+                q = mq.MatMulNBitsQuantizer(result, block_size=config.block_size, is_symmetric=config.symmetric,
+                                            accuracy_level=config.accuracy_level or None, nodes_to_exclude=float_kept,
+                                            algo_config=config.algo_config(reader=reader))
                 q.process()
                 result = q.model.model
+                if not any(o.domain == "com.microsoft" for o in result.opset_import):  # GPTQ's path leaves it out
+                    result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
         levels = set_accuracy_levels(result, config) if config.format == "matmulnbits" else {}
@@ -200,6 +216,9 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                           "accuracy_level": config.accuracy_level or 0, "accuracy_levels": levels,
                           "int8_as_two_int4_kernels": nibbles,
                           "weight_only": _search_record(searched, config, calib) if searched else None,
+                          "gptq": {"calibration": calib.describe() if calib is not None else "built-in sample sentences",
+                                   "calibration_rows": config.calib_rows, "max_tokens": 128}
+                          if config.algorithm == "gptq" else None,
                           "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
                           if folded.modified else "had a constant weight already"},
@@ -264,6 +283,34 @@ def _search(model, weights: dict[str, str], src, calib: TextDataset | None, conf
     log(f"measuring {len(weights)} MatMuls alone in INT4 on {len(data.texts)} calibration texts")
     scorer = Scorer(model, weights, encoded)
     return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log)
+
+
+def _calibration_reader(model, src, calib: TextDataset | None, config: WeightOnlyConfig, log):
+    """ONNX Runtime's calibration reader for GPTQ: ``config.calib_rows`` texts of ``calib`` (default: the
+    sample sentences), one per batch so no padding enters the Hessians, as full prefill feeds."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from evaluation.data import load_texts
+    from exporter.weight_search import prefill_feeds
+    from runtimes.tasks import get_task
+
+    task = get_task("text-generation")
+    data = calib if calib is not None else load_texts(None)
+    data = type(data)(source=data.source, texts=tuple(t for t in data.texts if t.strip())[:config.calib_rows])
+    feeds = prefill_feeds(model, task.encode_batches(task.load_processor(src.path), data, 1, max_length=128))
+    log(f"GPTQ: collecting MatMul inputs on {len(feeds)} calibration texts")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+        def __deepcopy__(self, memo):  # ONNX Runtime copies the reader before reading it
+            return Reader()
+
+    return Reader()
 
 
 def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None) -> dict:

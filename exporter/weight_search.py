@@ -24,6 +24,25 @@ from evaluation.llm_metrics import log_softmax
 from runtimes.errors import CheckFailed
 
 
+def prefill_feeds(model, encoded: list[dict]) -> list[dict[str, np.ndarray]]:
+    """The full feeds of a text-generation ONNX ``model`` (its graph inputs) for tokenized batches:
+    ids, mask, positions and an empty cache (a prefill)."""
+    from runtimes.generation import positions
+
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    feeds = []
+    for enc in encoded:
+        ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+        f = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in inputs:
+            f["position_ids"] = positions(mask, 0)
+        for name, dims in inputs.items():
+            if name.startswith("past_key_values."):
+                f[name] = np.zeros((ids.shape[0], dims[1], 0, dims[3]), dtype=np.float32)
+        feeds.append(f)
+    return feeds
+
+
 def fake_quant(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
     """``w`` [K, N] quantized blockwise along K as ``MatMulNBitsQuantizer`` does (RTN), de-quantized."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
@@ -57,8 +76,6 @@ class Scorer:
         import onnx
         import onnxruntime as ort
 
-        from runtimes.generation import positions
-
         model = onnx.ModelProto.FromString(model.SerializeToString())
         inits = {i.name: i for i in model.graph.initializer}
         present = {i.name for i in model.graph.input}
@@ -71,17 +88,7 @@ class Scorer:
         self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         self.weights = weights  # MatMul node -> its weight initializer
         self.float = {n: onnx.numpy_helper.to_array(inits[w]) for n, w in weights.items()}
-        specs = {i.name: i for i in self.session.get_inputs()}
-        self.feeds = []
-        for enc in encoded:
-            ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
-            f = {"input_ids": ids, "attention_mask": mask}
-            if "position_ids" in specs:
-                f["position_ids"] = positions(mask, 0)
-            for name, s in specs.items():
-                if name.startswith("past_key_values."):
-                    f[name] = np.zeros((ids.shape[0], s.shape[1], 0, s.shape[3]), dtype=np.float32)
-            self.feeds.append((f, mask.astype(bool)))
+        self.feeds = [(f, f["attention_mask"].astype(bool)) for f in prefill_feeds(model, encoded)]
         self.ref = [self._logprobs(f, real) for f, real in self.feeds]
         self.ref_nll = self._nll(self.ref)
 

@@ -15,8 +15,9 @@ def add_weight_only_args(p) -> None:
     g.add_argument("--block-size", type=int, default=None, metavar="N",
                    help="weights per scale, a power of two >= 16 (default 32; with --target tensorrt: 64 or 128, default 128)")
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
-    g.add_argument("--algorithm", choices=("rtn", "hqq"), default="rtn",
-                   help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric)")
+    g.add_argument("--algorithm", choices=("rtn", "hqq", "gptq"), default="rtn",
+                   help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric); gptq: "
+                        "ONNX Runtime's GPTQ on --calib texts (4 bits; --calib-rows of them, one at a time)")
     g.add_argument("--accuracy-level", action="append", type=AccuracyLevelArg("--accuracy-level"), default=[],
                    metavar="[MATMUL=]0|4",
                    help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less "
@@ -45,9 +46,10 @@ def make_weight_only(o, src, out, *, force: bool, command: str):
                               accuracy_level=default[-1] if default else None,
                               accuracy_levels=tuple((name, level) for name, level in levels if name is not None),
                               max_ppl_increase=o["max_ppl_increase"],
-                              max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"])
+                              max_promoted=o["max_promoted"], search_rows=o["search_rows"], gguf=o["from_gguf"],
+                              **({"calib_rows": o["calib_rows"]} if o["algorithm"] == "gptq" else {}))
     calib = None
-    if config.max_ppl_increase is not None and o.get("calib"):
+    if (config.max_ppl_increase is not None or config.algorithm == "gptq") and o.get("calib"):
         from evaluation.data import load_texts
 
         calib = load_texts(o["calib"], text_column=o.get("text_column") or "text")

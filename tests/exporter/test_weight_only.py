@@ -138,3 +138,37 @@ def test_accuracy_levels_from_yaml():
     arg = AccuracyLevelArg("--accuracy-level")
     assert [arg(t) for t in arg.from_yaml({"lm_head": 4})] == [("lm_head", 4)]
     assert [arg(t) for t in arg.from_yaml(0)] == [(None, 0)]
+
+
+def test_gptq_rounds_with_calibration_and_differs_from_rtn(llama_onnx, tmp_path, capsys):
+    """ONNX Runtime's GPTQ, fed prefills of the calibration texts: every MatMul in 4-bit MatMulNBits,
+    the rounding moved by the Hessians (not RTN's grid), recorded in the manifest."""
+    gptq, rtn = tmp_path / "gptq", tmp_path / "rtn"
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", "--calib-rows", "4",
+                 "-o", str(gptq)]) == 0
+    assert "15 of 15 MatMuls" in capsys.readouterr().out
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "-o", str(rtn), "-q"]) == 0
+    q = load_artifact(gptq).manifest["quantization"]
+    assert q["gptq"]["calibration_rows"] == 4 and load_artifact(gptq).manifest["options"]["algorithm"] == "gptq"
+
+    def packed(path):
+        model = onnx.load(str(path / "model.onnx"))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.name: inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMulNBits"}
+
+    a, b = packed(gptq), packed(rtn)
+    assert a.keys() == b.keys() and len(a) == 15
+    assert sum(not np.array_equal(a[k], b[k]) for k in a) >= 10
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bits", "8"], "pass --bits 4"),
+    (["--exclude", "/lm_head/MatMul"], "drop --exclude"),
+    (["--target", "tensorrt"], "no --target tensorrt"),
+])
+def test_gptq_refusals_are_one_line(llama_onnx, tmp_path, capsys, args, words):
+    out = tmp_path / "q"
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not out.exists()
