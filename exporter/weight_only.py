@@ -8,6 +8,7 @@ given its own constant first, so it is quantized too (``exporter/passes/transpos
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ class WeightOnlyConfig:
 
 def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, config: WeightOnlyConfig, *,
                      calib: TextDataset | None = None, force: bool = False, command: str | None = None,
-                     log=lambda msg: None) -> Artifact:
+                     log=lambda msg: None, progress: bool = False) -> Artifact:
     """Write ``artifact``'s model with its MatMul weights in ``config.bits`` to ``out``.
 
     Raises:
@@ -191,7 +192,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                 q = mq.MatMulNBitsQuantizer(result, block_size=config.block_size, is_symmetric=config.symmetric,
                                             accuracy_level=config.accuracy_level or None, nodes_to_exclude=float_kept,
                                             algo_config=config.algo_config(reader=reader))
-                q.process()
+                with _gptq_progress(progress and config.algorithm == "gptq"):
+                    q.process()
                 result = q.model.model
                 if not any(o.domain == "com.microsoft" for o in result.opset_import):  # GPTQ's path leaves it out
                     result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -283,6 +285,30 @@ def _search(model, weights: dict[str, str], src, calib: TextDataset | None, conf
     log(f"measuring {len(weights)} MatMuls alone in INT4 on {len(data.texts)} calibration texts")
     scorer = Scorer(model, weights, encoded)
     return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log)
+
+
+@contextlib.contextmanager
+def _gptq_progress(show: bool):
+    """A progress bar over ONNX Runtime's GPTQ (one step per distinct MatMul input: a pass over the
+    calibration texts, then the Hessian solves), through the hook its vendored loop already calls."""
+    if not show:
+        yield
+        return
+    from onnxruntime.quantization.neural_compressor import weight_only as inc
+    from tqdm import tqdm
+
+    bar, hook = tqdm(desc="GPTQ", unit="input"), inc.simple_progress_bar
+
+    def step(total, done):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    inc.simple_progress_bar = step
+    try:
+        yield
+    finally:
+        inc.simple_progress_bar = hook
+        bar.close()
 
 
 def _calibration_reader(model, src, calib: TextDataset | None, config: WeightOnlyConfig, log):

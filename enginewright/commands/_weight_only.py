@@ -33,7 +33,7 @@ def add_weight_only_args(p) -> None:
     g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
 
 
-def make_weight_only(o, src, out, *, force: bool, command: str):
+def make_weight_only(o, src, out, *, force: bool, command: str, progress: bool = True):
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
     levels = o["accuracy_level"] or []
@@ -53,7 +53,7 @@ def make_weight_only(o, src, out, *, force: bool, command: str):
         from evaluation.data import load_texts
 
         calib = load_texts(o["calib"], text_column=o.get("text_column") or "text")
-    return quantize_weights(src, out, config, calib=calib, force=force, command=command,
+    return quantize_weights(src, out, config, calib=calib, force=force, command=command, progress=progress,
                             log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 

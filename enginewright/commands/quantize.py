@@ -64,7 +64,7 @@ def add_arguments(p) -> None:
 
 def make(o, src, out, *, force: bool, command: str, progress: bool):
     if o["mode"] == "weight-only":
-        return make_weight_only(o, src, out, force=force, command=command)
+        return make_weight_only(o, src, out, force=force, command=command, progress=progress)
     from evaluation.data import load_texts
     from exporter.quantize import QuantizeConfig, quantize
     from runtimes.errors import UsageError
