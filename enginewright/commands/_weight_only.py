@@ -37,8 +37,6 @@ def make_weight_only(o, src, out, *, force: bool, command: str, progress: bool =
     from exporter.weight_only import WeightOnlyConfig, quantize_weights
 
     levels = o["accuracy_level"] or []
-    if isinstance(levels, int):  # a caller that built the options by hand
-        levels = [(None, levels)]
     default = [level for name, level in levels if name is None]
     config = WeightOnlyConfig(bits=o["bits"], block_size=o["block_size"], symmetric=not o["asymmetric"],
                               format="qdq" if o.get("target") == "tensorrt" else "matmulnbits",

@@ -32,7 +32,6 @@ from runtimes.tasks.generation import PAST_DIM, TOTAL_DIM, cache_shape, past_nam
 
 MISSING = ("runtime llama.cpp needs llama-cpp-python: pip install llama-cpp-python (it builds llama.cpp from "
            "source, a few minutes)")
-_PAST, _PRESENT = "past_key_values.", "present."
 
 
 def gguf_file(artifact) -> Path:
@@ -109,15 +108,15 @@ class LlamaCppRunner(Runner):
 
     def _prefill(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Logits ``[seq, vocab]`` of one row from an empty cache; padded positions zero."""
-        real = mask.astype(bool)
-        tokens = ids[real[-ids.shape[0]:]].tolist()
+        real = mask.astype(bool)  # a prefill: the mask covers the ids and nothing before them
+        tokens = ids[real].tolist()
         if len(tokens) > self.context:
             raise UsageError(f"runtime llama.cpp: {len(tokens)} tokens exceed its context of {self.context} positions")
         out = np.zeros((ids.shape[0], self._vocab), np.float32)
         self._model.reset()
         if tokens:
             self._model.eval(tokens)
-            out[real[-ids.shape[0]:]] = self._model.scores[:len(tokens)]
+            out[real] = self._model.scores[:len(tokens)]
         return out
 
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
