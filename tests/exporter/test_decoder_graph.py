@@ -184,3 +184,50 @@ def test_q4_1_blocks_are_centred_on_their_zero_point():
     assert np.array_equal(again, b.dequantize())
     inside = (-m / d >= 0) & (-m / d <= 15)
     assert (np.abs(r[inside]) <= d[inside] / 2 + 1e-7).all() and inside.sum() < inside.size  # both cases drawn
+
+
+def test_q4_1_remainders_fold_into_two_nibbles_per_chunk():
+    """``folded``: 8-bit remainders as two 4-bit rows, ``16 s (hi - z_hi) + s (lo - z_lo)``, within
+    half an 8-bit step of each remainder; the unused tail of the last chunk sits at its zero point."""
+    from exporter.gguf_weights import QK, folded
+
+    rng = np.random.default_rng(1)
+    r = rng.uniform(-0.02, 0.03, (5, 48)).astype(np.float32)  # 48 blocks: one whole chunk of 32, one of 16
+    codes, scales, zeros = folded(r)
+    assert codes.shape == (5, 4, QK) and scales.shape == zeros.shape == (5, 4) and codes.max() <= 15
+    hi, lo = codes[:, :2].astype(np.float32), codes[:, 2:].astype(np.float32)
+    back = (scales[:, :2, None] * (hi - zeros[:, :2, None]) + scales[:, 2:, None] * (lo - zeros[:, 2:, None]))
+    back = back.reshape(5, -1)
+    step = scales[:, 2:]  # the 8-bit step per chunk
+    assert (np.abs(back[:, :48] - r) <= np.repeat(step, QK, axis=1)[:, :48] / 2 + 1e-8).all()
+    assert np.allclose(back[:, 48:], 0)
+    assert np.allclose(scales[:, :2], 16 * scales[:, 2:])
+
+
+def test_gguf_blocks_at_int8_activations_fold_the_remainders(gguf_model, tmp_path):
+    """``--accuracy-level 4``: the Q4_1 kernels read ``[x, block sums]`` and hold their remainders as
+    rows, so no float remainder MatMul is left; the logits stay as close to the exact artifact's as
+    int8 activations with float remainders do (leaving the remainders out would not)."""
+    exact, fast = tmp_path / "exact", tmp_path / "fast"
+    for out, extra in ((exact, []), (fast, ["--accuracy-level", "4"])):
+        assert main(["quantize", str(gguf_model / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                     *extra, "-o", str(out), "-q"]) == 0
+    record = load_artifact(fast).manifest["quantization"]["gguf"]
+    assert load_artifact(exact).manifest["quantization"]["gguf"]["remainders_folded"] == []
+    assert len(record["remainders_folded"]) == 12  # per layer: q/k/v, gate/up (Q4_0 beside Q4_1), down
+    graph = onnx.load(str(fast / "model.onnx")).graph
+    assert not [n for n in graph.node if n.op_type == "MatMul" and "min_offset" in n.name]
+    folded_kernels = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[0].endswith("x_with_block_sums")]
+    assert len(folded_kernels) == 6
+    enc = _prompts(load_artifact(exact))
+    logits = {}
+    for path in (exact, fast):
+        with open_runner(load_artifact(path), "onnxruntime:cpu") as runner:
+            feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                     "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
+            feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+                          for s in runner.input_specs() if s.name.startswith("past")})
+            logits[path] = runner.infer(feeds)["logits"][enc["attention_mask"].astype(bool)]
+    # measured: 0.026 folded, 0.028 with the float remainder MatMul at level 4, 0.49 with remainders left out
+    err = np.abs(logits[fast] - logits[exact]).max() / np.abs(logits[exact]).max()
+    assert err < 0.05, err
