@@ -191,6 +191,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
         for peer in peers:
             entries.append((peer.label, peer.runtime, peer.artifact, peer, lambda enc, p=peer: p.generate(enc, gen)))
         runs = {(e[0], b): [] for e in entries for b in config.batches}
+        by_round = {key: [] for key in runs}  # each round's generations, for paired comparisons
         order = []
         with _RssPeak() as rss, tqdm(total=config.rounds * len(entries), desc="bench", unit="run",
                                      disable=not progress) as bar:
@@ -206,7 +207,8 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                 for label, _, _, _, fn in turn:
                     rss.turn(label)
                     for b in config.batches:
-                        runs[(label, b)] += [fn(enc) for enc in cells[b]]
+                        by_round[(label, b)].append([fn(enc) for enc in cells[b]])
+                        runs[(label, b)] += by_round[(label, b)][-1]
                     bar.update(1)
             rss.turn(None)
         settings = [{"label": e[0], "runtime": e[1], "artifact": e[2],
@@ -217,7 +219,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
     finally:
         for r in runners:
             r.deactivate()
-    results = [_row(label, runtime, b, runs[(label, b)], rss.peak.get(label), rss.growth.get(label))
+    results = [_row(label, runtime, b, runs[(label, b)], rss.peak.get(label), rss.growth.get(label), by_round[(label, b)])
                for label, runtime, *_ in entries for b in config.batches]
     _add_speedups(results, entries[0][0])
     report = report_header("bench", command, describe_machine())
@@ -246,8 +248,13 @@ def _pct(values, q) -> float | None:
     return float(np.percentile(values, q) * 1e3) if len(values) else None
 
 
+def _decode_rate(gens: list[Generation]) -> float | None:
+    steps = sum(sum(g.step_s) for g in gens)
+    return sum(int(g.lengths.sum()) - len(g.lengths) for g in gens) / steps if steps else None
+
+
 def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss: float | None,
-         growth: float | None) -> dict:
+         growth: float | None, rounds: list[list[Generation]] = ()) -> dict:
     ttft = [g.first_token_s for g in gens]
     itl = [s for g in gens for s in g.step_s]
     new = sum(int(g.lengths.sum()) for g in gens)
@@ -259,6 +266,7 @@ def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss:
         "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": _pct(ttft, 90),
         "itl_p50_ms": _pct(itl, 50), "itl_p90_ms": _pct(itl, 90), "itl_p99_ms": _pct(itl, 99),
         "decode_tokens_per_s": decode / sum(itl) if itl else None,
+        "decode_tokens_per_s_by_round": [_decode_rate(r) for r in rounds],
         "prefill_tokens_per_s": prompt / sum(ttft),
         "peak_rss_mb": round(peak_rss, 1) if peak_rss else None,
         "run_rss_growth_mb": round(growth, 1) if growth is not None else None,  # per runner, all batch sizes

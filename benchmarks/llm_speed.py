@@ -168,6 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compare-texts", type=int, default=10, help="quotations for perplexity and teacher-forced top-1")
+    p.add_argument("--duel-rounds", type=int, default=12,
+                   help="then our fastest artifact within the bar's accuracy against llama.cpp alone, in this many "
+                        "interleaved rounds, with a sign test (0: skip)")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
 
@@ -212,12 +215,41 @@ def main(argv=None) -> int:
     if llama is not None:  # llama.cpp generates one sequence per context: its compare runs at batch 1
         cmp_llama = run_llm_compare(arts["hf"], [arts["hf"]], compare_data, runtimes=["llama.cpp"],
                                     config=LlmCompareConfig(batch_size=1, max_new_tokens=args.max_new_tokens)).report
-    report = {"bench": bench, "compare": cmp, "artifacts": {k: str(v) for k, v in arts.items()},
+    duel = None
+    best = best_ours(bench, cmp, arts)
+    if llama is not None and best is not None and args.duel_rounds > 0:
+        from benchmarks.quantization import paired_verdict
+
+        alone = run_llm_bench([arts[best]], prompts, peers=[llama], command="python -m benchmarks.llm_speed (duel)",
+                              config=LlmBenchConfig(batches=(1,), max_new_tokens=args.max_new_tokens,
+                                                    rounds=args.duel_rounds, warmup=1))
+        ours_r, peer_r = (r["decode_tokens_per_s_by_round"] for r in alone["results"])
+        duel = {"ours": best, "peer": llama.label, "execution_order": alone["execution_order"],
+                **paired_verdict(ours_r, peer_r)}
+    report = {"bench": bench, "compare": cmp, "duel": duel, "artifacts": {k: str(v) for k, v in arts.items()},
               "compare_llama_cpp": cmp_llama["candidates"][0] if llama is not None else None,
               "sizes_mb": {k: model_mb(v) for k, v in arts.items() if k != "hf"}}
     write_report(args.output / "report", report, markdown(report, arts))
     print(markdown(report, arts))
     return 0
+
+
+def best_ours(bench: dict, cmp: dict, arts: dict[str, Path]) -> str | None:
+    """Of our artifacts within the bar's accuracy, the name of the fastest in ``bench``; None if none is."""
+    rate = {s["artifact"]: r["decode_tokens_per_s"] for s, r in zip(bench["runners"], bench["results"])}
+    acc = {Path(c["artifact"]).name: c for c in cmp["candidates"]}
+    good = [(rate.get(str(arts[n])) or 0, n) for n in OURS if n in acc
+            and acc[n]["ppl_change"] <= BAR["ppl"] and acc[n]["continuation_top1"] >= BAR["top1"]]
+    return max(good)[1] if good else None
+
+
+def duel_line(duel: dict | None) -> str:
+    if not duel:
+        return ""
+    return (f"Duel, the two alone in {duel['rounds']} interleaved rounds: `{duel['ours']}` against `{duel['peer']}`, "
+            f"decode tokens/s ratio {duel['ratio']:.3f} (per round {min(duel['round_ratios']):.3f} to "
+            f"{max(duel['round_ratios']):.3f}), ahead in {duel['rounds_ahead']} of {duel['rounds']} rounds "
+            f"(sign test p = {duel['sign_test_p_ahead']:.3g}): {duel['verdict']}.")
 
 
 def markdown(report: dict, arts: dict[str, Path]) -> str:
@@ -253,7 +285,7 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
         f"{cmp['settings']['max_new_tokens']} new tokens", "",
         md_table(["runner", "loop", "decode tok/s", "vs PyTorch generate()", "TTFT p50 ms", "model MB",
                   "perplexity change", "top-1 (quotations)", "top-1 on greedy continuations", "greedy prefix mean / min"], out),
-        "", verdict(accurate, peers_accurate),
+        "", verdict(accurate, peers_accurate), "", duel_line(report.get("duel")),
     ]
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,11 @@ def test_the_report_counts_and_times_every_runner(tiny_llama, tiny_llama_onnx):
         assert r["prompt_tokens"] > 0
     ref = [r for r in report["results"] if r["label"] == labels[0]]
     assert all(r["decode_speedup"] == 1.0 for r in ref)
+    # per round: each round's own rate, which bracket the whole run's (paired comparisons use them)
+    for r in report["results"]:
+        rounds = r["decode_tokens_per_s_by_round"]
+        assert len(rounds) == 2 and min(rounds) <= r["decode_tokens_per_s"] * (1 + 1e-9) and \
+            max(rounds) >= r["decode_tokens_per_s"] * (1 - 1e-9)
 
 
 def test_io_binding_generates_the_same_tokens_as_numpy_feeds(tiny_llama_onnx, tiny_llama):
@@ -142,3 +147,25 @@ def test_llm_speed_verdict_names_the_fastest_accurate_artifact():
     assert "met by `fast` at 5.50x" in verdict([(4.2, "slow"), (5.5, "fast")])
     assert "not met; the fastest of ours within the accuracy part is `b` at 4.90x" in verdict([(4.9, "b"), (3.1, "a")])
     assert "Fastest peer within the accuracy part: `p` at 6.10x" in verdict([(4.9, "b")], [(6.1, "p")])
+
+
+def test_llm_speed_duel_takes_the_fastest_artifact_within_the_bar():
+    from pathlib import Path
+
+    from benchmarks.llm_speed import best_ours, duel_line
+
+    arts = {n: Path(f"/a/{n}") for n in ("cpu", "gguf-int4", "gguf-int4-lm4", "gguf-int4-a4")}
+    bench = {"runners": [{"artifact": str(p)} for p in arts.values()],
+             "results": [{"decode_tokens_per_s": v} for v in (40.0, 70.0, 72.0, 90.0)]}
+    row = {"ppl_change": 0.001, "continuation_top1": 0.99}
+    cmp = {"candidates": [{"artifact": str(p), **row} for p in arts.values()]}
+    assert best_ours(bench, cmp, arts) == "gguf-int4-a4"
+    cmp["candidates"][3]["continuation_top1"] = 0.94  # the fastest misses the agreement bar
+    assert best_ours(bench, cmp, arts) == "gguf-int4-lm4"
+    cmp["candidates"] = [{**c, "ppl_change": 0.05} for c in cmp["candidates"]]
+    assert best_ours(bench, cmp, arts) is None
+    from benchmarks.quantization import paired_verdict
+
+    line = duel_line({"ours": "a4", "peer": "llama.cpp", **paired_verdict([110.0] * 10 + [90.0] * 2, [100.0] * 12)})
+    assert "ahead in 10 of 12 rounds" in line and line.endswith("ahead.")
+    assert duel_line(None) == ""
