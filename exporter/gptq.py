@@ -123,3 +123,96 @@ def dequantize(codes: np.ndarray, scales: np.ndarray, zero: np.ndarray, k: int) 
     """``[K, N]`` float32 weights of ``[N, blocks, block_size]`` codes on the grid."""
     w = (codes.astype(np.float32) - zero[..., None].astype(np.float32)) * scales[..., None]
     return np.ascontiguousarray(w.reshape(codes.shape[0], -1)[:, :k].T)
+
+
+def collect_hessians(model, inputs: list[str], feeds: list[dict[str, np.ndarray]], *, progress: bool = False,
+                     threads: int | None = None) -> dict[str, np.ndarray]:
+    """``H = sum x^T x`` (float64, ``[K, K]``) of each tensor in ``inputs`` (MatMul inputs of ``model``,
+    rows = every token of every feed), one ONNX Runtime run per feed: the tensors are made extra
+    graph outputs of a copy of ``model``, and each run's activations are folded in and dropped."""
+    import onnx
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    outputs = {o.name for o in m.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in m.graph.value_info}
+    for name in inputs:
+        if name not in outputs:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    del m
+    hessians: dict[str, np.ndarray] = {}
+    for feed in tqdm(feeds, desc="GPTQ: calibration texts", unit="text", disable=not progress):
+        for name, x in zip(inputs, session.run(inputs, feed)):
+            x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            if name not in hessians:
+                hessians[name] = np.zeros((x.shape[1], x.shape[1]))
+            hessians[name] += x.T @ x
+    return hessians
+
+
+def quantize_gptq(model, names: list[str], feeds: list[dict[str, np.ndarray]], *, bits: int, block_size: int,
+                  symmetric: bool, act_order: bool = True, progress: bool = False) -> int:
+    """Rewrite ``model``'s MatMuls ``names`` (constant 2-D weights) in place as ``MatMulNBits`` whose
+    codes GPTQ chose on RTN's grid, Hessians from ``feeds`` (one prefill per calibration text);
+    returns how many were rewritten."""
+    from onnx import numpy_helper
+    from tqdm import tqdm
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.name in set(names)]
+    inputs = list(dict.fromkeys(n.input[0] for n in nodes))
+    hessians = collect_hessians(model, inputs, feeds, progress=progress)
+    last_reader = {n.input[0]: n.name for n in nodes}
+    written = {}
+    for node in tqdm(nodes, desc="GPTQ: MatMuls", unit="matmul", disable=not progress):
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        scales, zero = rtn_grid(w, bits, block_size, symmetric)
+        codes = gptq_codes(w, hessians[node.input[0]], scales, zero, bits, block_size, act_order=act_order)
+        written[node.name] = (codes, scales, zero, w.shape[0])
+        if last_reader[node.input[0]] == node.name:
+            del hessians[node.input[0]]
+    write_matmulnbits(model, written, bits=bits, block_size=block_size, symmetric=symmetric)
+    return len(written)
+
+
+def write_matmulnbits(model, written: dict[str, tuple], *, bits: int, block_size: int, symmetric: bool) -> None:
+    """Replace each MatMul named in ``written`` (``name -> (codes [N, blocks, block_size], scales, zero
+    points [N, blocks], K)``) with a ``MatMulNBits`` of exactly those codes, named as ONNX Runtime's
+    quantizer names it (``<MatMul>_Q<bits>``); symmetric grids use the op's default zero point."""
+    from onnx import helper, numpy_helper
+
+    from exporter.passes.nibbles import pack4
+
+    graph = model.graph
+    nodes, new_inits = [], []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.name not in written:
+            nodes.append(node)
+            continue
+        codes, scales, zero, k = written[node.name]
+        n, blocks, _ = codes.shape
+        base = f"{node.input[1]}.{node.name.strip('/').replace('/', '.')}"
+        names = [f"{base}_Q{bits}", f"{base}_scales"]
+        new_inits += [numpy_helper.from_array(np.ascontiguousarray(pack4(codes) if bits == 4 else codes), names[0]),
+                      numpy_helper.from_array(np.ascontiguousarray(scales, np.float32), names[1])]
+        if not symmetric:
+            zp = pack4(np.pad(zero, ((0, 0), (0, blocks % 2)))) if bits == 4 else zero
+            names.append(f"{base}_zero_points")
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(zp, np.uint8), names[2]))
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [node.output[0]], name=f"{node.name}_Q{bits}",
+                                      domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size))
+    read = {i for nd in nodes for i in nd.input}
+    kept = [i for i in graph.initializer if i.name in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
