@@ -1,5 +1,5 @@
 """Weight-only quantization of an ONNX LLM: MatMul weights to INT4 or INT8 ``MatMulNBits`` blocks
-(ONNX Runtime's ``matmul_nbits_quantizer``), activations stay float.
+(ONNX Runtime's ``matmul_nbits_quantizer``; GPTQ is ours, ``exporter/gptq.py``), activations stay float.
 
 One config object per technique, as torchao does: ``WeightOnlyConfig`` validates itself and the
 handler does the work. The tied lm_head (a Transpose of the embedding table in optimum's export) is
@@ -31,8 +31,9 @@ FORMATS = ("matmulnbits", "qdq")  # ONNX Runtime's contrib op, or standard Dequa
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     """``bits`` 4 or 8; ``block_size`` weights share one scale (a power of two, >= 16);
-    ``symmetric`` (no zero point); ``algorithm`` ``rtn`` (round to nearest, blockwise) or ``hqq``
-    (half-quadratic, 4 bits, asymmetric); ``exclude``: MatMul node names kept in float; ``format``
+    ``symmetric`` (no zero point); ``algorithm`` ``rtn`` (round to nearest, blockwise), ``hqq``
+    (half-quadratic, 4 bits, asymmetric) or ``gptq`` (RTN's grid, codes chosen against the Hessians
+    of ``calib_rows`` calibration texts); ``exclude``: MatMul node names kept in float; ``format``
     ``matmulnbits`` (ONNX Runtime's contrib op) or ``qdq`` (``DequantizeLinear -> MatMul`` in the
     layout TensorRT takes: ``exporter/weight_qdq.py``). ``block_size`` None: 32, or 128 for ``qdq``."""
 
