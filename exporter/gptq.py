@@ -25,6 +25,7 @@ import numpy as np
 LAZY_COLUMNS = 128  # columns rounded before their accumulated error is applied to the rest at once
 PERCDAMP = 0.01  # dampening: this share of the Hessian's mean diagonal is added to it
 FOLD_ROWS = 512  # calibration tokens buffered (float32) before they are folded into the Hessians
+INLINE_BYTES = 1_800_000_000  # larger models reach ONNX Runtime through a file (protobuf's 2 GB limit)
 
 
 def rtn_grid(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +147,17 @@ def collect_hessians(model, inputs: list[str], feeds: list[dict[str, np.ndarray]
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    if m.ByteSize() < INLINE_BYTES:
+        session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    else:  # protobuf's 2 GB limit: through a file with external data
+        import tempfile
+        from pathlib import Path
+
+        from exporter.onnx_file import save_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(m, Path(tmp) / "model.onnx", external=True)
+            session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), so, providers=["CPUExecutionProvider"])
     del m
     hessians: dict[str, np.ndarray] = {}
     pending: dict[str, list[np.ndarray]] = {name: [] for name in inputs}

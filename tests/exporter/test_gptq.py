@@ -76,3 +76,29 @@ def test_written_matmulnbits_computes_exactly_the_chosen_codes_times_scales(bits
     got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
         None, {"x": np.eye(k, dtype=np.float32)})[0]
     np.testing.assert_array_equal(got, dequantize(codes, scales, zero, k))
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_hessians_are_the_sum_of_xtx_over_every_token_of_every_text(monkeypatch, inline):
+    """One Hessian per distinct MatMul input (two MatMuls share ``r``), summed over texts of different
+    lengths and folded in chunks; the same through a file with external data (a model over 2 GB)."""
+    import exporter.gptq as gptq
+
+    monkeypatch.setattr(gptq, "FOLD_ROWS", 5)
+    if not inline:
+        monkeypatch.setattr(gptq, "INLINE_BYTES", 0)
+    rng = np.random.default_rng(2)
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, T, 8] x) => (float[1, T, 4] y, float[1, T, 4] z) {
+        r = Relu (x)
+        y = MatMul (r, a)
+        z = MatMul (r, b)
+    }""")
+    for name in "ab":
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), name))
+    feeds = [{"x": rng.standard_normal((1, t, 8)).astype(np.float32)} for t in (3, 4, 2, 6)]
+    hessians = gptq.collect_hessians(model, ["r"], feeds)
+    x = np.concatenate([np.maximum(f["x"][0], 0) for f in feeds]).astype(np.float64)
+    assert list(hessians) == ["r"]
+    np.testing.assert_allclose(hessians["r"], x.T @ x, rtol=1e-12)
