@@ -192,7 +192,8 @@ def quantize_gptq(model, names: list[str], feeds: list[dict[str, np.ndarray]], *
     from tqdm import tqdm
 
     inits = {i.name: i for i in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.name in set(names)]
+    wanted = set(names)
+    nodes = [n for n in model.graph.node if n.op_type == "MatMul" and n.name in wanted]
     inputs = list(dict.fromkeys(n.input[0] for n in nodes))
     hessians = collect_hessians(model, inputs, feeds, progress=progress)
     last_reader = {n.input[0]: n.name for n in nodes}

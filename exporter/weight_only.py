@@ -287,8 +287,8 @@ def _gptq(model, names: list[str], src, calib: TextDataset | None, config: Weigh
 
     from exporter.gptq import LAZY_COLUMNS, PERCDAMP, quantize_gptq
 
-    two_d = {i.name for i in model.graph.initializer if len(i.dims) == 2}
-    names = [n.name for n in model.graph.node if n.name in set(names) and n.input[1] in two_d]
+    two_d, wanted = {i.name for i in model.graph.initializer if len(i.dims) == 2}, set(names)
+    names = [n.name for n in model.graph.node if n.name in wanted and n.input[1] in two_d]
     feeds = _calibration_feeds(model, src, calib, config)
     tokens = sum(int(f["input_ids"].size) for f in feeds)
     log(f"GPTQ: Hessians of {len(names)} MatMuls' inputs on {len(feeds)} calibration texts ({tokens} tokens)")
