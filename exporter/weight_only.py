@@ -1,5 +1,5 @@
 """Weight-only quantization of an ONNX LLM: MatMul weights to INT4 or INT8 ``MatMulNBits`` blocks
-(ONNX Runtime's ``matmul_nbits_quantizer``), activations stay float.
+(ONNX Runtime's ``matmul_nbits_quantizer``; GPTQ is ours, ``exporter/gptq.py``), activations stay float.
 
 One config object per technique, as torchao does: ``WeightOnlyConfig`` validates itself and the
 handler does the work. The tied lm_head (a Transpose of the embedding table in optimum's export) is
@@ -8,7 +8,6 @@ given its own constant first, so it is quantized too (``exporter/passes/transpos
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,9 @@ FORMATS = ("matmulnbits", "qdq")  # ONNX Runtime's contrib op, or standard Dequa
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     """``bits`` 4 or 8; ``block_size`` weights share one scale (a power of two, >= 16);
-    ``symmetric`` (no zero point); ``algorithm`` ``rtn`` (round to nearest, blockwise) or ``hqq``
-    (half-quadratic, 4 bits, asymmetric); ``exclude``: MatMul node names kept in float; ``format``
+    ``symmetric`` (no zero point); ``algorithm`` ``rtn`` (round to nearest, blockwise), ``hqq``
+    (half-quadratic, 4 bits, asymmetric) or ``gptq`` (RTN's grid, codes chosen against the Hessians
+    of ``calib_rows`` calibration texts); ``exclude``: MatMul node names kept in float; ``format``
     ``matmulnbits`` (ONNX Runtime's contrib op) or ``qdq`` (``DequantizeLinear -> MatMul`` in the
     layout TensorRT takes: ``exporter/weight_qdq.py``). ``block_size`` None: 32, or 128 for ``qdq``."""
 
@@ -67,12 +67,8 @@ class WeightOnlyConfig:
         if self.algorithm not in ALGORITHMS:
             raise UsageError(f"--algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
         if self.algorithm == "gptq":
-            if self.bits != 4 or self.format != "matmulnbits":
-                raise UsageError("--algorithm gptq: ONNX Runtime's GPTQ writes 4-bit MatMulNBits; pass --bits 4 and no "
-                                 "--target tensorrt")
-            if self.exclude:
-                raise UsageError("--algorithm gptq quantizes every MatMul (ONNX Runtime's GPTQ takes no exclusions); "
-                                 "drop --exclude")
+            if self.format != "matmulnbits":
+                raise UsageError("--algorithm gptq writes MatMulNBits for ONNX Runtime; use it with no --target tensorrt")
             if self.calib_rows < 1:
                 raise UsageError(f"--calib-rows {self.calib_rows}: GPTQ needs at least 1 calibration text")
         if self.algorithm == "hqq" and (self.bits != 4 or self.symmetric):
@@ -118,13 +114,11 @@ class WeightOnlyConfig:
             raise UsageError(f"--block-size {self.block_size} with --target tensorrt: TensorRT's INT4 block dequantization "
                              f"takes block sizes {' or '.join(map(str, TRT_INT4_BLOCK_SIZES))}")
 
-    def algo_config(self, bits: int | None = None, reader=None):
+    def algo_config(self, bits: int | None = None):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
         if self.algorithm == "hqq":
             return mq.HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=self.bits)
-        if self.algorithm == "gptq":  # block size and symmetry are the quantizer's own arguments here
-            return mq.GPTQWeightOnlyQuantConfig(calibration_data_reader=reader)
         return mq.DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric,
                                                bits=bits or self.bits, accuracy_level=self.accuracy_level or None)
 
@@ -173,6 +167,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             raise UsageError(f"{src.model_file}: no MatMul weight fits TensorRT's INT{config.bits} layout (first: {name}: "
                              f"{why}){'; try --block-size 64 or --bits 8' if config.bits == 4 else ''}")
 
+    gptq_record = {}
+
     def fill(tmp):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
@@ -188,15 +184,15 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                                                 algo_config=config.algo_config(bits=8))
                     q.process()
                     result = q.model.model
-                reader = _calibration_reader(result, src, calib, config, log) if config.algorithm == "gptq" else None
-                q = mq.MatMulNBitsQuantizer(result, block_size=config.block_size, is_symmetric=config.symmetric,
-                                            accuracy_level=config.accuracy_level or None, nodes_to_exclude=float_kept,
-                                            algo_config=config.algo_config(reader=reader))
-                with _gptq_progress(progress and config.algorithm == "gptq"):
+                if config.algorithm == "gptq":
+                    gptq_record.update(_gptq(result, [n for n in candidates if n not in float_kept], src, calib, config,
+                                             log, progress))
+                else:
+                    q = mq.MatMulNBitsQuantizer(result, block_size=config.block_size, is_symmetric=config.symmetric,
+                                                accuracy_level=config.accuracy_level or None, nodes_to_exclude=float_kept,
+                                                algo_config=config.algo_config())
                     q.process()
-                result = q.model.model
-                if not any(o.domain == "com.microsoft" for o in result.opset_import):  # GPTQ's path leaves it out
-                    result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+                    result = q.model.model
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
         levels = set_accuracy_levels(result, config) if config.format == "matmulnbits" else {}
@@ -218,9 +214,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                           "accuracy_level": config.accuracy_level or 0, "accuracy_levels": levels,
                           "int8_as_two_int4_kernels": nibbles,
                           "weight_only": _search_record(searched, config, calib) if searched else None,
-                          "gptq": {"calibration": calib.describe() if calib is not None else "built-in sample sentences",
-                                   "calibration_rows": config.calib_rows, "max_tokens": 128}
-                          if config.algorithm == "gptq" else None,
+                          "gptq": gptq_record or None,
                           "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
                           if folded.modified else "had a constant weight already"},
@@ -287,35 +281,30 @@ def _search(model, weights: dict[str, str], src, calib: TextDataset | None, conf
     return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log)
 
 
-@contextlib.contextmanager
-def _gptq_progress(show: bool):
-    """A progress bar over ONNX Runtime's GPTQ (one step per distinct MatMul input: a pass over the
-    calibration texts, then the Hessian solves), through the hook its vendored loop already calls."""
-    if not show:
-        yield
-        return
-    from onnxruntime.quantization.neural_compressor import weight_only as inc
-    from tqdm import tqdm
+def _gptq(model, names: list[str], src, calib: TextDataset | None, config: WeightOnlyConfig, log, progress: bool) -> dict:
+    """Rewrite ``names`` of ``model`` in place with our GPTQ (``exporter/gptq.py``); the manifest's record."""
+    import time
 
-    bar, hook = tqdm(desc="GPTQ", unit="input"), inc.simple_progress_bar
+    from exporter.gptq import LAZY_COLUMNS, PERCDAMP, quantize_gptq
 
-    def step(total, done):
-        bar.total = total
-        bar.update(done - bar.n)
-
-    inc.simple_progress_bar = step
-    try:
-        yield
-    finally:
-        inc.simple_progress_bar = hook
-        bar.close()
+    two_d, wanted = {i.name for i in model.graph.initializer if len(i.dims) == 2}, set(names)
+    names = [n.name for n in model.graph.node if n.name in wanted and n.input[1] in two_d]
+    feeds = _calibration_feeds(model, src, calib, config)
+    tokens = sum(int(f["input_ids"].size) for f in feeds)
+    log(f"GPTQ: Hessians of {len(names)} MatMuls' inputs on {len(feeds)} calibration texts ({tokens} tokens)")
+    start = time.perf_counter()
+    done = quantize_gptq(model, names, feeds, bits=config.bits, block_size=config.block_size, symmetric=config.symmetric,
+                         act_order=True, progress=progress)
+    return {"implementation": "enginewright (exporter/gptq.py): RTN's per-block grid, codes chosen by GPTQ, one rounding",
+            "calibration": calib.describe() if calib is not None else "built-in sample sentences",
+            "calibration_rows": len(feeds), "calibration_tokens": tokens, "max_tokens": 128, "matmuls": done,
+            "act_order": True, "percdamp": PERCDAMP, "lazy_columns": LAZY_COLUMNS,
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _calibration_reader(model, src, calib: TextDataset | None, config: WeightOnlyConfig, log):
-    """ONNX Runtime's calibration reader for GPTQ: ``config.calib_rows`` texts of ``calib`` (default: the
-    sample sentences), one per batch so no padding enters the Hessians, as full prefill feeds."""
-    from onnxruntime.quantization import CalibrationDataReader
-
+def _calibration_feeds(model, src, calib: TextDataset | None, config: WeightOnlyConfig) -> list[dict]:
+    """GPTQ's calibration prefills: ``config.calib_rows`` texts of ``calib`` (default: the sample
+    sentences), one per batch so no padding enters the Hessians, up to 128 tokens each."""
     from evaluation.data import load_texts
     from exporter.weight_search import prefill_feeds
     from runtimes.tasks import get_task
@@ -323,20 +312,7 @@ def _calibration_reader(model, src, calib: TextDataset | None, config: WeightOnl
     task = get_task("text-generation")
     data = calib if calib is not None else load_texts(None)
     data = type(data)(source=data.source, texts=tuple(t for t in data.texts if t.strip())[:config.calib_rows])
-    feeds = prefill_feeds(model, task.encode_batches(task.load_processor(src.path), data, 1, max_length=128))
-    log(f"GPTQ: collecting MatMul inputs on {len(feeds)} calibration texts")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-        def __deepcopy__(self, memo):  # ONNX Runtime copies the reader before reading it
-            return Reader()
-
-    return Reader()
+    return prefill_feeds(model, task.encode_batches(task.load_processor(src.path), data, 1, max_length=128))
 
 
 def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None) -> dict:

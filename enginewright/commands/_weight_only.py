@@ -17,7 +17,8 @@ def add_weight_only_args(p) -> None:
     g.add_argument("--asymmetric", action="store_true", help="a zero point per block (default: symmetric)")
     g.add_argument("--algorithm", choices=("rtn", "hqq", "gptq"), default="rtn",
                    help="rtn: round to nearest, blockwise (default); hqq: half-quadratic (4 bits, --asymmetric); gptq: "
-                        "ONNX Runtime's GPTQ on --calib texts (4 bits; --calib-rows of them, one at a time)")
+                        "GPTQ on --calib texts (--calib-rows of them, one at a time): RTN's grid, codes chosen against the "
+                        "inputs' Hessians")
     g.add_argument("--accuracy-level", action="append", type=AccuracyLevelArg("--accuracy-level"), default=[],
                    metavar="[MATMUL=]0|4",
                    help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less "

@@ -140,35 +140,79 @@ def test_accuracy_levels_from_yaml():
     assert [arg(t) for t in arg.from_yaml(0)] == [(None, 0)]
 
 
-def test_gptq_rounds_with_calibration_and_differs_from_rtn(llama_onnx, tmp_path, capsys):
-    """ONNX Runtime's GPTQ, fed prefills of the calibration texts: every MatMul in 4-bit MatMulNBits,
-    the rounding moved by the Hessians (not RTN's grid), recorded in the manifest."""
+def _held_out_kl(reference, candidate, texts) -> float:
+    """Mean KL(reference || candidate) of the next-token distributions over every position of ``texts``."""
+    import onnxruntime as ort
+
+    from evaluation.data import TextDataset
+    from evaluation.llm_metrics import log_softmax
+    from exporter.weight_search import prefill_feeds
+    from runtimes.tasks import get_task
+
+    task = get_task("text-generation")
+    model = onnx.load(str(reference / "model.onnx"))
+    encoded = task.encode_batches(task.load_processor(reference), TextDataset(source="held out", texts=texts), 1,
+                                  max_length=64)
+    runs = [ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]) for d in (reference, candidate)]
+    kl, positions = 0.0, 0
+    for feed in prefill_feeds(model, encoded):
+        ref, cand = (log_softmax(r.run(["logits"], feed)[0][0]) for r in runs)
+        kl += float((np.exp(ref) * (ref - cand)).sum())
+        positions += len(ref)
+    return kl / positions
+
+
+def test_gptq_beats_rtn_on_held_out_texts_with_one_rounding_on_rtns_grid(llama_onnx, tmp_path, capsys):
+    """GPTQ on 30 calibration sentences: every MatMul in 4-bit MatMulNBits whose scales are RTN's
+    (the grid of the float weight), recorded in the manifest, and a lower KL against the float model
+    than RTN's on the 13 sentences it did not see."""
+    from evaluation.data import load_texts
+    from exporter.gptq import rtn_grid
+
+    texts = load_texts(None).texts
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(texts[:30]) + "\n")
     gptq, rtn = tmp_path / "gptq", tmp_path / "rtn"
-    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", "--calib-rows", "4",
-                 "-o", str(gptq)]) == 0
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", "--calib", str(calib),
+                 "--calib-rows", "30", "-o", str(gptq)]) == 0
     assert "15 of 15 MatMuls" in capsys.readouterr().out
     assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "-o", str(rtn), "-q"]) == 0
     q = load_artifact(gptq).manifest["quantization"]
-    assert q["gptq"]["calibration_rows"] == 4 and load_artifact(gptq).manifest["options"]["algorithm"] == "gptq"
+    assert q["gptq"]["calibration_rows"] == 30 and q["gptq"]["matmuls"] == 15
+    assert load_artifact(gptq).manifest["options"]["algorithm"] == "gptq"
 
-    def packed(path):
+    def blocks(path):
         model = onnx.load(str(path / "model.onnx"))
         inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-        return {n.name: inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMulNBits"}
+        return {n.name: (inits[n.input[1]], inits[n.input[2]]) for n in model.graph.node if n.op_type == "MatMulNBits"}
 
-    a, b = packed(gptq), packed(rtn)
+    a, b = blocks(gptq), blocks(rtn)
     assert a.keys() == b.keys() and len(a) == 15
-    assert sum(not np.array_equal(a[k], b[k]) for k in a) >= 10
+    assert all(np.array_equal(a[k][1], b[k][1]) for k in a)  # RTN's scales: the codes were rounded once, on its grid
+    assert sum(not np.array_equal(a[k][0], b[k][0]) for k in a) >= 10  # and GPTQ chose other codes
+    float_model = onnx.load(str(llama_onnx / "model.onnx"))
+    fold_transposed_matmul_weights(float_model)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in float_model.graph.initializer}
+    lm_head = next(n for n in float_model.graph.node if n.name == "/lm_head/MatMul")
+    np.testing.assert_array_equal(a["/lm_head/MatMul_Q4"][1], rtn_grid(inits[lm_head.input[1]], 4, 32, True)[0])
+    held_out = texts[30:]
+    kl_gptq, kl_rtn = _held_out_kl(llama_onnx, gptq, held_out), _held_out_kl(llama_onnx, rtn, held_out)
+    assert kl_gptq < 0.8 * kl_rtn, (kl_gptq, kl_rtn)
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--bits", "8"], "pass --bits 4"),
-    (["--exclude", "/lm_head/MatMul"], "drop --exclude"),
-    (["--target", "tensorrt"], "no --target tensorrt"),
-])
-def test_gptq_refusals_are_one_line(llama_onnx, tmp_path, capsys, args, words):
+def test_gptq_takes_8_bits_exclusions_and_accuracy_levels(llama_onnx, tmp_path, capsys):
     out = tmp_path / "q"
-    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", *args, "-o", str(out)]) == 2
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", "--calib-rows", "4",
+                 "--bits", "8", "--exclude", "/lm_head/MatMul", "--accuracy-level", "4", "-o", str(out)]) == 0
+    assert "14 of 15 MatMuls, 1 kept in float" in capsys.readouterr().out
+    levels = _levels(out / "model.onnx")
+    assert len(levels) == 14 and set(levels.values()) == {(8, 4)} and "/lm_head/MatMul_Q8" not in levels
+
+
+def test_gptq_refuses_tensorrt_in_one_line(llama_onnx, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", str(llama_onnx), "--mode", "weight-only", "--algorithm", "gptq", "--target", "tensorrt",
+                 "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0], err
+    assert len(err) == 1 and "no --target tensorrt" in err[0], err
     assert not out.exists()
