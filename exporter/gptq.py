@@ -183,11 +183,12 @@ def collect_hessians(model, inputs: list[str], feeds: list[dict[str, np.ndarray]
     return hessians
 
 
-def quantize_gptq(model, names: list[str], feeds: list[dict[str, np.ndarray]], *, bits: int, block_size: int,
-                  symmetric: bool, act_order: bool = True, progress: bool = False) -> int:
-    """Rewrite ``model``'s MatMuls ``names`` (constant 2-D weights) in place as ``MatMulNBits`` whose
-    codes GPTQ chose on RTN's grid, Hessians from ``feeds`` (one prefill per calibration text);
-    returns how many were rewritten."""
+def gptq_weights(model, names: list[str], feeds: list[dict[str, np.ndarray]], *, bits: int, block_size: int,
+                 symmetric: bool, act_order: bool = True, progress: bool = False) -> dict[str, tuple]:
+    """GPTQ's choice for each of ``model``'s MatMuls ``names`` (constant 2-D weights), Hessians from
+    ``feeds`` (one prefill per calibration text) of the float model, so one MatMul's codes do not
+    depend on what the others become: ``name -> (codes, scales, zero points, K)`` as
+    ``write_matmulnbits`` takes them (``dequantize`` gives the weights they stand for)."""
     from onnx import numpy_helper
     from tqdm import tqdm
 
@@ -205,8 +206,7 @@ def quantize_gptq(model, names: list[str], feeds: list[dict[str, np.ndarray]], *
         written[node.name] = (codes, scales, zero, w.shape[0])
         if last_reader[node.input[0]] == node.name:
             del hessians[node.input[0]]
-    write_matmulnbits(model, written, bits=bits, block_size=block_size, symmetric=symmetric)
-    return len(written)
+    return written
 
 
 def write_matmulnbits(model, written: dict[str, tuple], *, bits: int, block_size: int, symmetric: bool) -> None:

@@ -89,8 +89,8 @@ class WeightOnlyConfig:
         if self.max_ppl_increase is not None:
             if not self.max_ppl_increase >= 0:
                 raise UsageError(f"--max-ppl-increase {self.max_ppl_increase}: give a relative increase >= 0 (2% or 0.02)")
-            if self.bits != 4 or self.algorithm != "rtn":
-                raise UsageError("--max-ppl-increase searches INT4 RTN models: pass --bits 4 --algorithm rtn")
+            if self.bits != 4 or self.algorithm not in ("rtn", "gptq"):
+                raise UsageError("--max-ppl-increase searches INT4 models: pass --bits 4 and --algorithm rtn or gptq")
             if self.max_promoted < 1:
                 raise UsageError(f"--max-promoted {self.max_promoted}: give at least 1")
 
@@ -149,9 +149,16 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     consts = {i.name for i in model.graph.initializer}
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
     candidates = list(weights)
-    searched = None
+    searched, gptq, gptq_record = None, {}, {}
+    if config.algorithm == "gptq":  # every candidate's codes once, from the float model: the search scores them as written
+        gptq, gptq_record = _gptq(model, [n for n in candidates if n not in config.exclude], src, calib, config, log,
+                                  progress)
     if config.max_ppl_increase is not None:
-        searched = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib, config, log)
+        from exporter.gptq import dequantize
+
+        int4 = {n: dequantize(*gptq[n][:3], gptq[n][3]) for n in gptq} if gptq else None
+        searched = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib, config, log,
+                           int4)
     int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
     float_kept = sorted({*config.exclude, *(n for n, c in (searched.choices if searched else {}).items() if c == "float")})
 
@@ -166,8 +173,6 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             name, why = next(iter(skipped.items()))
             raise UsageError(f"{src.model_file}: no MatMul weight fits TensorRT's INT{config.bits} layout (first: {name}: "
                              f"{why}){'; try --block-size 64 or --bits 8' if config.bits == 4 else ''}")
-
-    gptq_record = {}
 
     def fill(tmp):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
@@ -185,8 +190,10 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                     q.process()
                     result = q.model.model
                 if config.algorithm == "gptq":
-                    gptq_record.update(_gptq(result, [n for n in candidates if n not in float_kept], src, calib, config,
-                                             log, progress))
+                    from exporter.gptq import write_matmulnbits
+
+                    write_matmulnbits(result, {n: c for n, c in gptq.items() if n not in {*float_kept, *int8}},
+                                      bits=config.bits, block_size=config.block_size, symmetric=config.symmetric)
                 else:
                     q = mq.MatMulNBitsQuantizer(result, block_size=config.block_size, is_symmetric=config.symmetric,
                                                 accuracy_level=config.accuracy_level or None, nodes_to_exclude=float_kept,
@@ -267,7 +274,7 @@ def _qdq(model, config: WeightOnlyConfig, names: list[str]):
     return quantize_int8_per_channel(model, names)
 
 
-def _search(model, weights: dict[str, str], src, calib: TextDataset | None, config: WeightOnlyConfig, log):
+def _search(model, weights: dict[str, str], src, calib: TextDataset | None, config: WeightOnlyConfig, log, int4=None):
     from evaluation.data import load_texts
     from exporter.weight_search import Scorer, search
     from runtimes.tasks import get_task
@@ -278,14 +285,15 @@ def _search(model, weights: dict[str, str], src, calib: TextDataset | None, conf
     encoded = task.encode_batches(task.load_processor(src.path), data, 4, max_length=config.search_length)
     log(f"measuring {len(weights)} MatMuls alone in INT4 on {len(data.texts)} calibration texts")
     scorer = Scorer(model, weights, encoded)
-    return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log)
+    return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log, int4)
 
 
-def _gptq(model, names: list[str], src, calib: TextDataset | None, config: WeightOnlyConfig, log, progress: bool) -> dict:
-    """Rewrite ``names`` of ``model`` in place with our GPTQ (``exporter/gptq.py``); the manifest's record."""
+def _gptq(model, names: list[str], src, calib: TextDataset | None, config: WeightOnlyConfig, log,
+          progress: bool) -> tuple[dict, dict]:
+    """Our GPTQ's codes (``exporter/gptq.py``) for ``names`` of ``model``, and the manifest's record."""
     import time
 
-    from exporter.gptq import LAZY_COLUMNS, PERCDAMP, quantize_gptq
+    from exporter.gptq import LAZY_COLUMNS, PERCDAMP, gptq_weights
 
     two_d, wanted = {i.name for i in model.graph.initializer if len(i.dims) == 2}, set(names)
     names = [n.name for n in model.graph.node if n.name in wanted and n.input[1] in two_d]
@@ -293,13 +301,14 @@ def _gptq(model, names: list[str], src, calib: TextDataset | None, config: Weigh
     tokens = sum(int(f["input_ids"].size) for f in feeds)
     log(f"GPTQ: Hessians of {len(names)} MatMuls' inputs on {len(feeds)} calibration texts ({tokens} tokens)")
     start = time.perf_counter()
-    done = quantize_gptq(model, names, feeds, bits=config.bits, block_size=config.block_size, symmetric=config.symmetric,
-                         act_order=True, progress=progress)
-    return {"implementation": "enginewright (exporter/gptq.py): RTN's per-block grid, codes chosen by GPTQ, one rounding",
-            "calibration": calib.describe() if calib is not None else "built-in sample sentences",
-            "calibration_rows": len(feeds), "calibration_tokens": tokens, "max_tokens": 128, "matmuls": done,
-            "act_order": True, "percdamp": PERCDAMP, "lazy_columns": LAZY_COLUMNS,
-            "seconds": round(time.perf_counter() - start, 1)}
+    written = gptq_weights(model, names, feeds, bits=config.bits, block_size=config.block_size,
+                           symmetric=config.symmetric, act_order=True, progress=progress)
+    return written, {"implementation": "enginewright (exporter/gptq.py): RTN's per-block grid, codes chosen by GPTQ, "
+                                       "one rounding",
+                     "calibration": calib.describe() if calib is not None else "built-in sample sentences",
+                     "calibration_rows": len(feeds), "calibration_tokens": tokens, "max_tokens": 128,
+                     "matmuls": len(written), "act_order": True, "percdamp": PERCDAMP, "lazy_columns": LAZY_COLUMNS,
+                     "seconds": round(time.perf_counter() - start, 1)}
 
 
 def _calibration_feeds(model, src, calib: TextDataset | None, config: WeightOnlyConfig) -> list[dict]:
@@ -316,8 +325,9 @@ def _calibration_feeds(model, src, calib: TextDataset | None, config: WeightOnly
 
 
 def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None) -> dict:
-    return {"method": "each MatMul alone in INT4 (fake-quantized through the MatMulNBits kernel), cost = mean KL vs "
-                      "float on the calibration texts; costliest promoted to INT8, then float, until the budget is met",
+    int4 = "GPTQ's codes" if config.algorithm == "gptq" else "round to nearest"
+    return {"method": f"each MatMul alone in INT4 ({int4}, de-quantized), cost = mean KL vs float on the calibration "
+                      "texts; costliest promoted to INT8, then float, until the budget is met",
             "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,
             "calibration": calib.describe() if calib is not None else "built-in sample sentences",
             "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}

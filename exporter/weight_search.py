@@ -141,14 +141,15 @@ class SearchResult:
 
 
 def search(scorer: Scorer, budget: float, max_promoted: int, block_size: int, symmetric: bool,
-           log=lambda msg: None) -> SearchResult:
+           log=lambda msg: None, int4: dict[str, np.ndarray] | None = None) -> SearchResult:
     """Greedy promotion of the costliest MatMuls until the perplexity change is within ``budget``.
+    ``int4``: each MatMul's INT4 weights as they will be written (GPTQ's), default round to nearest.
 
     Raises:
         CheckFailed: ``max_promoted`` promotions (INT8, then float) do not meet the budget.
     """
     names = list(scorer.weights)
-    q4 = {n: fake_quant(scorer.float[n], 4, block_size, symmetric) for n in names}
+    q4 = {n: int4[n] if int4 is not None else fake_quant(scorer.float[n], 4, block_size, symmetric) for n in names}
     costs = {}
     for k, n in enumerate(names):
         ppl, kl = scorer.score({n: q4[n]})

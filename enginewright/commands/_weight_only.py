@@ -24,8 +24,9 @@ def add_weight_only_args(p) -> None:
                    help="MatMulNBits compute on CPU: 0 float activations (default), 4 int8 activations (faster, less "
                         "exact); repeat with MATMUL=LEVEL for the MatMuls whose name contains MATMUL (lm_head=4)")
     g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="X",
-                   help="INT4: measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 (then float) until "
-                        "the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 if not reachable")
+                   help="INT4 (RTN or GPTQ): measure each MatMul alone in INT4 on --calib, keep the costliest in INT8 "
+                        "(then float) until the perplexity increase on those texts is at most X (2%% or 0.02); exit 1 "
+                        "if not reachable")
     g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
     g.add_argument("--from-gguf", default=None, metavar="FILE|source",
                    help="write this GGUF file's own Q4_0/Q4_1/Q8_0 blocks instead of rounding again (exact: the "

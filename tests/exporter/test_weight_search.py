@@ -135,8 +135,32 @@ def test_an_unreachable_budget_is_exit_1_in_one_line(planted_onnx, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert "--max-ppl-increase 2.00%: not met with the 2 costliest MatMuls in float" in err[-1]
     assert not (tmp_path / "q").exists()
-    with pytest.raises(UsageError, match="--bits 4 --algorithm rtn"):
+    with pytest.raises(UsageError, match="--bits 4 and --algorithm rtn or gptq"):
         WeightOnlyConfig(bits=8, max_ppl_increase=0.02)
+    with pytest.raises(UsageError, match="--bits 4 and --algorithm rtn or gptq"):
+        WeightOnlyConfig(algorithm="hqq", symmetric=False, max_ppl_increase=0.02)
+
+
+def test_the_search_scores_and_writes_gptqs_codes(planted_onnx, tmp_path):
+    """``--algorithm gptq --max-ppl-increase``: the search measures the INT4 weights GPTQ chose (closer
+    to the float model than round to nearest on the same texts) and the artifact holds those codes."""
+    config = {"max_ppl_increase": 10.0, "calib_rows": 8}
+    rtn = quantize_weights(planted_onnx, tmp_path / "rtn", WeightOnlyConfig(**config))
+    gptq = quantize_weights(planted_onnx, tmp_path / "gptq", WeightOnlyConfig(algorithm="gptq", **config))
+    r, g = (a.manifest["quantization"]["weight_only"] for a in (rtn, gptq))
+    assert "GPTQ's codes" in g["method"] and "round to nearest" in r["method"]
+    # (the planted lm_head dominates both: measured KL 0.090 against 0.100)
+    assert g["steps"][0]["step"] == "all int4" and g["steps"][0]["kl_mean"] < r["steps"][0]["kl_mean"]
+    assert gptq.manifest["quantization"]["gptq"]["matmuls"] == 15
+
+    def codes(art):
+        model = onnx.load(str(art.model_file))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.name: (inits[n.input[1]], inits[n.input[2]]) for n in model.graph.node if n.op_type == "MatMulNBits"}
+
+    a, b = codes(gptq), codes(rtn)
+    assert a.keys() == b.keys() and len(a) == 15 and all(np.array_equal(a[k][1], b[k][1]) for k in a)
+    assert sum(not np.array_equal(a[k][0], b[k][0]) for k in a) >= 10
 
 
 def test_the_last_grown_step_is_bisected_to_the_fewest_promotions(planted_onnx, monkeypatch):
