@@ -169,3 +169,18 @@ def test_llm_speed_duel_takes_the_fastest_artifact_within_the_bar():
     line = duel_line({"ours": "a4", "peer": "llama.cpp", **paired_verdict([110.0] * 10 + [90.0] * 2, [100.0] * 12)})
     assert "ahead in 10 of 12 rounds" in line and line.endswith("ahead.")
     assert duel_line(None) == ""
+
+
+def test_decode_duel_times_each_artifact_in_every_round(tiny_llama_onnx, tmp_path, capsys):
+    from benchmarks.decode_duel import main as duel
+
+    out = tmp_path / "duel.json"
+    assert duel([str(tiny_llama_onnx), str(tiny_llama_onnx), "--rounds", "3", "--past", "5", "--steps", "4",
+                 "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [len(r) for r in report["step_ms_by_round"]] == [3, 3] and min(map(min, report["step_ms_by_round"])) > 0
+    (v,) = report["versus_first"]
+    assert v["rounds"] == 3 and len(v["round_ratios"]) == 3 and v["verdict"] in ("ahead", "behind", "not separable")
+    assert "faster in" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="not an LLM ONNX artifact"):
+        duel([str(tiny_llama_onnx), str(tmp_path)])
