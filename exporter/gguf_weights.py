@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
+from exporter.passes.core import rewrite_graph
 from exporter.passes.nibbles import pack4
 from runtimes.errors import UsageError
 
@@ -169,7 +170,6 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     groups: dict[tuple, list] = {}
     for node in graph.node:
@@ -254,14 +254,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
         if len(group) > 1:
             new_nodes.append(helper.make_node("Split", [result, const(f"{base}.split", np.array([b.q.shape[0] for b in bs], np.int64))],
                                               [m.output[0] for m in group], name=f"{name}/split", axis=-1))
-    still_read = {i for nd in new_nodes for i in nd.input}
-    kept = [i for name, i in inits.items() if name in still_read]
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    rewrite_graph(model, new_nodes, new_inits, domain="com.microsoft")
     return dict(sorted(used.items())), chosen, packed, sorted(folds)
 
 

@@ -28,10 +28,11 @@ FOLD_ROWS = 512  # calibration tokens buffered (float32) before they are folded 
 INLINE_BYTES = 1_800_000_000  # larger models reach ONNX Runtime through a file (protobuf's 2 GB limit)
 
 
-def rtn_grid(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """RTN's grid of ``w`` ``[K, N]``: ``(scales, zero points)``, each ``[N, ceil(K / block_size)]``
-    (float32, uint8), as ``MatMulNBitsQuantizer`` finds them (its C kernel); weight ``k, n`` is
-    ``scale * (code - zero)`` with codes ``0 .. 2**bits - 1`` (symmetric: zero point ``2**(bits-1)``)."""
+def rtn_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round to nearest as ``MatMulNBitsQuantizer`` does it (its C kernel), for ``w`` ``[K, N]``:
+    ``(codes [N, blocks, block_size], scales, zero points [N, blocks])`` (uint8, float32, uint8,
+    ``blocks = ceil(K / block_size)``); weight ``k, n`` is ``scale * (code - zero)`` with codes
+    ``0 .. 2**bits - 1`` (symmetric: zero point ``2**(bits-1)``)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     w = np.ascontiguousarray(w, dtype=np.float32)
@@ -44,13 +45,19 @@ def rtn_grid(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tupl
     scales = np.zeros((cols, blocks), dtype=np.float32)
     (quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits)(packed, padded, scales, zp, block_size, cols, rows,
                                                                     symmetric)
-    if symmetric:
-        zero = np.full((cols, blocks), 1 << (bits - 1), dtype=np.uint8)
-    elif bits == 4:
+    if bits == 4:
+        codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(cols, blocks, block_size)
         zero = np.stack([zp & 0x0F, zp >> 4], -1).reshape(cols, -1)[:, :blocks]
     else:
-        zero = zp[:, :blocks]
-    return scales, np.ascontiguousarray(zero)
+        codes, zero = packed, zp[:, :blocks]
+    if symmetric:
+        zero = np.full((cols, blocks), 1 << (bits - 1), dtype=np.uint8)
+    return codes, scales, np.ascontiguousarray(zero)
+
+
+def rtn_grid(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """RTN's grid of ``w`` ``[K, N]``: ``(scales, zero points)`` of ``rtn_blocks``."""
+    return rtn_blocks(w, bits, block_size, symmetric)[1:]
 
 
 def round_to_grid(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
@@ -215,6 +222,7 @@ def write_matmulnbits(model, written: dict[str, tuple], *, bits: int, block_size
     quantizer names it (``<MatMul>_Q<bits>``); symmetric grids use the op's default zero point."""
     from onnx import helper, numpy_helper
 
+    from exporter.passes.core import rewrite_graph
     from exporter.passes.nibbles import pack4
 
     graph = model.graph
@@ -235,11 +243,4 @@ def write_matmulnbits(model, written: dict[str, tuple], *, bits: int, block_size
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(zp, np.uint8), names[2]))
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [node.output[0]], name=f"{node.name}_Q{bits}",
                                       domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size))
-    read = {i for nd in nodes for i in nd.input}
-    kept = [i for i in graph.initializer if i.name in read]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    rewrite_graph(model, nodes, new_inits, domain="com.microsoft")

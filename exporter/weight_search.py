@@ -45,27 +45,9 @@ def prefill_feeds(model, encoded: list[dict]) -> list[dict[str, np.ndarray]]:
 
 def fake_quant(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
     """``w`` [K, N] quantized blockwise along K as ``MatMulNBitsQuantizer`` does (RTN), de-quantized."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+    from exporter.gptq import dequantize, rtn_blocks
 
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    rows, cols = w.shape
-    blocks = -(-rows // block_size)
-    padded = np.pad(w, ((0, blocks * block_size - rows), (0, 0)))
-    per_byte = 8 // bits
-    packed = np.zeros((cols, blocks, block_size // per_byte), dtype=np.uint8)
-    zp = np.zeros((cols, -(-blocks // per_byte)), dtype=np.uint8)
-    scales = np.zeros((cols, blocks), dtype=np.float32)
-    (quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits)(packed, padded, scales, zp, block_size, cols, rows,
-                                                                    symmetric)
-    if bits == 4:
-        q = np.stack([packed & 0x0F, packed >> 4], -1).reshape(cols, blocks, block_size)
-        z = np.stack([zp & 0x0F, zp >> 4], -1).reshape(cols, -1)[:, :blocks]
-    else:
-        q, z = packed, zp[:, :blocks]
-    if symmetric:
-        z = np.full((cols, blocks), 1 << (bits - 1), dtype=np.uint8)
-    deq = (q.astype(np.float32) - z[..., None].astype(np.float32)) * scales[..., None]
-    return np.ascontiguousarray(deq.reshape(cols, -1)[:, :rows].T)
+    return dequantize(*rtn_blocks(w, bits, block_size, symmetric), w.shape[0])
 
 
 class Scorer:

@@ -103,6 +103,21 @@ def replace_nodes(graph, nodes: Sequence) -> None:
     graph.node.extend(nodes)
 
 
+def rewrite_graph(model, nodes: Sequence, new_initializers: Sequence = (), domain: str | None = None) -> None:
+    """Make ``nodes`` the graph's node list with ``new_initializers`` added, drop the initializers
+    nothing reads any more, and import operator set ``domain`` (version 1) if it is not yet."""
+    from onnx import helper
+
+    graph = model.graph
+    replace_nodes(graph, nodes)
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in read] + list(new_initializers)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if domain is not None and not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+
+
 def drop_unused_constants(graph) -> None:
     """Remove initializers and Constant nodes that nothing reads any more."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exporter.passes.core import PassResult, attr
+from exporter.passes.core import PassResult, attr, rewrite_graph
 
 
 def pack4(q: np.ndarray) -> np.ndarray:
@@ -61,10 +61,5 @@ def split_8bit_matmulnbits(model) -> PassResult:
         nodes.append(helper.make_node("Add", parts, [node.output[0]], name=f"{node.name}/nibbles"))
         count += 1
     if count:
-        read = {i for nd in nodes for i in nd.input}
-        kept = [i for i in graph.initializer if i.name in read]
-        del graph.node[:]
-        graph.node.extend(nodes)
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        rewrite_graph(model, nodes)
     return PassResult(model, count > 0, count)
