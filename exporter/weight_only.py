@@ -350,14 +350,10 @@ def gguf_source(src: Artifact, given: str) -> Path:
     model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
     manifest = model_dir / "manifest.json"
     record = (read_json(manifest, "manifest").get("source") or {}) if manifest.is_file() else {}
-    if record.get("format") != "gguf":
-        raise UsageError(f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not imported from a GGUF "
-                         "file; give the file's path")
-    path = imported_gguf(record)
-    if path is None:
-        raise UsageError(f"--from-gguf source: {record.get('path')}, which {model_dir} was imported from, is missing or "
-                         "changed; give the file's path")
-    return path
+    return imported_gguf(record, not_imported=f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not "
+                         "imported from a GGUF file; give the file's path",
+                         changed=f"--from-gguf source: {record.get('path')}, which {model_dir} was imported from, is "
+                         "missing or changed; give the file's path")
 
 
 def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command):

@@ -170,12 +170,19 @@ def load_artifact(path: "str | os.PathLike | Artifact", *, task: str | None = No
     )
 
 
-def imported_gguf(record: dict) -> Path | None:
+def imported_gguf(record: dict, *, not_imported: str, changed: str) -> Path:
     """The GGUF file a model directory's manifest ``source`` record names (``import-gguf`` writes the
-    path and its sha256), if it is still there unchanged; None when it is missing or changed."""
+    path and its sha256), checked still there and unchanged.
+
+    Raises:
+        UsageError: ``not_imported`` when the record is not a GGUF import, ``changed`` when the file is
+            missing or its content changed.
+    """
+    if record.get("format") != "gguf":
+        raise UsageError(not_imported)
     path = Path(record.get("path") or "")
-    if record.get("format") != "gguf" or not path.is_file() or file_sha256(path) != record.get("sha256"):
-        return None
+    if not path.is_file() or file_sha256(path) != record.get("sha256"):
+        raise UsageError(changed)
     return path
 
 

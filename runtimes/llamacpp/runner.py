@@ -44,14 +44,10 @@ def gguf_file(artifact) -> Path:
     from runtimes.artifact import imported_gguf
 
     record = (artifact.manifest or {}).get("source") or {}
-    if record.get("format") != "gguf":
-        raise UsageError(f"{artifact.path}: runtime llama.cpp runs a GGUF file; this model was not imported from one "
-                         "(enginewright import-gguf FILE -o DIR)")
-    path = imported_gguf(record)
-    if path is None:
-        raise UsageError(f"{artifact.path}: the GGUF file it was imported from ({record.get('path')}) is missing or "
-                         "changed; import it again")
-    return path
+    return imported_gguf(record, not_imported=f"{artifact.path}: runtime llama.cpp runs a GGUF file; this model was not "
+                         "imported from one (enginewright import-gguf FILE -o DIR)",
+                         changed=f"{artifact.path}: the GGUF file it was imported from ({record.get('path')}) is missing "
+                         "or changed; import it again")
 
 
 class LlamaCppRunner(Runner):
