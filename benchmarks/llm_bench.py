@@ -190,8 +190,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                 entries.append((hf.label, plan.runtime, str(plan.artifact.path), runner, lambda enc, h=hf: h(enc, gen)))
         for peer in peers:
             entries.append((peer.label, peer.runtime, peer.artifact, peer, lambda enc, p=peer: p.generate(enc, gen)))
-        runs = {(e[0], b): [] for e in entries for b in config.batches}
-        by_round = {key: [] for key in runs}  # each round's generations, for paired comparisons
+        by_round = {(e[0], b): [] for e in entries for b in config.batches}  # each round's generations
         order = []
         with _RssPeak() as rss, tqdm(total=config.rounds * len(entries), desc="bench", unit="run",
                                      disable=not progress) as bar:
@@ -208,7 +207,6 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                     rss.turn(label)
                     for b in config.batches:
                         by_round[(label, b)].append([fn(enc) for enc in cells[b]])
-                        runs[(label, b)] += by_round[(label, b)][-1]
                     bar.update(1)
             rss.turn(None)
         settings = [{"label": e[0], "runtime": e[1], "artifact": e[2],
@@ -219,7 +217,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
     finally:
         for r in runners:
             r.deactivate()
-    results = [_row(label, runtime, b, runs[(label, b)], rss.peak.get(label), rss.growth.get(label), by_round[(label, b)])
+    results = [_row(label, runtime, b, by_round[(label, b)], rss.peak.get(label), rss.growth.get(label))
                for label, runtime, *_ in entries for b in config.batches]
     _add_speedups(results, entries[0][0])
     report = report_header("bench", command, describe_machine())
@@ -253,8 +251,9 @@ def _decode_rate(gens: list[Generation]) -> float | None:
     return sum(int(g.lengths.sum()) - len(g.lengths) for g in gens) / steps if steps else None
 
 
-def _row(label: str, runtime: str, batch: int, gens: list[Generation], peak_rss: float | None,
-         growth: float | None, rounds: list[list[Generation]] = ()) -> dict:
+def _row(label: str, runtime: str, batch: int, rounds: list[list[Generation]], peak_rss: float | None,
+         growth: float | None) -> dict:
+    gens = [g for r in rounds for g in r]
     ttft = [g.first_token_s for g in gens]
     itl = [s for g in gens for s in g.step_s]
     new = sum(int(g.lengths.sum()) for g in gens)

@@ -97,6 +97,11 @@ def optimum_peer(label: str, path: Path, threads: int):
 BAR = {"ppl": 0.03, "top1": 0.95, "speedup": 5.0}
 
 
+def within_bar(c: dict) -> bool:
+    """A ``compare`` candidate within the bar's accuracy part."""
+    return c["ppl_change"] <= BAR["ppl"] and c["continuation_top1"] >= BAR["top1"]
+
+
 def verdict(accurate: list[tuple[float, str]], peers: list[tuple[float, str]] = ()) -> str:
     """One line: which of our artifacts within the bar's accuracy is fastest, whether it reaches the
     bar's speed, and the fastest peer within the same accuracy."""
@@ -238,8 +243,7 @@ def best_ours(bench: dict, cmp: dict, arts: dict[str, Path]) -> str | None:
     """Of our artifacts within the bar's accuracy, the name of the fastest in ``bench``; None if none is."""
     rate = {s["artifact"]: r["decode_tokens_per_s"] for s, r in zip(bench["runners"], bench["results"])}
     acc = {Path(c["artifact"]).name: c for c in cmp["candidates"]}
-    good = [(rate.get(str(arts[n])) or 0, n) for n in OURS if n in acc
-            and acc[n]["ppl_change"] <= BAR["ppl"] and acc[n]["continuation_top1"] >= BAR["top1"]]
+    good = [(rate.get(str(arts[n])) or 0, n) for n in OURS if n in acc and within_bar(acc[n])]
     return max(good)[1] if good else None
 
 
@@ -271,7 +275,7 @@ def markdown(report: dict, arts: dict[str, Path]) -> str:
                     f"{c['ppl_change']:+.2%}" if c else ("0 (reference)" if art == "hf" else ""),
                     f"{c['top1_agreement']:.4f}" if c else "", f"{c['continuation_top1']:.4f}" if c else "",
                     f"{c['greedy_prefix_mean']:.1f} / {c['greedy_prefix_min']}" if c else ""])
-        if c and c["ppl_change"] <= BAR["ppl"] and c["continuation_top1"] >= BAR["top1"]:
+        if c and within_bar(c):
             (accurate if art in OURS else peers_accurate).append((r["decode_tokens_per_s"] / base_tps, r["label"]))
     s = bench["settings"]
     lines = [
