@@ -16,7 +16,6 @@ session options); the whole-generation comparison with PyTorch and the peers is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -61,12 +60,14 @@ def main(argv=None) -> int:
     p.add_argument("--past", type=int, default=40, help="prompt tokens before the timed steps")
     p.add_argument("--steps", type=int, default=48, help="timed decode steps per artifact per round")
     p.add_argument("-o", "--output", type=Path, default=None, help="also write the figures as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file")
     args = p.parse_args(argv)
 
     from benchmarks.quantization import paired_verdict
     from evaluation.machine import describe_machine, machine_line
     from runtimes import usable_cores
     from runtimes.errors import UsageError
+    from runtimes.outputs import check_output_file, write_json_atomic
     from runtimes.tasks.generation import cache_shape
 
     if len(args.artifacts) < 2 or min(args.rounds, args.past, args.steps) < 1:
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     for a in args.artifacts:
         if not (a / "model.onnx").is_file() or not (a / "config.json").is_file():
             raise UsageError(f"{a}: not an LLM ONNX artifact (model.onnx and config.json expected); export one first")
+    if args.output is not None:  # before minutes of timing, not after
+        check_output_file(args.output, force=args.force, inputs=args.artifacts, flag="-o")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(args.artifacts[0]), local_files_only=True)
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
               f"({min(v['round_ratios']):.3f} to {max(v['round_ratios']):.3f}), faster in {v['rounds_ahead']} of "
               f"{v['rounds']} rounds (sign test p = {v['sign_test_p_ahead']:.3g}): {v['verdict']}")
     if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
+        write_json_atomic(args.output, result)
     return 0
 
 

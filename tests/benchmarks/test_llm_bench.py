@@ -184,3 +184,7 @@ def test_decode_duel_times_each_artifact_in_every_round(tiny_llama_onnx, tmp_pat
     assert "faster in" in capsys.readouterr().out
     with pytest.raises(UsageError, match="not an LLM ONNX artifact"):
         duel([str(tiny_llama_onnx), str(tmp_path)])
+    before = out.read_text()  # an existing report is kept unless --force
+    with pytest.raises(UsageError, match="already exists; pass --force"):
+        duel([str(tiny_llama_onnx), str(tiny_llama_onnx), "--rounds", "1", "-o", str(out)])
+    assert out.read_text() == before
