@@ -4,8 +4,9 @@ among recipes (``select``, in ``exporter.recipes``).
 
 Recipes:
 - the default (no ``mode``, ``--target cpu``): dynamic, QInt8 per-channel weights, MatMuls with a
-  constant weight only, 8-bit weights (no ``reduce_range``). It is held to an accuracy budget:
-  below it, nothing is written and the error says what to try.
+  constant weight only, 8-bit weights (no ``reduce_range``), the normalized activations smoothed
+  first (``exporter.smoothing``). It is held to an accuracy budget: below it, nothing is written
+  and the error says what to try.
 - ``--target tensorrt``: static QDQ in the placement TensorRT's explicit quantization expects:
   symmetric INT8 activations and weights (zero point 0), per-channel weights, Q/DQ on the inputs of
   MatMul/Gemm, standard operators only. The same file runs on ONNX Runtime CPU.
@@ -34,6 +35,7 @@ from exporter.optimize import contrib_ops, op_counts
 from exporter.passes import BEFORE_QUANTIZE, run_passes
 from exporter.quantizer import QUANTIZED_OPS, Quantizer, Scorer
 from exporter.recipes import candidates, node_choices, select
+from exporter.smoothing import DEFAULT_ALPHA, smooth_file
 from exporter.writer import ArtifactWriter, open_input
 from runtimes import open_runner
 from runtimes.artifact import Artifact
@@ -56,7 +58,11 @@ class QuantizeConfig:
     The tool's own recipe (no ``mode``) and ``select`` are held to an accuracy budget: the written
     artifact's pooled cosine loss against the float model at most ``accuracy_budget`` (default
     ``max_cosine_loss``, else ``DEFAULT_BUDGET``), and for a classifier top-1 agreement at least
-    ``min_agreement``; an explicit ``mode`` is held to ``accuracy_budget`` only when that is given."""
+    ``min_agreement``; an explicit ``mode`` is held to ``accuracy_budget`` only when that is given.
+
+    ``smooth`` (None: on for the tool's own recipe, off for a given ``mode`` or ``--target
+    tensorrt``; ``select`` measures both) divides the normalized activations by per-channel
+    factors folded into the weights (``exporter.smoothing``), ``smooth_alpha`` its strength."""
 
     mode: str | None = None
     target: str = "cpu"
@@ -66,6 +72,8 @@ class QuantizeConfig:
     weight_only: bool = True  # dynamic: quantize only MatMuls whose second input is a weight
     attention: bool = True  # dynamic on a fused graph: the Attention nodes as QAttention
     activation: str | None = None  # static on the cpu target: "u8" (default) or "s8"
+    smooth: bool | None = None  # SmoothQuant on normalized activations: on in the tool's recipes, off in a given one
+    smooth_alpha: float = DEFAULT_ALPHA
     exclude: tuple[str, ...] = ()
     max_cosine_loss: float | None = None
     max_float_nodes: int | None = None
@@ -102,6 +110,8 @@ class QuantizeConfig:
             raise UsageError(f"--max-float-nodes must be >= 0, got {self.max_float_nodes}")
         if self.calib_rows < 1 or self.eval_rows < 1 or self.batch_size < 1 or self.select_rounds < 1:
             raise UsageError("calibration rows, eval rows, batch size and --select-rounds must be >= 1")
+        if not 0 <= self.smooth_alpha <= 1:
+            raise UsageError(f"--smooth-alpha must be within [0, 1], got {self.smooth_alpha}")
         if not self.select_seconds > 0:
             raise UsageError(f"--select-seconds must be > 0, got {self.select_seconds}")
         if self.max_length < 2:
@@ -122,7 +132,8 @@ class QuantizeConfig:
         """Every setting left to the recipe filled in (the single recipe run without ``select``)."""
         return replace(self, mode=self.mode or ("static" if self.target == "tensorrt" else "dynamic"),
                        per_channel=True if self.per_channel is None else self.per_channel,
-                       reduce_range=bool(self.reduce_range), activation=self.activation or "u8")
+                       reduce_range=bool(self.reduce_range), activation=self.activation or "u8",
+                       smooth=self.tool_chosen and self.target == "cpu" if self.smooth is None else self.smooth)
 
 
 def quantize(
@@ -159,12 +170,17 @@ def quantize(
         _preprocess(src.model_file, prepared, has_contrib=bool(contrib_ops(ops)))
         calib_feeds, eval_feeds, timing_feed = _feeds(src, calib, rcfg)
         scorer = Scorer(prepared, eval_feeds, src.task)
-        selection, graph = None, "input"
+        selection, graph, smoothing = None, "input", None
         if config.select:
-            q, selection, graph = _select(src, work, prepared, config, calib_feeds, calib is not None, scorer, timing_feed, progress)
+            q, selection, graph, smoothing = _select(src, work, prepared, config, calib_feeds, calib is not None, scorer,
+                                                     timing_feed, progress)
             search = _search(q, scorer, q.nodes(), replace(q.cfg, max_cosine_loss=None), progress)
         else:
-            q = Quantizer(prepared, work, rcfg, calib_feeds)
+            float_path = prepared
+            if rcfg.smooth:
+                float_path = work / "smoothed.onnx"
+                smoothing = smooth_file(prepared, float_path, calib_feeds, rcfg.smooth_alpha)
+            q = Quantizer(float_path, work, rcfg, calib_feeds)
             unknown = sorted(set(config.exclude) - set(q.graph.op_of))
             if unknown:
                 raise UsageError(f"--exclude names nodes that are not in {src.model_file}: {unknown[:5]}; "
@@ -186,6 +202,7 @@ def quantize(
                     "per_channel": c.per_channel or c.target == "tensorrt", "reduce_range": c.reduce_range,
                     "activations": "S8" if c.target == "tensorrt" or c.activation == "s8" else "U8",
                     "attention": "QAttention" if "Attention" in q.op_types else None,
+                    "smoothing": smoothing,
                     "format": "QDQ" if c.mode == "static" else "dynamic (MatMulInteger)",
                     "accuracy_budget": {"max_cosine_loss": budget,
                                         "min_agreement": config.min_agreement if budget is not None and scorer.task.scores_labels else None},
@@ -201,9 +218,10 @@ def quantize(
 
 
 def _select(src: Artifact, work: Path, prepared: Path, config: QuantizeConfig, calib_feeds, has_calib: bool,
-            scorer: Scorer, feed: dict, progress: bool) -> tuple[Quantizer, dict, str]:
-    """``--select``: the input graph and, for a plain export, its ``optimize --target cpu`` fusion;
-    every candidate recipe on them (``exporter.recipes``); the chosen one's quantizer."""
+            scorer: Scorer, feed: dict, progress: bool) -> tuple[Quantizer, dict, str, dict | None]:
+    """``--select``: the input graph and, for a plain export, its ``optimize --target cpu`` fusion,
+    each as it is and smoothed (unless ``smooth`` fixes that axis); every candidate recipe on them
+    (``exporter.recipes``); the chosen one's quantizer, graph and smoothing record."""
     from exporter.optimize import optimize
 
     graphs = {"input": prepared}
@@ -212,8 +230,14 @@ def _select(src: Artifact, work: Path, prepared: Path, config: QuantizeConfig, c
         _preprocess(fused.model_file, work / "fused.onnx", has_contrib=bool(contrib_ops(op_counts(fused.model_file))))
         graphs["fused"] = work / "fused.onnx"
     base = config.resolved()
-    quantizers = {g: Quantizer(p, work / g, base, calib_feeds) for g, p in graphs.items()}
-    cands = candidates(config, list(graphs), {g: "Attention" in q.graph.op_of.values() for g, q in quantizers.items()},
+    quantizers, records = {}, {}
+    for g, p in graphs.items():
+        for sm in (True, False) if config.smooth is None else (config.smooth,):
+            if sm:
+                records[g] = smooth_file(p, work / f"{g}-smoothed.onnx", calib_feeds, config.smooth_alpha)
+            quantizers[g, sm] = Quantizer(work / f"{g}-smoothed.onnx" if sm else p, work / (g + "-smoothed" * sm),
+                                          base, calib_feeds)
+    cands = candidates(config, list(graphs), {g: "Attention" in q.graph.op_of.values() for (g, _), q in quantizers.items()},
                        static=has_calib)
     budget = config.budget()
     chosen, table = select(quantizers, cands, base, scorer, feed, budget=budget, min_agreement=config.min_agreement,
@@ -224,7 +248,8 @@ def _select(src: Artifact, work: Path, prepared: Path, config: QuantizeConfig, c
                           f"{', top-1 agreement >= ' + str(config.min_agreement) if scorer.task.scores_labels else ''}); the "
                           f"closest, {best['name']}, has cosine {best['cosine']:.4f}: raise --max-cosine-loss, or give --mode "
                           "dynamic --max-cosine-loss X to keep the costliest nodes in float; nothing written")
-    return quantizers[chosen.graph].with_config(chosen.config(base)), table, chosen.graph
+    q = quantizers[chosen.graph, chosen.smooth].with_config(chosen.config(base))
+    return q, table, chosen.graph, records[chosen.graph] if chosen.smooth else None
 
 
 def _check_budget(score: dict, budget: float | None, config: QuantizeConfig, used: QuantizeConfig) -> None:

@@ -28,36 +28,39 @@ class Candidate:
     reduce_range: bool
     attention: bool = True  # dynamic on a fused graph: the Attention nodes as QAttention
     activation: str = "u8"
+    smooth: bool = False  # the normalized activations smoothed first (exporter.smoothing)
 
     @property
     def name(self) -> str:
         parts = [self.graph if self.graph == "input" else ("fused+QAttention" if self.attention else "fused, Attention float"),
                  self.mode if self.mode == "dynamic" else f"static QDQ {self.activation.upper()}S8",
                  "per-channel" if self.per_channel else "per-tensor", "reduce_range" if self.reduce_range else "8-bit"]
-        return ", ".join(parts)
+        return ", ".join(parts + ["smoothed"] * self.smooth)
 
     def config(self, base):
         return replace(base, mode=self.mode, per_channel=self.per_channel, reduce_range=self.reduce_range,
-                       attention=self.attention, activation=self.activation)
+                       attention=self.attention, activation=self.activation, smooth=self.smooth)
 
 
-DEFAULT = Candidate("input", "dynamic", True, False)  # the tool's own recipe, kept unless clearly beaten
+DEFAULT = Candidate("input", "dynamic", True, False, smooth=True)  # the tool's own recipe, kept unless clearly beaten
 
 
 def candidates(cfg, graphs: Sequence[str], has_attention: dict[str, bool], static: bool) -> list[Candidate]:
-    """Every combination of the axes the user left open: graph, per-channel, reduce_range, and for a
-    fused graph QAttention or not; static QDQ (U8 and S8 activations) on the input graph when there
-    is calibration data and no ``--mode`` was given. A value the user gave fixes its axis."""
+    """Every combination of the axes the user left open: graph, smoothed or not, per-channel,
+    reduce_range, and for a fused graph QAttention or not; static QDQ (U8 and S8 activations) on
+    the input graph when there is calibration data and no ``--mode`` was given. A value the user
+    gave fixes its axis."""
     pcs = (True, False) if cfg.per_channel is None else (cfg.per_channel,)
     rrs = (False, True) if cfg.reduce_range is None else (cfg.reduce_range,)
+    sms = (True, False) if cfg.smooth is None else (cfg.smooth,)
     out = []
     if cfg.mode in (None, "dynamic"):
         for g in graphs:
             for att in ((True, False) if has_attention.get(g) else (True,)):
-                out += [Candidate(g, "dynamic", pc, rr, att) for pc in pcs for rr in rrs]
+                out += [Candidate(g, "dynamic", pc, rr, att, smooth=sm) for sm in sms for pc in pcs for rr in rrs]
     if cfg.mode == "static" or (cfg.mode is None and static):
         acts = ("u8", "s8") if cfg.mode is None or cfg.activation is None else (cfg.activation,)
-        out += [Candidate(graphs[0], "static", pc, False, True, a) for pc in pcs for a in acts]
+        out += [Candidate(graphs[0], "static", pc, False, True, a, smooth=sm) for sm in sms for pc in pcs for a in acts]
     return out
 
 
@@ -87,7 +90,7 @@ def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds:
             r.deactivate()
 
 
-def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, scorer: Scorer, feed: dict, *,
+def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate], base_cfg, scorer: Scorer, feed: dict, *,
            budget: float, min_agreement: float, float_path: Path, progress: bool) -> tuple[Candidate | None, dict]:
     """Build, score and time ``cands``; returns the chosen one (None if none is within the budget)
     and the table (the manifest's ``quantization.selection``).
@@ -97,7 +100,7 @@ def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, s
     swap places from run to run on a shared machine, and a choice should not be a coin toss."""
     rows, paths = [], {}
     for c in tqdm(cands, desc="select: build and score", unit="recipe", disable=not progress):
-        q = quantizers[c.graph].with_config(c.config(base_cfg))
+        q = quantizers[c.graph, c.smooth].with_config(c.config(base_cfg))
         path = q.run(q.nodes())
         s = scorer.score(path)
         ok = 1.0 - s["cosine"] <= budget and (s["agreement"] is None or s["agreement"] >= min_agreement)
@@ -111,7 +114,7 @@ def select(quantizers: dict[str, Quantizer], cands: list[Candidate], base_cfg, s
         ref = float(np.median(by_round[0]))
         for r, sps in zip(timed, by_round[1:]):
             r.update(samples_per_s_by_round=sps, samples_per_s=float(np.median(sps)), speedup_vs_float=float(np.median(sps)) / ref)
-    best, decision = _choose(timed, DEFAULT.name)
+    best, decision = _choose(timed, replace(DEFAULT, smooth=bool(base_cfg.smooth)).name)
     for r in rows:
         r["chosen"] = r is best
     features = describe_machine()["cpu_features"]
@@ -134,7 +137,7 @@ def _choose(timed: list[dict], default: str) -> tuple[dict | None, str]:
     fastest = max(timed, key=lambda r: r["samples_per_s"])
     base = next((r for r in timed if r["name"] == default), None)
     if base is None:
-        return fastest, "the default recipe misses the budget: the fastest candidate within it"
+        return fastest, "the fastest candidate within the budget (the default recipe is not among them)"
     if fastest is base:
         return base, "the default recipe is the fastest"
     ahead = sum(a > b for a, b in zip(fastest["samples_per_s_by_round"], base["samples_per_s_by_round"]))

@@ -3,7 +3,8 @@
 Quantize an ONNX artifact with ONNX Runtime's tools. With no --mode, the default CPU recipe (dynamic, per-channel
 INT8 weights, MatMuls with a constant weight) must keep the pooled cosine loss against the float model within
 --max-cosine-loss (default 0.01; classifiers also 98% top-1 agreement), else it exits 1 and writes nothing.
---select builds the candidate recipes (plain or fused graph, QAttention, per-channel, reduce_range, static S8/U8),
+The default recipe smooths the normalized activations first (SmoothQuant; --smooth off for ONNX Runtime's plain recipe).
+--select builds the candidate recipes (plain or fused graph, smoothed, QAttention, per-channel, reduce_range, static S8/U8),
 scores them on the calibration texts, times them on this machine and keeps the fastest within the budget.
 --target tensorrt gives symmetric per-channel QDQ on MatMul/Gemm inputs that TensorRT's explicit quantization
 takes; --max-cosine-loss with a given --mode keeps the costliest nodes in float until met.
@@ -48,6 +49,11 @@ def add_arguments(p) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weights against U8S8 saturation on CPUs without VNNI; auto: off, or measured by --select")
+    p.add_argument("--smooth", choices=("auto", "on", "off"), default="auto",
+                   help="divide the normalized activations by per-channel factors folded into the weights (SmoothQuant) "
+                        "before INT8; auto: on in the default recipe, measured by --select, off with a given --mode")
+    p.add_argument("--smooth-alpha", type=float, default=0.5, metavar="A",
+                   help="smoothing strength: how much of the activations' range moves to the weights (default 0.5)")
     p.add_argument("--activations", choices=("u8", "s8"), default=None, help="static on cpu: activation type (default u8)")
     p.add_argument("--all-matmuls", action="store_true", help="dynamic: also quantize activation x activation MatMuls")
     p.add_argument("--exclude", default="", metavar="NODES", help="comma-separated node names to keep in float")
@@ -74,6 +80,7 @@ def make(o, src, out, *, force: bool, command: str, progress: bool):
     config = QuantizeConfig(mode=o["mode"], target=o["target"], method=o["method"],
                             per_channel=True if o["per_channel"] else False if o["per_tensor"] else None,
                             reduce_range=_ON_OFF[o["reduce_range"]], activation=o["activations"],
+                            smooth=_ON_OFF[o["smooth"]], smooth_alpha=o["smooth_alpha"],
                             weight_only=not o["all_matmuls"],
                             exclude=tuple(x.strip() for x in o["exclude"].split(",") if x.strip()),
                             max_cosine_loss=o["max_cosine_loss"], max_float_nodes=o["max_float_nodes"],
@@ -108,7 +115,7 @@ def run(args, command: str) -> int:
     if qz.get("selection"):
         print(selection_table(qz["selection"]))
     print(f"quantized {args.artifact} ({qz['recipe']} recipe: {qz['mode']}, {'per-channel' if qz['per_channel'] else 'per-tensor'}"
-          f"{', reduce_range' if qz['reduce_range'] else ''}, graph {qz['graph']}, target {qz['target']}, {qz['format']}): "
+          f"{', reduce_range' if qz['reduce_range'] else ''}{', smoothed' if qz.get('smoothing') else ''}, graph {qz['graph']}, target {qz['target']}, {qz['format']}): "
           f"{len(qz['quantized_nodes'])} nodes INT8, {sum(c['choice'] == 'float' for c in qz['node_choices'].values())} "
           f"quantizable nodes kept in float; mean pooled cosine vs float {art.manifest['parity']['mean_cosine']:.5f}")
     if qz["float_nodes"]:

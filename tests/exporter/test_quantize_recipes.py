@@ -32,6 +32,27 @@ def test_the_default_recipe_records_every_quantizable_matmul(tiny_onnx, tmp_path
         else:  # the attention products: activation x activation
             assert c["choice"] == "float" and c["why"].startswith("weight not constant")
     assert op_counts(art.model_file)["MatMulInteger"] == sum(c["choice"] == "int8" for c in choices.values())
+    # smoothed first: every LayerNorm output read by the Q/K/V and FFN products, one Mul each
+    smoothed = q["smoothing"]["tensors"]
+    normalized = {n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization"}
+    read_by_matmul = {n.input[0] for n in model.graph.node if n.op_type == "MatMul" and n.input[0] in normalized}
+    assert q["smoothing"]["alpha"] == 0.5 and {s["tensor"] for s in smoothed} == read_by_matmul and len(read_by_matmul) >= 2
+    assert all(set(s["consumers"]) <= set(q["quantized_nodes"]) for s in smoothed)
+
+
+def test_smoothing_is_the_tool_s_not_a_given_recipe_s(capsys, tiny_onnx, tmp_path):
+    given = quantize(tiny_onnx, tmp_path / "g", config=QuantizeConfig(mode="dynamic"), progress=False)
+    assert given.manifest["quantization"]["smoothing"] is None
+    code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "off"), "--smooth", "off", "-q")
+    assert code == 0 and "smoothed" not in out
+    assert json.loads((tmp_path / "off" / "manifest.json").read_text())["quantization"]["smoothing"] is None
+    code, out, _ = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "on"), "--mode", "dynamic", "--smooth", "on",
+                       "--smooth-alpha", "0.7", "-q")
+    assert code == 0 and "smoothed" in out
+    assert json.loads((tmp_path / "on" / "manifest.json").read_text())["quantization"]["smoothing"]["alpha"] == 0.7
+    code, _, err = run(capsys, "quantize", str(tiny_onnx), "-o", str(tmp_path / "bad"), "--smooth-alpha", "1.5")
+    assert code == 2 and not (tmp_path / "bad").exists()
+    one_line_error(err, "--smooth-alpha", "[0, 1]")
 
 
 def test_the_record_says_why_a_node_stayed_float(tiny_onnx, tmp_path):
@@ -61,11 +82,12 @@ def test_the_default_recipe_refuses_to_write_below_its_budget(tiny_onnx, tiny_cl
 def test_candidates_leave_given_settings_fixed():
     every = candidates(QuantizeConfig(select=True), ["input", "fused"], {"fused": True}, static=True)
     names = [c.name for c in every]
-    assert len(names) == len(set(names)) == 4 + 8 + 4  # input x pc x rr, fused (QAttention or not) x pc x rr, static U8/S8 x pc
-    fixed = candidates(QuantizeConfig(select=True, per_channel=True, reduce_range=False), ["input", "fused"], {"fused": True},
-                       static=False)
+    # (input x pc x rr, fused (QAttention or not) x pc x rr, static U8/S8 x pc), each smoothed or not
+    assert len(names) == len(set(names)) == (4 + 8 + 4) * 2
+    fixed = candidates(QuantizeConfig(select=True, per_channel=True, reduce_range=False, smooth=True), ["input", "fused"],
+                       {"fused": True}, static=False)
     assert [(c.graph, c.attention) for c in fixed] == [("input", True), ("fused", True), ("fused", False)]
-    assert all(c.per_channel and not c.reduce_range and c.mode == "dynamic" for c in fixed)
+    assert all(c.per_channel and not c.reduce_range and c.mode == "dynamic" and c.smooth for c in fixed)
     assert all(c.mode == "static" for c in candidates(QuantizeConfig(select=True, mode="static"), ["input"], {}, static=True))
 
 
