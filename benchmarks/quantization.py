@@ -108,6 +108,8 @@ def part_embeddings(args, work: Path, model_dir: Path, sentences: TextDataset, c
         "INT8 dynamic, all MatMuls, per-channel (ours)": (
             onnx_dir, QuantizeConfig(mode="dynamic", per_channel=True, weight_only=False)),
         "INT8 dynamic, fused (QAttention), per-channel (ours)": (fused, QuantizeConfig(mode="dynamic", per_channel=True)),
+        "INT8 dynamic, fused (QAttention), per-channel, smoothed (ours)": (
+            fused, QuantizeConfig(mode="dynamic", per_channel=True, smooth=True)),
         "INT8 dynamic, per-tensor, searched (ours)": (
             onnx_dir, QuantizeConfig(mode="dynamic", per_channel=False, max_cosine_loss=args.max_cosine_loss, max_float_nodes=12)),
         "INT8 static QDQ, per-channel, searched (ours)": (

@@ -95,9 +95,12 @@ def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate]
     """Build, score and time ``cands``; returns the chosen one (None if none is within the budget)
     and the table (the manifest's ``quantization.selection``).
 
-    The tool's default recipe (the input graph, dynamic, per-channel, 8-bit) is kept unless another
-    candidate within the budget is faster than it in every timed round: recipes a few percent apart
-    swap places from run to run on a shared machine, and a choice should not be a coin toss."""
+    The tool's default recipe (the input graph, dynamic, per-channel, 8-bit, smoothed) is kept
+    unless the fastest other candidate within the budget (by median over the interleaved rounds of
+    all of them) is then faster than it in every round of a duel of the two alone: with a dozen
+    sessions in one process, timings of one recipe spread by a third across rounds on a shared
+    machine, and recipes a few percent apart swap places from run to run; a choice should not be a
+    coin toss."""
     rows, paths = [], {}
     for c in tqdm(cands, desc="select: build and score", unit="recipe", disable=not progress):
         q = quantizers[c.graph, c.smooth].with_config(c.config(base_cfg))
@@ -108,44 +111,51 @@ def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate]
                      "meets_budget": ok, "quantized_nodes": len(q.nodes())})
         paths[c.name] = path
     timed = [r for r in rows if r["meets_budget"]]
+    rounds, seconds = base_cfg.select_rounds, base_cfg.select_seconds
     if timed:
-        by_round = time_interleaved([float_path] + [paths[r["name"]] for r in timed], feed,
-                                    rounds=base_cfg.select_rounds, seconds=base_cfg.select_seconds)
+        by_round = time_interleaved([float_path] + [paths[r["name"]] for r in timed], feed, rounds=rounds, seconds=seconds)
         ref = float(np.median(by_round[0]))
         for r, sps in zip(timed, by_round[1:]):
             r.update(samples_per_s_by_round=sps, samples_per_s=float(np.median(sps)), speedup_vs_float=float(np.median(sps)) / ref)
-    best, decision = _choose(timed, replace(DEFAULT, smooth=bool(base_cfg.smooth)).name)
+
+    def duel(a: dict, b: dict) -> tuple[list[float], list[float]]:
+        return tuple(time_interleaved([paths[a["name"]], paths[b["name"]]], feed, rounds=2 * rounds, seconds=seconds))
+
+    best, decision, duel_record = _choose(timed, replace(DEFAULT, smooth=bool(base_cfg.smooth)).name, duel)
     for r in rows:
         r["chosen"] = r is best
     features = describe_machine()["cpu_features"]
     shape = {k: int(v) for k, v in zip(("batch", "seq"), next(iter(feed.values())).shape)}
     table = {"budget": {"max_cosine_loss": budget, "min_agreement": min_agreement if scorer.task.scores_labels else None},
-             "scored_on_rows": scorer.rows, "timing": {**shape, "rounds": base_cfg.select_rounds,
-                                                       "seconds_per_round": base_cfg.select_seconds},
+             "scored_on_rows": scorer.rows, "timing": {**shape, "rounds": rounds, "seconds_per_round": seconds},
              "float_samples_per_s_by_round": by_round[0] if timed else None,
              "cpu_features": features, "instruction_set": instruction_set(features), "candidates": rows, "chosen": best["name"] if best else None,
-             "decision": decision}
+             "decision": decision, "duel": duel_record}
     chosen = next((c for c in cands if c.name == best["name"]), None) if best else None
     return chosen, table
 
 
-def _choose(timed: list[dict], default: str) -> tuple[dict | None, str]:
-    """The fastest candidate by median if it beats the default recipe in every round (or the default
-    is not among those timed), else the default; and why, in words."""
+def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, dict | None]:
+    """The candidate to keep, why (in words), and the duel's record: the fastest other candidate by
+    median if ``duel(default_row, challenger_row)`` (samples/s per round of each, timed alone) has
+    it ahead in every round, else the default; the fastest if the default is not among ``timed``."""
     if not timed:
-        return None, "no candidate meets the accuracy budget"
+        return None, "no candidate meets the accuracy budget", None
     fastest = max(timed, key=lambda r: r["samples_per_s"])
     base = next((r for r in timed if r["name"] == default), None)
     if base is None:
-        return fastest, "the fastest candidate within the budget (the default recipe is not among them)"
-    if fastest is base:
-        return base, "the default recipe is the fastest"
-    ahead = sum(a > b for a, b in zip(fastest["samples_per_s_by_round"], base["samples_per_s_by_round"]))
-    rounds = len(base["samples_per_s_by_round"])
-    if ahead == rounds:
-        return fastest, f"faster than the default recipe in all {rounds} rounds"
-    return base, (f"the default recipe: the fastest by median ({fastest['name']}) was ahead of it in only "
-                  f"{ahead} of {rounds} rounds")
+        return fastest, "the fastest candidate within the budget (the default recipe is not among them)", None
+    challenger = max((r for r in timed if r is not base), key=lambda r: r["samples_per_s"], default=None)
+    if challenger is None or challenger["samples_per_s"] <= base["samples_per_s"]:
+        return base, "the default recipe is the fastest", None
+    ours, theirs = duel(base, challenger)
+    ahead = sum(b > a for a, b in zip(ours, theirs))
+    record = {"challenger": challenger["name"], "default_samples_per_s_by_round": list(ours),
+              "challenger_samples_per_s_by_round": list(theirs), "challenger_ahead_in": ahead, "rounds": len(ours)}
+    if ahead == len(ours):
+        return challenger, f"faster than the default recipe in all {len(ours)} rounds of a duel of the two", record
+    return base, (f"the default recipe: the fastest by median ({challenger['name']}) was ahead of it in only "
+                  f"{ahead} of {len(ours)} rounds of a duel of the two"), record
 
 
 def node_choices(q: Quantizer, quantized: Sequence[str], excluded: Sequence[str], searched_float: Sequence[str]) -> dict:
