@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/enginewright export "$(MODEL)" -o runs/demo/onnx --task feature-extraction --force
 	$(BIN)/enginewright optimize runs/demo/onnx -o runs/demo/fused --target cpu --force -q
-	$(BIN)/enginewright quantize runs/demo/onnx -o runs/demo/int8 --mode dynamic --per-channel --force -q
+	$(BIN)/enginewright quantize runs/demo/onnx -o runs/demo/int8 --force -q
 	$(BIN)/enginewright compare "$(MODEL)" runs/demo/onnx runs/demo/fused -o runs/demo/compare --force -q
 	$(BIN)/enginewright compare "$(MODEL)" runs/demo/int8 --atol 1 --rtol 0 --min-cosine 0.9 -o runs/demo/compare-int8 --force -q
 	$(BIN)/enginewright bench "$(MODEL)" runs/demo/onnx runs/demo/fused runs/demo/int8 --batch 1,8 --seq 128 -o runs/demo/bench --force -q

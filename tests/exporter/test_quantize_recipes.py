@@ -134,7 +134,8 @@ def test_the_default_recipe_keeps_minilm_within_budget(minilm_dir, tmp_path):
     onnx_dir = export_hf(minilm_dir, tmp_path / "onnx", task="feature-extraction", progress=False).path
     art = quantize(onnx_dir, tmp_path / "q", progress=False)
     q = art.manifest["quantization"]
-    assert art.manifest["parity"]["mean_cosine"] >= 0.99  # 0.9929 on the sample sentences when written
+    assert art.manifest["parity"]["mean_cosine"] >= 0.995  # 0.9961 on the sample sentences when written (0.9929 unsmoothed)
+    assert len(q["smoothing"]["tensors"]) == 12  # the embeddings LayerNorm and 6 layers x 2 minus the last output
     assert sum(c["choice"] == "int8" for c in q["node_choices"].values()) == 36  # 6 layers x (Q, K, V, output, 2 FFN)
     assert {c["why"] for c in q["node_choices"].values() if c["choice"] == "float"} == {
         "weight not constant (activation x activation product; --all-matmuls quantizes it)"}
