@@ -5,6 +5,7 @@ quantized graph against the float one on fixed feeds."""
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class Quantizer:
         self.QuantFormat, self.QuantType = QuantFormat, QuantType
         self.graph = inspect_graph(float_path, QUANTIZABLE_OPS)
         self.op_types = self._op_types()
-        self.n = 0
+        self._numbers = itertools.count(1)  # shared by with_config's copies: each file written once
 
     def _op_types(self) -> list[str]:
         fused_attention = self.cfg.mode == "dynamic" and self.cfg.attention and "Attention" in self.graph.op_of.values()
@@ -107,8 +108,7 @@ class Quantizer:
         """Quantize exactly ``quantize_nodes``; returns the written model path."""
         from onnxruntime.quantization import quantize_dynamic, quantize_static
 
-        self.n += 1
-        out = out or self.work / f"q{self.n}.onnx"
+        out = out or self.work / f"q{next(self._numbers)}.onnx"
         if not quantize_nodes:  # onnxruntime reads an empty node list as "quantize everything"
             shutil.copy2(self.float_path, out)
             return out

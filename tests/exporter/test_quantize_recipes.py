@@ -167,3 +167,16 @@ def test_select_keeps_the_default_recipe_unless_clearly_beaten():
     assert _choose([base, slow], DEFAULT.name, never)[:2] == (base, "the default recipe is the fastest") and not calls
     assert _choose([fast, slow], DEFAULT.name, never)[0] is fast and not calls  # the default missed the budget
     assert _choose([], DEFAULT.name, never) == (None, "no candidate meets the accuracy budget", None)
+
+
+def test_copies_of_a_quantizer_never_overwrite_each_other_s_files(tiny_onnx, tmp_path):
+    """--select times the files its candidates wrote: a copy under other settings must not reuse a name
+    (it did: every static candidate overwrote the dynamic one's file, which was then timed)."""
+    from exporter.quantizer import Quantizer
+
+    base = Quantizer(tiny_onnx / "model.onnx", tmp_path / "w", QuantizeConfig(mode="dynamic").resolved(), [])
+    per_channel, per_tensor = base.with_config(base.cfg), base.with_config(QuantizeConfig(mode="dynamic", per_channel=False).resolved())
+    first = per_channel.run(per_channel.nodes())
+    before = first.read_bytes()
+    second = per_tensor.run(per_tensor.nodes())
+    assert first != second and first.read_bytes() == before and second.read_bytes() != before
