@@ -97,8 +97,9 @@ def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate]
     and the table (the manifest's ``quantization.selection``).
 
     The tool's default recipe (the input graph, dynamic, per-channel, 8-bit, smoothed) is kept
-    unless the fastest other candidate within the budget (by median over the interleaved rounds of
-    all of them) is then faster than it in every round of a duel of the two alone: with a dozen
+    unless the fastest other candidate within the budget (by its median ratio to the default over
+    the interleaved rounds of all of them) then beats it in a duel of the two alone (a sign test
+    over the rounds, p < ``MAX_P``): with a dozen
     sessions in one process, timings of one recipe spread by a third across rounds on a shared
     machine, and recipes a few percent apart swap places from run to run; a choice should not be a
     coin toss."""
@@ -147,8 +148,9 @@ MAX_P = 0.01  # the duel's sign test: a challenger must win at least 16 of 20 ro
 
 
 def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, dict | None]:
-    """The candidate to keep, why (in words), and the duel's record: the fastest other candidate by
-    median if ``duel(default_row, challenger_row)`` (samples/s per round of each, timed alone) has
+    """The candidate to keep, why (in words), and the duel's record: the other candidate with the
+    highest median per-round ratio to the default if ``duel(default_row, challenger_row)`` (samples/s
+    per round of each, timed alone) has
     it ahead in so many rounds that a sign test gives p < ``MAX_P``, else the default; the fastest
     if the default is not among ``timed``."""
     if not timed:
@@ -157,8 +159,13 @@ def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, di
     base = next((r for r in timed if r["name"] == default), None)
     if base is None:
         return fastest, "the fastest candidate within the budget (the default recipe is not among them)", None
-    challenger = max((r for r in timed if r is not base), key=lambda r: r["samples_per_s"], default=None)
-    if challenger is None or challenger["samples_per_s"] <= base["samples_per_s"]:
+    # against the default round by round: a jump of the machine's speed during one candidate's
+    # window moves its median over all rounds, much less its ratio to the default in each round
+    def vs_default(r):
+        return float(np.median([a / b for a, b in zip(r["samples_per_s_by_round"], base["samples_per_s_by_round"])]))
+
+    challenger = max((r for r in timed if r is not base), key=vs_default, default=None)
+    if challenger is None or vs_default(challenger) <= 1:
         return base, "the default recipe is the fastest", None
     ours, theirs = duel(base, challenger)
     ahead, n = sum(b > a for a, b in zip(ours, theirs)), len(ours)
@@ -168,7 +175,7 @@ def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, di
               "sign_test_p": p}
     if p < MAX_P:
         return challenger, f"faster than the default recipe in {ahead} of {n} rounds of a duel of the two (sign test p = {p:.3f})", record
-    return base, (f"the default recipe: the fastest by median ({challenger['name']}) was ahead of it in only "
+    return base, (f"the default recipe: the fastest against it ({challenger['name']}) was ahead of it in only "
                   f"{ahead} of {n} rounds of a duel of the two (sign test p = {p:.3f}, needs < {MAX_P})"), record
 
 
