@@ -145,11 +145,12 @@ def sign_test(ahead: int, rounds: int) -> float:
 
 
 MAX_P = 0.01  # the duel's sign test: a challenger must win at least 16 of 20 rounds (p = 0.006)
+TIE = 0.03  # stage one cannot order recipes closer than this (smoothed or not, reduce_range or not)
 
 
 def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, dict | None]:
     """The candidate to keep, why (in words), and the duel's record: the other candidate with the
-    highest median per-round ratio to the default if ``duel(default_row, challenger_row)`` (samples/s
+    highest median per-round ratio to the default (the most accurate of those within ``TIE`` of it) if ``duel(default_row, challenger_row)`` (samples/s
     per round of each, timed alone) has
     it ahead in so many rounds that a sign test gives p < ``MAX_P``, else the default; the fastest
     if the default is not among ``timed``."""
@@ -164,9 +165,12 @@ def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, di
     def vs_default(r):
         return float(np.median([a / b for a, b in zip(r["samples_per_s_by_round"], base["samples_per_s_by_round"])]))
 
-    challenger = max((r for r in timed if r is not base), key=vs_default, default=None)
-    if challenger is None or vs_default(challenger) <= 1:
+    others = [r for r in timed if r is not base]
+    top = max(map(vs_default, others), default=0.0)
+    if top <= 1:
         return base, "the default recipe is the fastest", None
+    # recipes within TIE of the fastest are as fast as this timing can tell: the most accurate of them
+    challenger = max((r for r in others if vs_default(r) >= top * (1 - TIE)), key=lambda r: (r["cosine"], vs_default(r)))
     ours, theirs = duel(base, challenger)
     ahead, n = sum(b > a for a, b in zip(ours, theirs)), len(ours)
     p = sign_test(ahead, n)

@@ -151,8 +151,8 @@ def test_the_duel_s_sign_test():
 def test_select_keeps_the_default_recipe_unless_clearly_beaten():
     from exporter.recipes import _choose
 
-    def row(name, median, by_round=None):
-        return {"name": name, "samples_per_s": median, "samples_per_s_by_round": by_round or [median] * 3}
+    def row(name, median, by_round=None, cosine=0.995):
+        return {"name": name, "samples_per_s": median, "samples_per_s_by_round": by_round or [median] * 3, "cosine": cosine}
 
     def duel_giving(default_rounds, challenger_rounds):
         calls = []
@@ -164,9 +164,11 @@ def test_select_keeps_the_default_recipe_unless_clearly_beaten():
 
     base, fast, slow = row(DEFAULT.name, 100, [100, 100, 140]), row("fused+QAttention", 120, [120, 120, 165]), row("per-tensor", 90)
     lucky = row("reduce_range", 140, [95, 140, 140])  # the machine sped up for two of its rounds: not the challenger
+    # as fast as `fast` within 3% but less accurate: `fast` is the challenger
+    rough = row("fused+QAttention, reduce_range", 122, [122, 122, 168], cosine=0.991)
     # ahead in 18 of 20 rounds (two rounds lost to a jump of the machine's speed): p = 0.0002
     clearly, calls = duel_giving([100] * 20, [130] * 9 + [90, 95] + [130] * 9)
-    chosen, why, record = _choose([base, lucky, fast, slow], DEFAULT.name, clearly)
+    chosen, why, record = _choose([base, lucky, rough, fast, slow], DEFAULT.name, clearly)
     assert chosen is fast and calls == [(DEFAULT.name, "fused+QAttention")] and "18 of 20 rounds of a duel" in why
     assert record["challenger"] == "fused+QAttention" and record["challenger_ahead_in"] == 18 and record["sign_test_p"] < 0.001
     # 15 of 20: p = 0.021, not enough
