@@ -65,9 +65,11 @@ def candidates(cfg, graphs: Sequence[str], has_attention: dict[str, bool], stati
     return out
 
 
-def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds: float, threads: int | None = None) -> list[list[float]]:
+def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds: float, threads: int | None = None,
+                     warmup_calls: int = 2) -> list[list[float]]:
     """Samples/s of each model on one fixed batch, per round: every round each model runs for
-    ``seconds`` (at least 2 calls) in a rotated order, so drift of a shared machine hits all alike.
+    ``seconds`` (at least 2 calls, after ``warmup_calls`` untimed ones) in a rotated order, so drift
+    of a shared machine hits all alike.
     ``threads`` defaults to the usable cores, as ``bench`` times (ONNX Runtime's own default is the
     physical cores, which on a 2-vCPU machine can be one, and ranks recipes differently)."""
     batch = next(iter(feed.values())).shape[0]
@@ -80,6 +82,10 @@ def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds:
         by_round = [[] for _ in runners]
         for k in range(rounds):
             for i in list(range(k % len(runners), len(runners))) + list(range(k % len(runners))):
+                # untimed calls first: a session just switched to ran up to a sixth slower for a
+                # while, which put whichever ran second in a round behind (2026-11-30)
+                for _ in range(warmup_calls):
+                    runners[i].infer(feed)
                 n, t0 = 0, time.perf_counter()
                 while n < 2 or time.perf_counter() - t0 < seconds:
                     runners[i].infer(feed)
