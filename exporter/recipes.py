@@ -104,11 +104,10 @@ def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate]
 
     The tool's default recipe (the input graph, dynamic, per-channel, 8-bit, smoothed) is kept
     unless the fastest other candidate within the budget (by its median ratio to the default over
-    the interleaved rounds of all of them) then beats it in a duel of the two alone (a sign test
-    over the rounds, p < ``MAX_P``): with a dozen
-    sessions in one process, timings of one recipe spread by a third across rounds on a shared
-    machine, and recipes a few percent apart swap places from run to run; a choice should not be a
-    coin toss."""
+    the interleaved rounds of all of them) then beats it in a duel of the two alone, ``4 *
+    select_rounds`` rounds of half a window, by a sign test at p < ``MAX_P`` (so at least 2 select
+    rounds are needed to replace it): a shared machine's speed jumps for seconds at a time, recipes
+    a few percent apart swap places from run to run, and a choice should not be a coin toss."""
     rows, paths = [], {}
     for c in tqdm(cands, desc="select: build and score", unit="recipe", disable=not progress):
         q = quantizers[c.graph, c.smooth].with_config(c.config(base_cfg))
@@ -155,11 +154,13 @@ TIE = 0.03  # stage one cannot order recipes closer than this (smoothed or not, 
 
 
 def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, dict | None]:
-    """The candidate to keep, why (in words), and the duel's record: the other candidate with the
-    highest median per-round ratio to the default (the most accurate of those within ``TIE`` of it) if ``duel(default_row, challenger_row)`` (samples/s
-    per round of each, timed alone) has
-    it ahead in so many rounds that a sign test gives p < ``MAX_P``, else the default; the fastest
-    if the default is not among ``timed``."""
+    """The candidate to keep, why (in words), and the duel's record.
+
+    The challenger is the other candidate with the highest median per-round ratio to the default
+    (of those within ``TIE`` of it, the most accurate); it is kept if ``duel(default_row,
+    challenger_row)`` (samples/s per round of each, the two timed alone) has it ahead in so many
+    rounds that a sign test gives p < ``MAX_P``, else the default is. Without the default among
+    ``timed``, the fastest by median."""
     if not timed:
         return None, "no candidate meets the accuracy budget", None
     fastest = max(timed, key=lambda r: r["samples_per_s"])
