@@ -115,7 +115,7 @@ def run(args, command: str) -> int:
     if qz.get("selection"):
         print(selection_table(qz["selection"]))
     print(f"quantized {args.artifact} ({qz['recipe']} recipe: {qz['mode']}, {'per-channel' if qz['per_channel'] else 'per-tensor'}"
-          f"{', reduce_range' if qz['reduce_range'] else ''}{', smoothed' if qz.get('smoothing') else ''}, graph {qz['graph']}, target {qz['target']}, {qz['format']}): "
+          f"{', reduce_range' if qz['reduce_range'] else ''}{', smoothed' if (qz.get('smoothing') or {}).get('tensors') else ''}, graph {qz['graph']}, target {qz['target']}, {qz['format']}): "
           f"{len(qz['quantized_nodes'])} nodes INT8, {sum(c['choice'] == 'float' for c in qz['node_choices'].values())} "
           f"quantizable nodes kept in float; mean pooled cosine vs float {art.manifest['parity']['mean_cosine']:.5f}")
     if qz["float_nodes"]:

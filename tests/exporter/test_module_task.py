@@ -135,3 +135,12 @@ def test_the_command_line_runs_a_module_export(capsys, factory, tmp_path):
     assert main(["export", "--module", factory, *args, "--pooling", "mean", "-o", str(tmp_path / "x")]) == 2
     assert "--pooling applies to MODEL_DIR exports" in capsys.readouterr().err
     assert load_artifact(net).manifest["command"].startswith("enginewright export --module")
+
+
+def test_the_default_recipe_smooths_nothing_without_a_normalization(capsys, module_onnx, tmp_path):
+    from tests.cli.test_cli import run
+
+    code, out, _ = run(capsys, "quantize", str(module_onnx.path), "-o", str(tmp_path / "q"), "-q")
+    assert code == 0 and "default recipe" in out and "smoothed" not in out
+    smoothing = load_artifact(tmp_path / "q").manifest["quantization"]["smoothing"]
+    assert smoothing["tensors"] == [] and smoothing["alpha"] == 0.5
