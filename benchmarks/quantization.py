@@ -14,7 +14,6 @@ test accuracy and agreement with FP32 of every INT8 variant (PTQ, and QAT where 
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np
 
 from evaluation.data import TextDataset, feeds_for, load_texts, load_tokenizer, tokenize
 from evaluation.machine import describe_machine, machine_line
-from evaluation.metrics import accuracy_with_ci
+from evaluation.metrics import accuracy_with_ci, sign_test
 from evaluation.parity import masked_mean_pool, mean_row_cosine
 from evaluation.report import fmt, md_table, report_header, write_report
 from runtimes import load_artifact, open_runner
@@ -174,8 +173,7 @@ def paired_verdict(ours: list[float], peer: list[float]) -> dict:
     toss. "ahead" or "behind" at p < 0.05, else "not separable"."""
     ratios = [a / b for a, b in zip(ours, peer)]
     ahead, n = sum(x > 1 for x in ratios), len(ratios)
-    p_ahead = sum(math.comb(n, k) for k in range(ahead, n + 1)) / 2 ** n
-    p_behind = sum(math.comb(n, k) for k in range(0, ahead + 1)) / 2 ** n
+    p_ahead, p_behind = sign_test(ahead, n), sign_test(n - ahead, n)
     verdict = "ahead" if p_ahead < 0.05 else "behind" if p_behind < 0.05 else "not separable"
     return {"ratio": float(np.mean(ours[:n]) / np.mean(peer[:n])), "round_ratios": ratios,
             "round_ratio_median": float(np.median(ratios)), "rounds_ahead": ahead, "rounds": n,

@@ -1,4 +1,5 @@
-"""Task metrics from logits and labels: accuracy, F1 reports, entity-level scores, bootstrap intervals.
+"""Task metrics from logits and labels: accuracy, F1 reports, entity-level scores, bootstrap intervals;
+and the sign test that paired timings are judged by.
 
 Pure numpy and stdlib. Reports are plain dicts (JSON-ready for a manifest) shaped as
 ``{"classes": {name: {precision, recall, f1, support}}, "micro": {...}, "macro": {...}, ...}``;
@@ -9,6 +10,7 @@ class never seen, F1 when both are 0 (as sklearn with ``zero_division=0``).
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -240,3 +242,8 @@ def accuracy_with_ci(pred: np.ndarray, gold: np.ndarray, *, n_boot: int = 2000, 
         raise ValueError(f"pred has shape {pred.shape} but gold has {gold.shape}")
     low, high = bootstrap_ci(pred == gold, n_boot=n_boot, seed=seed, alpha=alpha)
     return {"accuracy": accuracy(pred, gold), "ci_low": low, "ci_high": high, "rows": int(gold.size)}
+
+
+def sign_test(ahead: int, rounds: int) -> float:
+    """One-sided sign test: the chance of at least ``ahead`` wins in ``rounds`` fair coin tosses."""
+    return sum(math.comb(rounds, k) for k in range(ahead, rounds + 1)) / 2 ** rounds

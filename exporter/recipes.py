@@ -4,7 +4,6 @@ and keep the fastest. Also what every quantizable node became, and why (the mani
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from evaluation.machine import describe_machine, instruction_set
+from evaluation.metrics import sign_test
 from exporter.quantizer import Quantizer, Scorer, file_artifact
 from runtimes import open_runner, usable_cores
 
@@ -142,11 +142,6 @@ def select(quantizers: dict[tuple[str, bool], Quantizer], cands: list[Candidate]
              "decision": decision, "duel": duel_record}
     chosen = next((c for c in cands if c.name == best["name"]), None) if best else None
     return chosen, table
-
-
-def sign_test(ahead: int, rounds: int) -> float:
-    """One-sided sign test: the chance of at least ``ahead`` wins in ``rounds`` fair coin tosses."""
-    return sum(math.comb(rounds, k) for k in range(ahead, rounds + 1)) / 2 ** rounds
 
 
 MAX_P = 0.01  # the duel's sign test: a challenger must win at least 16 of 20 rounds (p = 0.006)

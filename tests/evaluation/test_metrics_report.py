@@ -179,3 +179,10 @@ def test_accuracy_with_ci():
     assert set(res) == {"accuracy", "ci_low", "ci_high", "rows"}
     with pytest.raises(ValueError, match="shape"):
         accuracy_with_ci(PRED, GOLD[:3])
+
+
+def test_the_sign_test():
+    from evaluation.metrics import sign_test
+
+    assert sign_test(20, 20) == 0.5 ** 20 and sign_test(0, 20) == 1.0
+    assert round(sign_test(16, 20), 4) == 0.0059 and round(sign_test(15, 20), 4) == 0.0207

@@ -141,13 +141,6 @@ def test_the_default_recipe_keeps_minilm_within_budget(minilm_dir, tmp_path):
         "weight not constant (activation x activation product; --all-matmuls quantizes it)"}
 
 
-def test_the_duel_s_sign_test():
-    from exporter.recipes import sign_test
-
-    assert sign_test(20, 20) == 0.5 ** 20 and sign_test(0, 20) == 1.0
-    assert round(sign_test(16, 20), 4) == 0.0059 and round(sign_test(15, 20), 4) == 0.0207
-
-
 def test_select_keeps_the_default_recipe_unless_clearly_beaten():
     from exporter.recipes import _choose
 
