@@ -25,7 +25,6 @@ import numpy as np
 LAZY_COLUMNS = 128  # columns rounded before their accumulated error is applied to the rest at once
 PERCDAMP = 0.01  # dampening: this share of the Hessian's mean diagonal is added to it
 FOLD_ROWS = 512  # calibration tokens buffered (float32) before they are folded into the Hessians
-INLINE_BYTES = 1_800_000_000  # larger models reach ONNX Runtime through a file (protobuf's 2 GB limit)
 
 
 def rtn_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,33 +138,11 @@ def collect_hessians(model, inputs: list[str], feeds: list[dict[str, np.ndarray]
     """``H = sum x^T x`` (float64, ``[K, K]``) of each tensor in ``inputs`` (MatMul inputs of ``model``,
     rows = every token of every feed), one ONNX Runtime run per feed: the tensors are made extra
     graph outputs of a copy of ``model``, and each run's activations are folded in and dropped."""
-    import onnx
-    import onnxruntime as ort
     from tqdm import tqdm
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    outputs = {o.name for o in m.graph.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in m.graph.value_info}
-    for name in inputs:
-        if name not in outputs:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if m.ByteSize() < INLINE_BYTES:
-        session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    else:  # protobuf's 2 GB limit: through a file with external data
-        import tempfile
-        from pathlib import Path
+    from exporter.onnx_file import session_with_outputs
 
-        from exporter.onnx_file import save_model
-
-        with tempfile.TemporaryDirectory() as tmp:
-            save_model(m, Path(tmp) / "model.onnx", external=True)
-            session = ort.InferenceSession(str(Path(tmp) / "model.onnx"), so, providers=["CPUExecutionProvider"])
-    del m
+    session = session_with_outputs(model, inputs, threads=threads)
     hessians: dict[str, np.ndarray] = {}
     pending: dict[str, list[np.ndarray]] = {name: [] for name in inputs}
     rows = 0

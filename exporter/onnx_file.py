@@ -1,4 +1,4 @@
-"""ONNX file helpers: checks, specs, external data."""
+"""ONNX file helpers: checks, specs, external data, and a session that shows inner tensors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from runtimes.errors import UsageError
 from runtimes.specs import TensorSpec
 
 EXTERNAL_DATA_SUFFIX = "_data"  # model.onnx -> model.onnx_data, as optimum names it
+INLINE_BYTES = 1_800_000_000  # larger models reach ONNX Runtime through a file (protobuf's 2 GB limit)
 _ELEM = {1: "float32", 10: "float16", 11: "float64", 7: "int64", 6: "int32", 3: "int8", 2: "uint8", 9: "bool", 16: "bfloat16"}
 
 
@@ -42,6 +43,35 @@ def save_model(model, path: Path, external: bool) -> None:
     for f in old - ({path.parent / location} if external else set()):
         if f.is_file():
             os.remove(f)
+
+
+def session_with_outputs(model, names, *, threads: int | None = None, optimize: bool = True):
+    """A CPU ONNX Runtime session over a copy of ``model`` (a ModelProto, left as it is) whose graph
+    outputs also include the tensors ``names`` (typed from the graph's value_info where known).
+    ``optimize`` False turns ONNX Runtime's graph optimizations off. A model past protobuf's 2 GB
+    limit reaches ONNX Runtime through a temporary file with external data."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    outputs = {o.name for o in m.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in m.graph.value_info}
+    for name in names:
+        if name not in outputs:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None) if name in types
+                                  else onnx.helper.make_empty_tensor_value_info(name))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if m.ByteSize() < INLINE_BYTES:
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(m, Path(tmp) / "model.onnx", external=True)
+        return ort.InferenceSession(str(Path(tmp) / "model.onnx"), so, providers=["CPUExecutionProvider"])
 
 
 def save_with_external_data(path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from exporter.passes.core import GraphIndex
+from exporter.passes.core import GraphIndex, attr, replace_nodes
 
 NORMALIZATIONS = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
                   "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"}
@@ -41,14 +41,11 @@ class Site:
 
 def _weight_of(node, index: GraphIndex) -> tuple[str, bool] | None:
     """The constant weight a node multiplies its first input by, and whether it is transposed."""
-    from exporter.passes.core import attr
-
-    if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in index.initializers:
+    if len(node.input) < 2 or node.input[1] not in index.initializers:
+        return None
+    if node.op_type in ("MatMul", "Attention"):
         return node.input[1], False
-    if node.op_type == "Attention" and len(node.input) > 1 and node.input[1] in index.initializers:
-        return node.input[1], False
-    if (node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in index.initializers
-            and not attr(node, "transA", 0)):
+    if node.op_type == "Gemm" and not attr(node, "transA", 0):
         return node.input[1], bool(attr(node, "transB", 0))
     return None
 
@@ -59,11 +56,6 @@ def sites(model) -> list[Site]:
     A weight read by more than one node (tied weights) is left alone, and so is every tensor
     where one of them is read: scaling it would change the other product."""
     index = GraphIndex(model.graph)
-    weight_uses = {}
-    for n in model.graph.node:
-        for i in n.input:
-            if i in index.initializers:
-                weight_uses[i] = weight_uses.get(i, 0) + 1
     out = []
     for n in model.graph.node:
         if n.op_type not in NORMALIZATIONS or not n.output or not n.output[0]:
@@ -74,25 +66,17 @@ def sites(model) -> list[Site]:
             w = _weight_of(c, index) if c.input[0] == t else None
             if w is not None:
                 cons.append((c.name, *w))
-        if cons and all(weight_uses[w] == 1 for _, w, _ in cons):
+        if cons and all(index.uses(w) == 1 for _, w, _ in cons):
             out.append(Site(t, tuple(cons)))
     return out
 
 
-def channel_absmax(model_path: Path, tensors: Sequence[str], feeds: Sequence[dict]) -> dict[str, np.ndarray]:
-    """The largest magnitude of each last-axis channel of ``tensors`` over ``feeds`` (every
-    position, padding included: a dynamic per-tensor scale sees the padding too)."""
-    import onnx
-    import onnxruntime as ort
+def channel_absmax(model, tensors: Sequence[str], feeds: Sequence[dict]) -> dict[str, np.ndarray]:
+    """The largest magnitude of each last-axis channel of ``model``'s ``tensors`` over ``feeds``
+    (every position, padding included: a dynamic per-tensor scale sees the padding too)."""
+    from exporter.onnx_file import session_with_outputs
 
-    model = onnx.load(str(model_path))
-    known = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in known:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor by name
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = session_with_outputs(model, tensors, optimize=False)  # every tensor kept by name
     peak: dict[str, np.ndarray] = {}
     for feed in feeds:
         for t, v in zip(tensors, sess.run(list(tensors), feed)):
@@ -120,17 +104,13 @@ def smooth(model, peaks: dict[str, np.ndarray], alpha: float, found: Sequence[Si
     nodes = {n.name: n for n in model.graph.node}
     muls, record = {}, []
     for site in found:
-        w_rows = []
-        for _, w, transposed in site.consumers:
-            arr = numpy_helper.to_array(index.initializers[w])
-            w_rows.append(np.abs(arr).max(axis=0 if transposed else 1))
-        s = scales(peaks[site.tensor], np.max(w_rows, axis=0), alpha)
+        weights = {w: numpy_helper.to_array(index.initializers[w]) for _, w, _ in site.consumers}
+        rows = [np.abs(weights[w]).max(axis=0 if transposed else 1) for _, w, transposed in site.consumers]
+        s = scales(peaks[site.tensor], np.max(rows, axis=0), alpha)
         for name, w, transposed in site.consumers:
-            arr = numpy_helper.to_array(index.initializers[w])
-            arr = arr * (s[None, :] if transposed else s[:, None])
-            index.initializers[w].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), w))
-            node = nodes[name]
-            node.input[0] = f"{site.tensor}_smoothed"
+            scaled = weights[w] * (s[None, :] if transposed else s[:, None])
+            index.initializers[w].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), w))
+            nodes[name].input[0] = f"{site.tensor}_smoothed"
         inv = f"{site.tensor}_smooth_inverse_scale"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
         muls[site.tensor] = helper.make_node("Mul", [site.tensor, inv], [f"{site.tensor}_smoothed"],
@@ -141,8 +121,7 @@ def smooth(model, peaks: dict[str, np.ndarray], alpha: float, found: Sequence[Si
     for n in model.graph.node:  # each Mul right after its tensor's producer: the graph stays sorted
         order.append(n)
         order += [muls[o] for o in n.output if o in muls]
-    del model.graph.node[:]
-    model.graph.node.extend(order)
+    replace_nodes(model.graph, order)
     return {"alpha": alpha, "rule": "tensors made by a normalization and read by constant-weight products",
             "tensors": record}
 
@@ -154,7 +133,7 @@ def smooth_file(src: Path, dst: Path, feeds: Sequence[dict], alpha: float) -> di
 
     model = onnx.load(str(src))
     found = sites(model)
-    peaks = channel_absmax(src, [s.tensor for s in found], feeds) if found else {}
+    peaks = channel_absmax(model, [s.tensor for s in found], feeds) if found else {}
     record = smooth(model, peaks, alpha, found)
     onnx.save_model(model, str(dst))
     return record

@@ -83,10 +83,11 @@ def test_hessians_are_the_sum_of_xtx_over_every_token_of_every_text(monkeypatch,
     """One Hessian per distinct MatMul input (two MatMuls share ``r``), summed over texts of different
     lengths and folded in chunks; the same through a file with external data (a model over 2 GB)."""
     import exporter.gptq as gptq
+    import exporter.onnx_file as onnx_file
 
     monkeypatch.setattr(gptq, "FOLD_ROWS", 5)
     if not inline:
-        monkeypatch.setattr(gptq, "INLINE_BYTES", 0)
+        monkeypatch.setattr(onnx_file, "INLINE_BYTES", 0)
     rng = np.random.default_rng(2)
     model = onnx.parser.parse_model("""
     <ir_version: 8, opset_import: ["" : 17]>
