@@ -76,9 +76,6 @@ def time_interleaved(paths: Sequence[Path], feed: dict, *, rounds: int, seconds:
     threads = threads or usable_cores()
     runners = [open_runner(file_artifact(p), "onnxruntime:cpu", threads=threads).activate() for p in paths]
     try:
-        for r in runners:  # warm-up
-            r.infer(feed)
-            r.infer(feed)
         by_round = [[] for _ in runners]
         for k in range(rounds):
             for i in list(range(k % len(runners), len(runners))) + list(range(k % len(runners))):
@@ -158,21 +155,21 @@ def _choose(timed: list[dict], default: str, duel) -> tuple[dict | None, str, di
     ``timed``, the fastest by median."""
     if not timed:
         return None, "no candidate meets the accuracy budget", None
-    fastest = max(timed, key=lambda r: r["samples_per_s"])
     base = next((r for r in timed if r["name"] == default), None)
     if base is None:
-        return fastest, "the fastest candidate within the budget (the default recipe is not among them)", None
+        return (max(timed, key=lambda r: r["samples_per_s"]),
+                "the fastest candidate within the budget (the default recipe is not among them)", None)
     # against the default round by round: a jump of the machine's speed during one candidate's
     # window moves its median over all rounds, much less its ratio to the default in each round
-    def vs_default(r):
-        return float(np.median([a / b for a, b in zip(r["samples_per_s_by_round"], base["samples_per_s_by_round"])]))
-
     others = [r for r in timed if r is not base]
-    top = max(map(vs_default, others), default=0.0)
+    vs_default = {r["name"]: float(np.median([a / b for a, b in zip(r["samples_per_s_by_round"], base["samples_per_s_by_round"])]))
+                  for r in others}
+    top = max(vs_default.values(), default=0.0)
     if top <= 1:
         return base, "the default recipe is the fastest", None
     # recipes within TIE of the fastest are as fast as this timing can tell: the most accurate of them
-    challenger = max((r for r in others if vs_default(r) >= top * (1 - TIE)), key=lambda r: (r["cosine"], vs_default(r)))
+    challenger = max((r for r in others if vs_default[r["name"]] >= top * (1 - TIE)),
+                     key=lambda r: (r["cosine"], vs_default[r["name"]]))
     ours, theirs = duel(base, challenger)
     ahead, n = sum(b > a for a, b in zip(ours, theirs)), len(ours)
     p = sign_test(ahead, n)
