@@ -70,3 +70,18 @@ def test_llama_cpp_refuses_a_model_not_imported_from_gguf(tiny_llama, imported, 
                       for s in ll.input_specs() if s.name.startswith("past_key_values.")})
         with pytest.raises(UsageError, match="prefills only"):
             ll.infer(feeds)
+
+
+def test_speed_peer_generates_the_runners_tokens(imported):
+    """benchmarks.llm_speed times llama.cpp through llama_decode and an argmax of its own: the same
+    greedy tokens as the runner through the project's loop."""
+    from benchmarks.llm_speed import llama_cpp_peer
+    from runtimes.llamacpp.runner import gguf_file
+
+    one = _encode(imported, ("the quick brown fox",))
+    config = GenerationConfig(max_new_tokens=8)
+    peer = llama_cpp_peer("llama.cpp", gguf_file(load_artifact(imported)), threads=1)
+    timed = peer.generate(one, config)
+    with open_runner(imported, "llama.cpp", threads=1) as ll:
+        assert np.array_equal(timed.tokens, generate(ll, one, config).tokens)
+    assert len(timed.step_s) == 7 and timed.prompt_tokens == int(one["attention_mask"].sum())
