@@ -8,7 +8,12 @@ writes them as they are:
 - ``Q4_0`` (``d * (q - 8)``): a 4-bit ``MatMulNBits`` with the default zero point 8;
 - ``Q8_0`` (``d * q``, q signed): an 8-bit ``MatMulNBits`` with ``q + 128`` and the default zero
   point 128 (at float activations split into two exact 4-bit kernels, ``exporter/passes/nibbles.py``);
-- ``Q4_1`` (``d * q + m``, a float minimum per block): ONNX Runtime's CPU kernel takes float zero
+- ``Q5_0`` (``d * (q - 16)``, q five bits) the same way, 8 bits with ``q + 112``;
+- ``Q6_K`` (super-blocks of 256: sixteen blocks of 16, ``d * scale_j * (q - 32)``, q six bits) as
+  8 bits in blocks of 16, scale ``d * scale_j``, code ``q + 96``;
+- ``Q4_1`` (``d * q + m``, a float minimum per block) and ``Q4_K`` (super-blocks of 256: eight
+  blocks of 32, ``d * scale_j * q - dmin * min_j``: per block of 32 a Q4_1 block with
+  ``d * scale_j`` and ``-dmin * min_j``): ONNX Runtime's CPU kernel takes float zero
   points only on a slow path (15-50x slower measured), so the block is written as
   ``MatMulNBits(x; q, d, zero point z) + blocksum(x) @ R``, where ``z`` is the integer zero point
   nearest ``-m / d``, ``R[block, n] = m + d * z`` the remainder, and ``blocksum`` adds the
@@ -18,6 +23,9 @@ writes them as they are:
   own last rows instead, 8 bits as two 4-bit nibbles read against the block sums (``folded``): no
   float MatMul, a fifth of a decode step less (SmolLM2 at level 4: 1.21x, 12 of 12 interleaved rounds;
   KL to PyTorch 0.0045 -> 0.0048).
+
+So a ``Q4_K_M`` file (Q4_K and Q6_K tensors; Q5_0 and Q8_0 where a row is not a multiple of 256)
+is carried over whole. Other types (Q5_1, Q2_K, Q3_K, Q5_K, the IQ types) stay float and are listed.
 
 MatMuls that read the same input at the same width and accuracy level (a layer's q/k/v, its gate/up)
 are written as one ``MatMulNBits`` with their blocks side by side, then a ``Split``: the same
@@ -44,15 +52,17 @@ from exporter.passes.core import rewrite_graph
 from exporter.passes.nibbles import pack4
 from runtimes.errors import UsageError
 
-QK = 32  # block size of Q4_0, Q4_1 and Q8_0
-SUPPORTED_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+QK = 32  # block size of Q4_0, Q4_1, Q5_0, Q8_0 and of Q4_K's blocks
+QK_K = 256  # super-block of the K-quants
+BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q6_K": 8, "Q8_0": 8}  # MatMulNBits width each is written at
+SUPPORTED_TYPES = tuple(BITS)
 
 
 @dataclass
 class Blocks:
-    """One weight ``[N, K]`` in blocks of 32 along K: ``q`` ``[N, K/32, 32]`` unsigned (0..15 for 4
-    bits, 0..255 for 8 bits, zero point already applied as below), ``d`` ``[N, K/32]`` scales, ``m``
-    ``[N, K/32]`` minimums (Q4_1) or None."""
+    """One weight ``[N, K]`` in blocks along K: ``q`` ``[N, K/block, block]`` unsigned (0..15 for 4
+    bits, 0..255 for 8 bits; without a minimum the zero point is 8 or 128), ``d`` ``[N, K/block]``
+    scales, ``m`` ``[N, K/block]`` minimums (Q4_1, Q4_K) or None. ``block``: 32, or 16 for Q6_K."""
 
     gguf_name: str
     gguf_type: str
@@ -60,10 +70,11 @@ class Blocks:
     q: np.ndarray
     d: np.ndarray
     m: np.ndarray | None
+    block: int = QK
 
     def dequantize(self) -> np.ndarray:
         """``[N, K]`` float32, as gguf-py computes it."""
-        if self.gguf_type == "Q4_1":
+        if self.m is not None:
             w = self.d[..., None] * self.q.astype(np.float32) + self.m[..., None]
         else:
             zero = 8 if self.bits == 4 else 128
@@ -71,14 +82,42 @@ class Blocks:
         return w.reshape(w.shape[0], -1)
 
 
+def _f16(b: np.ndarray) -> np.ndarray:
+    """Little-endian float16 fields ``[..., 2]`` (uint8) as float32 ``[...]``."""
+    return b.copy().view(np.float16)[..., 0].astype(np.float32)
+
+
 def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(q, d, m)`` of a tensor's raw bytes ``[rows, bytes per row]``."""
-    blocks = raw.reshape(rows, -1, {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[gguf_type])
-    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    """``(q, d, m)`` of a tensor's raw bytes ``[rows, bytes per row]``, in ``Blocks``' layout (the
+    unpacking follows gguf-py's ``dequantize_blocks`` of each type, element for element)."""
+    if gguf_type == "Q4_K":
+        from gguf.quants import Q4_K
+
+        sb = raw.reshape(rows, -1, 144)  # d, dmin (float16), 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
+        scale, low = Q4_K.get_scale_min(sb[..., 4:16].reshape(-1, 12))
+        shape = (rows, -1)
+        d = (_f16(sb[..., 0:2])[..., None] * scale.reshape(rows, -1, 8).astype(np.float32)).reshape(shape)
+        m = -(_f16(sb[..., 2:4])[..., None] * low.reshape(rows, -1, 8).astype(np.float32)).reshape(shape)
+        qs = sb[..., 16:].reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(2, 1)
+        return (qs & 0x0F).reshape(rows, -1, QK), d, m
+    if gguf_type == "Q6_K":
+        sb = raw.reshape(rows, -1, 210)  # 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8 scales, d
+        ql = (sb[..., :128].reshape(rows, -1, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(2, 1)) & 0x0F
+        qh = (sb[..., 128:192].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 0x03
+        q = ql.reshape(rows, -1, 32) | (qh.reshape(rows, -1, 32) << 4)  # 0..63, value d_j * (q - 32)
+        d = _f16(sb[..., 208:210])[..., None] * sb[..., 192:208].copy().view(np.int8).astype(np.float32)
+        return (q + 96).astype(np.uint8).reshape(rows, -1, 16), d.reshape(rows, -1), None
+    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q8_0": 34}[gguf_type]
+    blocks = raw.reshape(rows, -1, size)
+    d = _f16(blocks[..., :2])
     if gguf_type == "Q8_0":
         q = (blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
         return q, d, None
-    m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32) if gguf_type == "Q4_1" else None
+    if gguf_type == "Q5_0":  # d, 32 high bits (uint32), 16 bytes of low nibbles; value d * (q - 16)
+        high = (blocks[..., 2:6].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1
+        low = np.concatenate([blocks[..., 6:] & 0x0F, blocks[..., 6:] >> 4], axis=-1)
+        return (low | (high.astype(np.uint8) << 4)) + np.uint8(112), d, None
+    m = _f16(blocks[..., 2:4]) if gguf_type == "Q4_1" else None
     qs = blocks[..., 4:] if gguf_type == "Q4_1" else blocks[..., 2:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # gguf order: low nibbles are elements 0-15
     return q, d, m
@@ -105,7 +144,7 @@ def read_blocks(path: Path, config) -> list[Blocks]:
         if kind not in SUPPORTED_TYPES or len(t.shape) != 2:
             continue
         cols, rows = int(t.shape[0]), int(t.shape[1])  # gguf lists ne0 (the contiguous axis, K) first
-        if cols % QK:
+        if cols % (QK_K if kind.endswith("_K") else QK):
             continue
         q, d, m = _parse(np.asarray(t.data), kind, rows)
         if permute is not None and (".attn_q." in t.name or ".attn_k." in t.name):
@@ -113,7 +152,7 @@ def read_blocks(path: Path, config) -> list[Blocks]:
             q, d = (permute._reverse_permute_weights(a, config.num_attention_heads, heads) for a in (q, d))
             if m is not None:
                 m = permute._reverse_permute_weights(m, config.num_attention_heads, heads)
-        out.append(Blocks(t.name, kind, 8 if kind == "Q8_0" else 4, q, d, m))
+        out.append(Blocks(t.name, kind, BITS[kind], q, d, m, q.shape[-1]))
     return out
 
 
@@ -174,7 +213,8 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
     groups: dict[tuple, list] = {}
     for node in graph.node:
         if node.op_type == "MatMul" and node.name in matched:
-            key = (node.input[0], matched[node.name].bits, levels(node.name)) if opset >= 13 else (node.name,)
+            b = matched[node.name]
+            key = (node.input[0], b.bits, b.block, levels(node.name)) if opset >= 13 else (node.name,)
             groups.setdefault(key, []).append(node)
     first = {g[0].name: g for g in groups.values()}
     members = {n.name for g in groups.values() for n in g}
@@ -224,7 +264,8 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
             packed.append([m.name for m in group])
         q, d = np.concatenate([b.q for b in bs]), np.concatenate([b.d for b in bs])
         n, blocks, _ = q.shape
-        k, bits, x = blocks * QK, bs[0].bits, node.input[0]
+        block, bits, x = bs[0].block, bs[0].bits, node.input[0]
+        k = blocks * block
         name = node.name if len(group) == 1 else node.name + "+" + "+".join(m.name.rsplit("/", 2)[-2] for m in group[1:])
         base = name.strip("/").replace("/", ".") or node.output[0]
         result = node.output[0] if len(group) == 1 else f"{name}/packed"
@@ -245,7 +286,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
         exact_remainder = has_min and level == 0  # float activations: the remainder through a float MatMul
         out = f"{name}/nbits" if exact_remainder else result
         new_nodes.append(helper.make_node("MatMulNBits", [x, *inputs], [out], name=f"{name}_Q{bits}", domain="com.microsoft",
-                                          K=k, N=n, bits=bits, block_size=QK, accuracy_level=level))
+                                          K=k, N=n, bits=bits, block_size=block, accuracy_level=level))
         if exact_remainder:
             offset = f"{name}/min_offset"
             new_nodes += [helper.make_node("MatMul", [block_sums(x, blocks, base), const(f"{base}.gguf_mins", remainder.T)],

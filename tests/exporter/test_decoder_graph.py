@@ -231,3 +231,64 @@ def test_gguf_blocks_at_int8_activations_fold_the_remainders(gguf_model, tmp_pat
     # measured: 0.026 folded, 0.028 with the float remainder MatMul at level 4, 0.49 with remainders left out
     err = np.abs(logits[fast] - logits[exact]).max() / np.abs(logits[exact]).max()
     assert err < 0.05, err
+
+
+# a Q4_K_M file's types: Q4_K and Q6_K, with Q5_0 where llama.cpp falls back (rows not a multiple of 256)
+K_QUANT = {"attn_q": "Q4_K", "attn_k": "Q6_K", "attn_v": "Q4_K", "attn_output": "Q6_K", "ffn_gate": "Q4_K",
+           "ffn_up": "Q5_0", "ffn_down": "Q6_K", "token_embd": "Q6_K"}
+
+
+@pytest.fixture(scope="module")
+def k_quant_model(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("gguf_k")
+    gguf_file = write_tiny_gguf(root / "tiny-k.gguf", tiny_llama, quant=K_QUANT, hidden=256, ff=256)
+    assert main(["import-gguf", str(gguf_file), "-o", str(root / "hf"), "-q"]) == 0
+    assert main(["export", str(root / "hf"), "--graph", "cpu", "-o", str(root / "cpu"), "-q"]) == 0
+    return root
+
+
+def test_k_quant_blocks_carried_over_exactly(k_quant_model, tmp_path):
+    """Q4_K (eight blocks of 32 with a scale and a minimum each: the Q4_1 form), Q6_K (8 bits in
+    blocks of 16) and Q5_0 (8 bits): every weight matched by value, the products the float model's."""
+    out = tmp_path / "q"
+    assert main(["quantize", str(k_quant_model / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                 "-o", str(out), "-q"]) == 0
+    q = load_artifact(out).manifest["quantization"]
+    assert q["quantized"] == 15 and q["kept_float"] == [] and q["gguf"]["float"] == []
+    assert q["gguf"]["by_type"] == {"Q4_K": 6, "Q5_0": 2, "Q6_K": 7}
+    assert q["gguf"]["matched"]["/lm_head/MatMul"] == "token_embd.weight (Q6_K)"
+    graph = onnx.load(str(out / "model.onnx")).graph
+    sizes = {(a.i if a.name == "block_size" else None) for n in graph.node if n.op_type == "MatMulNBits"
+             for a in n.attribute if a.name == "block_size"}
+    assert sizes == {16, 32}
+    enc = _prompts(load_artifact(out))
+    with open_runner(load_artifact(k_quant_model / "cpu"), "onnxruntime:cpu") as a, \
+            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
+        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
+        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+                      for s in a.input_specs() if s.name.startswith("past")})
+        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(fa - fb)[real].max() < 1e-4 * max(1.0, np.abs(fa).max())
+    assert np.array_equal(_tokens(out, enc), _tokens(k_quant_model / "hf", enc, "torch:cpu"))
+
+
+def test_k_quant_blocks_at_int8_activations(k_quant_model, tmp_path):
+    """--accuracy-level 4 on the same blocks (Q4_K's minimums folded into the kernels): close to the
+    float model, not equal."""
+    out = tmp_path / "q4"
+    assert main(["quantize", str(k_quant_model / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                 "--accuracy-level", "4", "-o", str(out), "-q"]) == 0
+    q = load_artifact(out).manifest["quantization"]
+    assert q["kept_float"] == [] and len(q["gguf"]["remainders_folded"]) == 6
+    enc = _prompts(load_artifact(out))
+    with open_runner(load_artifact(k_quant_model / "cpu"), "onnxruntime:cpu") as a, \
+            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
+        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
+        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
+                      for s in a.input_specs() if s.name.startswith("past")})
+        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
+    real = enc["attention_mask"].astype(bool)
+    assert np.abs(fa - fb)[real].max() < 0.05 * np.abs(fa)[real].max()

@@ -15,18 +15,35 @@ from runtimes.errors import UsageError
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
 
 
+def k_quant_bytes(kind: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Raw ``Q4_K`` or ``Q6_K`` super-blocks ``[rows, bytes per row]`` with random codes and scales
+    (gguf-py reads these types but cannot write them); values within about +-0.6."""
+    n = rows * cols // 256
+
+    def f16(lo, hi):
+        return rng.uniform(lo, hi, (n, 1)).astype(np.float16).view(np.uint8)
+
+    if kind == "Q4_K":  # d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
+        parts = [f16(2e-4, 6e-4), f16(1e-3, 4e-3), rng.integers(0, 256, (n, 140), dtype=np.uint8)]
+    else:  # Q6_K: 128 bytes of low nibbles, 64 of high bits, 16 int8 scales, d
+        scales = rng.integers(-64, 65, (n, 16)).astype(np.int8).view(np.uint8)
+        parts = [rng.integers(0, 256, (n, 192), dtype=np.uint8), scales, f16(1e-4, 3e-4)]
+    return np.concatenate(parts, axis=1).reshape(rows, -1)
+
+
 def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0,
-                    quant: dict[str, str] | None = None) -> Path:
-    """A 2-layer Llama (hidden 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``;
+                    quant: dict[str, str] | None = None, hidden: int = 32, ff: int = 64) -> Path:
+    """A 2-layer Llama (``hidden`` 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``;
     ``quant`` maps a tensor-name fragment (``attn_q``, ``token_embd``...) to a gguf type (``Q4_1``...)
-    its tensors are quantized to, the first matching fragment winning."""
+    its tensors are quantized to, the first matching fragment winning (K-quants need rows of a
+    multiple of 256: ``hidden`` and ``ff`` 256)."""
     import gguf
 
     tok = json.loads((tokenizer_dir / "tokenizer.json").read_text())
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     w = gguf.GGUFWriter(str(path), arch)
-    hidden, ff, layers, heads, kv_heads, n_vocab = 32, 64, 2, 4, 2, len(vocab)
+    layers, heads, kv_heads, n_vocab = 2, 4, 2, len(vocab)
     w.add_name("tiny"), w.add_file_type(0), w.add_context_length(128), w.add_embedding_length(hidden)
     w.add_feed_forward_length(ff), w.add_block_count(layers), w.add_head_count(heads), w.add_head_count_kv(kv_heads)
     w.add_layer_norm_rms_eps(1e-5), w.add_rope_freq_base(10000.0), w.add_vocab_size(n_vocab)
@@ -40,6 +57,8 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
         kind = next((k for frag, k in (quant or {}).items() if frag in name), None)
         if kind is None:
             w.add_tensor(name, value)
+        elif kind.endswith("_K"):
+            w.add_tensor(name, k_quant_bytes(kind, shape[0], shape[1], rng), raw_dtype=gguf.GGMLQuantizationType[kind])
         else:
             qtype = gguf.GGMLQuantizationType[kind]
             w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
