@@ -19,7 +19,7 @@ from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
-from runtimes.errors import UsageError
+from runtimes.errors import CheckFailed, UsageError
 
 if TYPE_CHECKING:
     from evaluation.data import TextDataset
@@ -130,7 +130,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
 
     Raises:
         UsageError: not an ONNX artifact, an excluded name that is no MatMul, output exists.
-        CheckFailed: ``config.max_ppl_increase`` not met with ``config.max_promoted`` MatMuls kept out of INT4.
+        CheckFailed: ``config.max_ppl_increase`` not met with ``config.max_promoted`` MatMuls kept out of INT4,
+            or not met by the written model (measured again on the calibration texts; nothing is written).
     """
     import onnx
 
@@ -157,8 +158,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         from exporter.gptq import dequantize
 
         int4 = {n: dequantize(*gptq[n][:3], gptq[n][3]) for n in gptq} if gptq else None
-        searched = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib, config, log,
-                           int4)
+        searched, scorer = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib,
+                                   config, log, int4)
     int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
     float_kept = sorted({*config.exclude, *(n for n, c in (searched.choices if searched else {}).items() if c == "float")})
 
@@ -208,6 +209,15 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         path = tmp / "model.onnx"
         save_model(result, path, external=result.ByteSize() > 1_800_000_000)  # protobuf's 2 GB limit
         checks = check_onnx(path)
+        record = _search_record(searched, config, calib) if searched else None
+        if searched:  # the budget holds for the written model, not only for the search's de-quantized weights
+            record["ppl_change_built"], record["kl_mean_built"] = scorer.score_model(path)
+            log(f"built model: perplexity {record['ppl_change_built']:+.2%} on the calibration texts "
+                f"(the search's weights: {searched.ppl_change:+.2%})")
+            if record["ppl_change_built"] > config.max_ppl_increase:
+                raise CheckFailed(f"--max-ppl-increase {config.max_ppl_increase:.2%}: the built model measures "
+                                  f"{record['ppl_change_built']:+.2%} on the calibration texts (the search's de-quantized "
+                                  f"weights {searched.ppl_change:+.2%}); lower --accuracy-level or tighten the budget")
         return onnx_manifest(
             tmp, task=src.task, source=src, command=command, checks=checks,
             options={"mode": "weight-only", "bits": config.bits, "block_size": config.block_size,
@@ -220,7 +230,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                           len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
                           "accuracy_level": config.accuracy_level or 0, "accuracy_levels": levels,
                           "int8_as_two_int4_kernels": nibbles,
-                          "weight_only": _search_record(searched, config, calib) if searched else None,
+                          "weight_only": record,
                           "gptq": gptq_record or None,
                           "kept_float_why": skipped,
                           "lm_head": "folded the tied embedding's Transpose into a constant, then quantized"
@@ -285,7 +295,8 @@ def _search(model, weights: dict[str, str], src, calib: TextDataset | None, conf
     encoded = task.encode_batches(task.load_processor(src.path), data, 4, max_length=config.search_length)
     log(f"measuring {len(weights)} MatMuls alone in INT4 on {len(data.texts)} calibration texts")
     scorer = Scorer(model, weights, encoded)
-    return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log, int4)
+    return search(scorer, config.max_ppl_increase, config.max_promoted, config.block_size, config.symmetric, log,
+                  int4), scorer
 
 
 def _gptq(model, names: list[str], src, calib: TextDataset | None, config: WeightOnlyConfig, log,

@@ -74,8 +74,8 @@ class Scorer:
         self.ref = [self._logprobs(f, real) for f, real in self.feeds]
         self.ref_nll = self._nll(self.ref)
 
-    def _logprobs(self, feeds, real):
-        logits = self.session.run(["logits"], feeds)[0]
+    def _logprobs(self, feeds, real, logits=None):
+        logits = self.session.run(["logits"], feeds)[0] if logits is None else logits
         return [(log_softmax(logits[i][real[i]]), feeds["input_ids"][i][real[i]]) for i in range(len(logits))]
 
     @staticmethod
@@ -87,12 +87,26 @@ class Scorer:
                 count += len(ids) - 1
         return nll / max(count, 1)
 
+    def score_model(self, path) -> tuple[float, float]:
+        """(perplexity change, mean KL) of the ONNX model at ``path`` (the one written, same IO) on the
+        same texts against the same float reference: what the search's de-quantized weights stood for."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = self.session.get_session_options().intra_op_num_threads
+        built = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return self._compare(lambda f: built.run(["logits"], f)[0])
+
     def score(self, overrides: dict[str, np.ndarray]) -> tuple[float, float]:
         """(perplexity change, mean KL) with ``overrides`` (MatMul node -> weight); the rest float."""
         feeds_w = {self.weights[n]: w for n, w in overrides.items()}
+        return self._compare(lambda f: self.session.run(["logits"], {**f, **feeds_w})[0])
+
+    def _compare(self, logits_of) -> tuple[float, float]:
         out, kl, positions = [], 0.0, 0
         for (f, real), ref in zip(self.feeds, self.ref):
-            batch = self._logprobs({**f, **feeds_w}, real)
+            batch = self._logprobs(f, real, logits_of(f))
             for (lp, _), (rlp, _) in zip(batch, ref):
                 kl += float((np.exp(rlp) * (rlp - lp)).sum())
                 positions += len(lp)

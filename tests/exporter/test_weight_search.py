@@ -99,6 +99,23 @@ def test_a_loose_budget_is_met_and_the_choices_are_recorded(planted_onnx, tmp_pa
     s = art.manifest["quantization"]["weight_only"]
     assert s["costs"][PLANTED]["rank"] == 1 and sum(s["counts"].values()) == 15
     assert set(s["kept"]) == set(art.manifest["quantization"]["kept_int8"]) | set(art.manifest["quantization"]["kept_float"])
+    # measured again on the written MatMulNBits model: the search's de-quantized weights up to the kernels' float order
+    assert abs(s["ppl_change_built"] - s["ppl_change_calibration"]) < 1e-4 and s["kl_mean_built"] > 0
+    assert abs(s["kl_mean_built"] - s["kl_mean_calibration"]) < 0.05 * s["kl_mean_calibration"]
+
+
+def test_a_built_model_over_the_budget_is_exit_1_and_nothing_written(planted_onnx, tmp_path, capsys, monkeypatch):
+    """The search met the budget on its de-quantized weights, the written model does not (as int8
+    activations could make it): exit 1 in one line, no artifact."""
+    from exporter import weight_search
+
+    real = weight_search.Scorer.score_model
+    monkeypatch.setattr(weight_search.Scorer, "score_model", lambda self, path: (real(self, path)[0] + 1.0, 0.0))
+    argv = ["quantize", str(planted_onnx), "--mode", "weight-only", "--max-ppl-increase", "50%", "-o", str(tmp_path / "q")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--max-ppl-increase 50.00%: the built model measures" in err[-1]
+    assert not (tmp_path / "q").exists()
 
 
 def test_mixed_int8_and_int4_are_built_as_chosen(planted_onnx, tmp_path, monkeypatch):
