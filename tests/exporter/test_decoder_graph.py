@@ -231,6 +231,34 @@ def test_gguf_blocks_at_int8_activations_fold_the_remainders(gguf_model, tmp_pat
     # measured: 0.026 folded, 0.028 with the float remainder MatMul at level 4, 0.49 with remainders left out
     err = np.abs(logits[fast] - logits[exact]).max() / np.abs(logits[exact]).max()
     assert err < 0.05, err
+    _breakdown_runs_on(fast)
+
+
+def _breakdown_runs_on(artifact):
+    """benchmarks.decode_breakdown's variants of a folded artifact: each a valid model of the same
+    outputs with the part gone (the lm_head a Gather, the fold's nodes a Pad), and the kernels alone."""
+    from benchmarks import decode_breakdown as bd
+
+    def ops(model):
+        return [n.op_type for n in model.graph.node]
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    kernels = sum(o == "MatMulNBits" for o in ops(model))
+    assert bd.without_fold(model) and "ReduceSum" not in ops(model) and "Concat" in ops(model)
+    assert bd.without_lm_head(model) and ops(model).count("MatMulNBits") == kernels - 1
+    onnx.checker.check_model(model)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[3, 5, 7]])
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(3)[None]}
+    feeds.update({i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+                  for i in sess.get_inputs() if i.name.startswith("past")})
+    logits = sess.run(["logits"], feeds)[0]
+    assert logits.shape[:2] == (1, 3) and np.isfinite(logits).all()
+    alone = bd.kernels_alone(onnx.load(str(artifact / "model.onnx")))
+    assert ops(alone) == ["MatMulNBits"] * kernels
+    assert bd.main([str(artifact), "--rounds", "1", "--past", "3", "--steps", "2"]) == 0
 
 
 # a Q4_K_M file's types: Q4_K and Q6_K, with Q5_0 where llama.cpp falls back (rows not a multiple of 256)
