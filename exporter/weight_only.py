@@ -147,6 +147,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     folded = fold_transposed_matmul_weights(model)
     if config.gguf is not None:
         return _from_gguf(model, src, writer, config, folded.modified, command)
+    if hint := _gguf_hint(src):
+        log(hint)
     consts = {i.name for i in model.graph.initializer}
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
     candidates = list(weights)
@@ -342,6 +344,20 @@ def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None
             "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,
             "calibration": calib.describe() if calib is not None else "built-in sample sentences",
             "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}
+
+
+def _gguf_hint(src: Artifact) -> str | None:
+    """A note when ``src``'s model was imported from a quantized GGUF file: rounding its de-quantized
+    weights again lands on another grid (SmolLM2's Q4_1 file: +34% perplexity for INT4 RTN)."""
+    from runtimes.artifact import read_json
+
+    model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
+    manifest = model_dir / "manifest.json"
+    record = (read_json(manifest, "manifest").get("source") or {}) if model_dir.name and manifest.is_file() else {}
+    if record.get("format") != "gguf" or record.get("file_type") in ("F32", "F16", "BF16"):
+        return None
+    return (f"note: {model_dir} was imported from {record.get('path')} ({record.get('file_type')}); rounding its "
+            "de-quantized weights again loses accuracy, --from-gguf source writes the file's own blocks exactly")
 
 
 def gguf_source(src: Artifact, given: str) -> Path:

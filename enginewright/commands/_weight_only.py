@@ -69,7 +69,8 @@ def summarize(art, src) -> None:
         c = s["counts"]
         print(f"search: all INT4 {s['all_int4_ppl_change_calibration']:+.2%} perplexity on {s['calibration_rows']} "
               f"calibration texts; {c['int8']} MatMuls kept INT8, {c['float']} float, {c['int4']} INT4: "
-              f"{s['ppl_change_calibration']:+.2%} (budget +{s['budget_ppl_increase']:.2%})")
+              f"{s['ppl_change_calibration']:+.2%} (budget +{s['budget_ppl_increase']:.2%}); the written model "
+              f"{s['ppl_change_built']:+.2%}")
         for name, k in s["kept"].items():
             print(f"  {k['choice']:5} {name}: {k['why']}")
     print(f"artifact: {art.path} (check it: enginewright compare MODEL_DIR {art.path} --max-ppl-increase 2%)")

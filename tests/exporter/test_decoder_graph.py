@@ -320,3 +320,11 @@ def test_k_quant_blocks_at_int8_activations(k_quant_model, tmp_path):
         fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
     real = enc["attention_mask"].astype(bool)
     assert np.abs(fa - fb)[real].max() < 0.05 * np.abs(fa)[real].max()
+
+
+def test_rounding_a_gguf_model_again_notes_the_exact_path(gguf_model, tiny_llama_onnx, tmp_path, capsys):
+    assert main(["quantize", str(gguf_model / "cpu"), "--mode", "weight-only", "-o", str(tmp_path / "rtn")]) == 0
+    err = capsys.readouterr().err
+    assert "imported from" in err and "(F32)" not in err and "--from-gguf source writes the file's own blocks" in err
+    assert main(["quantize", str(tiny_llama_onnx), "--mode", "weight-only", "-o", str(tmp_path / "plain")]) == 0
+    assert "--from-gguf" not in capsys.readouterr().err
