@@ -44,6 +44,16 @@ def _tokens(path, enc, runtime="onnxruntime:cpu"):
         return generate(runner, enc, GenerationConfig(max_new_tokens=6)).tokens
 
 
+def _prefill_logits(path, enc):
+    """An ONNX artifact's prefill logits at the real (unpadded) positions of ``enc``."""
+    with open_runner(load_artifact(path), "onnxruntime:cpu") as runner:
+        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
+        feeds.update({s.name: np.zeros((len(enc["input_ids"]), s.shape[1], 0, s.shape[3]), np.float32)
+                      for s in runner.input_specs() if s.name.startswith("past")})
+        return runner.infer(feeds)["logits"][enc["attention_mask"].astype(bool)]
+
+
 def test_compact_graph_matches_pytorch_with_far_fewer_nodes(tiny_llama, tiny_llama_onnx, tmp_path, capsys):
     out = tmp_path / "cpu"
     assert main(["export", str(tiny_llama), "--graph", "cpu", "-o", str(out)]) == 0
@@ -88,15 +98,7 @@ def test_gguf_blocks_carried_over_exactly(gguf_model, tmp_path, capsys):
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.name.endswith("proj/MatMul")]
     # accuracy level 0: the products are the float model's up to rounding order
     enc = _prompts(load_artifact(out))
-    with open_runner(load_artifact(gguf_model / "cpu"), "onnxruntime:cpu") as a, \
-            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
-        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
-        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
-                      for s in a.input_specs() if s.name.startswith("past")})
-        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
-    real = enc["attention_mask"].astype(bool)
-    assert np.abs(fa - fb)[real].max() < 1e-4
+    assert np.abs(_prefill_logits(gguf_model / "cpu", enc) - _prefill_logits(out, enc)).max() < 1e-4
 
 
 def test_gguf_carry_over_on_the_portable_graph_too(gguf_model, tmp_path):
@@ -220,14 +222,7 @@ def test_gguf_blocks_at_int8_activations_fold_the_remainders(gguf_model, tmp_pat
     folded_kernels = [n for n in graph.node if n.op_type == "MatMulNBits" and n.input[0].endswith("x_with_block_sums")]
     assert len(folded_kernels) == 6
     enc = _prompts(load_artifact(exact))
-    logits = {}
-    for path in (exact, fast):
-        with open_runner(load_artifact(path), "onnxruntime:cpu") as runner:
-            feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                     "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
-            feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
-                          for s in runner.input_specs() if s.name.startswith("past")})
-            logits[path] = runner.infer(feeds)["logits"][enc["attention_mask"].astype(bool)]
+    logits = {path: _prefill_logits(path, enc) for path in (exact, fast)}
     # measured: 0.026 folded, 0.028 with the float remainder MatMul at level 4, 0.49 with remainders left out
     err = np.abs(logits[fast] - logits[exact]).max() / np.abs(logits[exact]).max()
     assert err < 0.05, err
@@ -290,15 +285,8 @@ def test_k_quant_blocks_carried_over_exactly(k_quant_model, tmp_path):
              for a in n.attribute if a.name == "block_size"}
     assert sizes == {16, 32}
     enc = _prompts(load_artifact(out))
-    with open_runner(load_artifact(k_quant_model / "cpu"), "onnxruntime:cpu") as a, \
-            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
-        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
-        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
-                      for s in a.input_specs() if s.name.startswith("past")})
-        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
-    real = enc["attention_mask"].astype(bool)
-    assert np.abs(fa - fb)[real].max() < 1e-4 * max(1.0, np.abs(fa).max())
+    fa, fb = _prefill_logits(k_quant_model / "cpu", enc), _prefill_logits(out, enc)
+    assert np.abs(fa - fb).max() < 1e-4 * max(1.0, np.abs(fa).max())
     assert np.array_equal(_tokens(out, enc), _tokens(k_quant_model / "hf", enc, "torch:cpu"))
 
 
@@ -311,15 +299,8 @@ def test_k_quant_blocks_at_int8_activations(k_quant_model, tmp_path):
     q = load_artifact(out).manifest["quantization"]
     assert q["kept_float"] == [] and len(q["gguf"]["remainders_folded"]) == 6
     enc = _prompts(load_artifact(out))
-    with open_runner(load_artifact(k_quant_model / "cpu"), "onnxruntime:cpu") as a, \
-            open_runner(load_artifact(out), "onnxruntime:cpu") as b:
-        feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                 "position_ids": np.maximum(np.cumsum(enc["attention_mask"], 1) - 1, 0)}
-        feeds.update({s.name: np.zeros((2, s.shape[1], 0, s.shape[3]), np.float32)
-                      for s in a.input_specs() if s.name.startswith("past")})
-        fa, fb = a.infer(feeds)["logits"], b.infer(feeds)["logits"]
-    real = enc["attention_mask"].astype(bool)
-    assert np.abs(fa - fb)[real].max() < 0.05 * np.abs(fa)[real].max()
+    fa, fb = _prefill_logits(k_quant_model / "cpu", enc), _prefill_logits(out, enc)
+    assert np.abs(fa - fb).max() < 0.05 * np.abs(fa).max()
 
 
 def test_rounding_a_gguf_model_again_notes_the_exact_path(gguf_model, tiny_llama_onnx, tmp_path, capsys):
