@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
-from exporter.passes.core import rewrite_graph
+from exporter.passes.core import attr, replace_nodes, rewrite_graph
 from exporter.passes.nibbles import pack4
 from runtimes.errors import UsageError
 
@@ -180,22 +180,22 @@ def centred(b: Blocks) -> tuple[np.ndarray, np.ndarray]:
     return z, r
 
 
-def folded(r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1 remainders ``r`` ``[N, B]`` (one per block of 32) as extra 4-bit rows of the kernel's own
-    weight, 8 bits split into two nibbles: ``r ~ s * (c - z)`` with ``c``, ``z`` 8-bit per 32
-    remainders of a column, written ``16 s * (c_hi - z_hi)`` (read against the block sums padded to
-    whole blocks) ``+ s * (c_lo - z_lo)`` (read against the block sums again). Returns codes
-    ``[N, 2 * ceil(B/32), 32]`` (unused tail at the zero point), scales and zero points
-    ``[N, 2 * ceil(B/32)]``. Inexact (a remainder moves by at most a 510th of its chunk's range), so
-    only for ``accuracy_level`` > 0, where the activations are rounded to int8 anyway."""
+def folded(r: np.ndarray, block: int = QK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 remainders ``r`` ``[N, B]`` (one per block of the kernel's ``block``) as extra 4-bit rows
+    of the kernel's own weight, 8 bits split into two nibbles: ``r ~ s * (c - z)`` with ``c``, ``z``
+    8-bit per ``block`` remainders of a column, written ``16 s * (c_hi - z_hi)`` (read against the
+    block sums padded to whole blocks) ``+ s * (c_lo - z_lo)`` (read against the block sums again).
+    Returns codes ``[N, 2 * ceil(B/block), block]`` (unused tail at the zero point), scales and zero
+    points ``[N, 2 * ceil(B/block)]``. Inexact (a remainder moves by at most a 510th of its chunk's
+    range), so only for ``accuracy_level`` > 0, where the activations are rounded to int8 anyway."""
     n, b = r.shape
-    chunks = -(-b // QK)
-    padded = np.pad(r, ((0, 0), (0, chunks * QK - b))).reshape(n, chunks, QK)
+    chunks = -(-b // block)
+    padded = np.pad(r, ((0, 0), (0, chunks * block - b))).reshape(n, chunks, block)
     lo, hi = np.minimum(padded.min(-1), 0), np.maximum(padded.max(-1), 0)
     s = np.where(hi > lo, (hi - lo) / 255, 1).astype(np.float32)
     z = np.clip(np.rint(-lo / s), 0, 255).astype(np.uint8)
     c = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, 255).astype(np.uint8)
-    c.reshape(n, -1)[:, b:] = np.repeat(z[:, -1:], chunks * QK - b, axis=1)
+    c.reshape(n, -1)[:, b:] = np.repeat(z[:, -1:], chunks * block - b, axis=1)
     codes = np.concatenate([c >> 4, c & 15], 1)
     return codes, np.concatenate([16 * s, s], 1), np.concatenate([z >> 4, z & 15], 1)
 
@@ -224,22 +224,22 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
         new_inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def block_sums(x: str, blocks: int, at: str) -> str:
-        """``x`` ``[B, S, blocks * 32]`` -> its sums per block of 32, ``[B, S, blocks]`` (once per input)."""
+    def block_sums(x: str, blocks: int, block: int, at: str) -> str:
+        """``x`` ``[B, S, blocks * block]`` -> its sums per block, ``[B, S, blocks]`` (once per input)."""
         if ("sums", x) not in derived:
             derived[("sums", x)] = f"{at}/x_block_sums"
             new_nodes.extend([
-                helper.make_node("Reshape", [x, const(f"{at}.blocks_shape", np.array([0, 0, blocks, QK], np.int64))],
+                helper.make_node("Reshape", [x, const(f"{at}.blocks_shape", np.array([0, 0, blocks, block], np.int64))],
                                  [f"{at}/x_blocks"], name=f"{at}/x_blocks"),
                 helper.make_node("ReduceSum", [f"{at}/x_blocks", const(f"{at}.last_axis", np.array([-1], np.int64))],
                                  [f"{at}/x_block_sums"], name=f"{at}/x_block_sums", keepdims=0)])
         return derived[("sums", x)]
 
-    def with_block_sums(x: str, blocks: int, at: str) -> str:
+    def with_block_sums(x: str, blocks: int, block: int, at: str) -> str:
         """``[x, block sums padded to whole blocks, block sums]``: the input of a kernel whose last rows
         are ``folded`` remainders (once per input)."""
         if ("folded", x) not in derived:
-            sums, wide = block_sums(x, blocks, at), -(-blocks // QK) * QK
+            sums, wide = block_sums(x, blocks, block, at), -(-blocks // block) * block
             derived[("folded", x)] = f"{at}/x_with_block_sums"
             new_nodes.extend([
                 helper.make_node("Pad", [sums, const(f"{at}.pad_sums", np.array([0, 0, 0, 0, 0, wide - blocks], np.int64))],
@@ -276,9 +276,9 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
             parts = [centred(b) if b.m is not None else (np.full(b.d.shape, 8, np.uint8), np.zeros_like(b.d)) for b in bs]
             zero, remainder = np.concatenate([z for z, _ in parts]), np.concatenate([r for _, r in parts])
             if level != 0:  # int8 activations: remainders as the kernel's last rows, read against the block sums
-                codes, scales, zeros = folded(remainder)
+                codes, scales, zeros = folded(remainder, block)
                 q, d, zero = (np.concatenate(pair, 1) for pair in ((q, codes), (d, scales), (zero, zeros)))
-                k, x = k + codes.shape[1] // 2 * QK + blocks, with_block_sums(x, blocks, base)
+                k, x = k + codes.shape[1] // 2 * block + blocks, with_block_sums(x, blocks, block, base)
                 folds.extend(m.name for m in group)
         inputs = [const(f"{base}.gguf_q", pack4(q) if bits == 4 else q), const(f"{base}.gguf_scales", d.reshape(-1))]
         if zero is not None:
@@ -289,7 +289,7 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
                                           K=k, N=n, bits=bits, block_size=block, accuracy_level=level))
         if exact_remainder:
             offset = f"{name}/min_offset"
-            new_nodes += [helper.make_node("MatMul", [block_sums(x, blocks, base), const(f"{base}.gguf_mins", remainder.T)],
+            new_nodes += [helper.make_node("MatMul", [block_sums(x, blocks, block, base), const(f"{base}.gguf_mins", remainder.T)],
                                            [offset], name=offset),
                           helper.make_node("Add", [out, offset], [result], name=f"{name}/with_min")]
         if len(group) > 1:
@@ -297,6 +297,45 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
                                               [m.output[0] for m in group], name=f"{name}/split", axis=-1))
     rewrite_graph(model, new_nodes, new_inits, domain="com.microsoft")
     return dict(sorted(used.items())), chosen, packed, sorted(folds)
+
+
+def integer_zero_points(model) -> dict:
+    """Rewrite every 4-bit ``MatMulNBits`` of ``model`` with float zero points (ONNX Runtime's HQQ
+    writes them) in the Q4_1 form above: ``s * (q - z)`` with ``z`` float is ``d * q + m`` with
+    ``d = s``, ``m = -s * z``, so the integer zero point nearest ``z`` plus the remainder (a float
+    MatMul of the block sums at ``accuracy_level`` 0, folded rows above it), and the projections
+    that read one input packed into one kernel. ONNX Runtime's CPU kernel takes float zero points
+    only on a slow path (SmolLM2's HQQ model: 147 ms a decode step, 12 ms for the same model's
+    Q4_1 blocks). The same products up to float rounding at level 0. Returns the manifest's record
+    (empty when no node has float zero points)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    matched, levels, nodes = {}, {}, []
+    for node in model.graph.node:
+        zp = node.input[3] if node.op_type == "MatMulNBits" and len(node.input) > 3 else ""
+        extra = [i for i in node.input[4:] if i]  # g_idx or bias: left alone
+        if not zp or zp not in inits or inits[zp].data_type != TensorProto.FLOAT or attr(node, "bits") != 4 or extra:
+            nodes.append(node)
+            continue
+        n, k, block = attr(node, "N"), attr(node, "K"), attr(node, "block_size")
+        if k % block:
+            nodes.append(node)
+            continue
+        blocks = k // block
+        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, blocks, block // 2)
+        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, block)
+        scale = numpy_helper.to_array(inits[node.input[2]]).reshape(n, blocks).astype(np.float32)
+        zero = numpy_helper.to_array(inits[zp]).reshape(n, blocks).astype(np.float32)
+        name = node.name.rpartition("_Q4")[0] or node.name
+        matched[name] = Blocks(name, "float zero points", 4, q, scale, (-scale * zero).astype(np.float32), block)
+        levels[name] = attr(node, "accuracy_level") or 0
+        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], list(node.output), name=name))
+    if not matched:
+        return {}
+    replace_nodes(model.graph, nodes)
+    _, _, packed_groups, folds = replace_matmuls(model, matched, levels=lambda matmul: levels[matmul])
+    return {"rewritten": len(matched), "packed": packed_groups, "remainders_folded": folds}
 
 
 def carry_over(model, gguf_path: Path, config, *, levels=lambda matmul: 0) -> dict:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
+from exporter.gguf_weights import integer_zero_points
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
@@ -206,6 +207,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         quantized = sum(n.op_type == ("DequantizeLinear" if config.format == "qdq" else "MatMulNBits")
                         for n in result.graph.node)
         levels = set_accuracy_levels(result, config) if config.format == "matmulnbits" else {}
+        # HQQ's float zero points: integer ones plus the remainder (ONNX Runtime's fast CPU kernels)
+        zero_points = integer_zero_points(result) if config.format == "matmulnbits" else {}
         # 8 bits at float activations: two exact 4-bit kernels (ONNX Runtime's 8-bit one is slow there)
         nibbles = run_passes(AFTER_WEIGHT_ONLY, result).count if config.format == "matmulnbits" else 0
         path = tmp / "model.onnx"
@@ -232,6 +235,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
                           len(candidates), "quantized": quantized, "kept_float": float_kept, "kept_int8": int8,
                           "accuracy_level": config.accuracy_level or 0, "accuracy_levels": levels,
                           "int8_as_two_int4_kernels": nibbles,
+                          "float_zero_points_as_integer": zero_points or None,
                           "weight_only": record,
                           "gptq": gptq_record or None,
                           "kept_float_why": skipped,

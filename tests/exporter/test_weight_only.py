@@ -216,3 +216,43 @@ def test_gptq_refuses_tensorrt_in_one_line(llama_onnx, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no --target tensorrt" in err[0], err
     assert not out.exists()
+
+
+def _prefill(path):
+    """Logits of a fixed prompt (batch 1, empty cache) through an ONNX artifact."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(load_artifact(path).model_file), providers=["CPUExecutionProvider"])
+    ids = np.array([[3, 17, 5, 9, 2, 11]])
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    names = {i.name for i in sess.get_inputs()}
+    if "position_ids" in names:
+        feeds["position_ids"] = np.arange(ids.shape[1])[None]
+    feeds.update({i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in sess.get_inputs()
+                  if i.name.startswith("past")})
+    return sess.run(["logits"], feeds)[0]
+
+
+@pytest.mark.parametrize("block", [32, 16])
+def test_hqq_float_zero_points_become_integer_ones_plus_the_remainder(llama_onnx, tmp_path, monkeypatch, block):
+    """ONNX Runtime's HQQ writes float zero points (a slow CPU path); they are rewritten as integer
+    zero points plus the remainder: the same logits at accuracy level 0, close at 4 (folded rows)."""
+    from exporter import weight_only
+
+    config = WeightOnlyConfig(algorithm="hqq", symmetric=False, block_size=block)
+    art = quantize_weights(llama_onnx, tmp_path / "fast", config)
+    record = art.manifest["quantization"]["float_zero_points_as_integer"]
+    assert record["rewritten"] == 15 and len(record["packed"]) == 4 and record["remainders_folded"] == []
+    graph = onnx.load(str(art.model_file)).graph
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert not [n for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3] in floats]
+    monkeypatch.setattr(weight_only, "integer_zero_points", lambda model: {})  # ONNX Runtime's form, as written
+    slow = quantize_weights(llama_onnx, tmp_path / "slow", config)
+    assert slow.manifest["quantization"]["float_zero_points_as_integer"] is None
+    reference = _prefill(slow.path)
+    assert np.abs(_prefill(art.path) - reference).max() < 1e-4 * max(1.0, np.abs(reference).max())
+    monkeypatch.undo()
+    folded = quantize_weights(llama_onnx, tmp_path / "int8", WeightOnlyConfig(algorithm="hqq", symmetric=False,
+                                                                             block_size=block, accuracy_level=4))
+    assert len(folded.manifest["quantization"]["float_zero_points_as_integer"]["remainders_folded"]) == 15
+    assert np.abs(_prefill(folded.path) - reference).max() < 0.05 * np.abs(reference).max()
