@@ -90,8 +90,8 @@ class WeightOnlyConfig:
         if self.max_ppl_increase is not None:
             if not self.max_ppl_increase >= 0:
                 raise UsageError(f"--max-ppl-increase {self.max_ppl_increase}: give a relative increase >= 0 (2% or 0.02)")
-            if self.bits != 4 or self.algorithm not in ("rtn", "gptq"):
-                raise UsageError("--max-ppl-increase searches INT4 models: pass --bits 4 and --algorithm rtn or gptq")
+            if self.bits != 4:
+                raise UsageError("--max-ppl-increase searches INT4 models: pass --bits 4")
             if self.max_promoted < 1:
                 raise UsageError(f"--max-promoted {self.max_promoted}: give at least 1")
 
@@ -118,7 +118,7 @@ class WeightOnlyConfig:
     def algo_config(self, bits: int | None = None):
         from onnxruntime.quantization import matmul_nbits_quantizer as mq
 
-        if self.algorithm == "hqq":
+        if self.algorithm == "hqq" and (bits or self.bits) == self.bits:  # the search's INT8 promotions: RTN
             return mq.HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=self.bits)
         return mq.DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric,
                                                bits=bits or self.bits, accuracy_level=self.accuracy_level or None)
@@ -161,6 +161,15 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
         from exporter.gptq import dequantize
 
         int4 = {n: dequantize(*gptq[n][:3], gptq[n][3]) for n in gptq} if gptq else None
+        if config.algorithm == "hqq":  # each candidate's INT4 weights as HQQ will write them
+            from onnx import numpy_helper
+
+            from exporter.weight_search import hqq_fake_quant
+
+            inits = {i.name: i for i in model.graph.initializer}
+            log(f"HQQ: the INT4 weights of {len(weights)} MatMuls")
+            int4 = {n: hqq_fake_quant(numpy_helper.to_array(inits[w]), config.bits, config.block_size)
+                    for n, w in weights.items() if n not in config.exclude}
         searched, scorer = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib,
                                    config, log, int4)
     int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
@@ -342,7 +351,7 @@ def _calibration_feeds(model, src, calib: TextDataset | None, config: WeightOnly
 
 
 def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None) -> dict:
-    int4 = "GPTQ's codes" if config.algorithm == "gptq" else "round to nearest"
+    int4 = {"gptq": "GPTQ's codes", "hqq": "HQQ"}.get(config.algorithm, "round to nearest")
     return {"method": f"each MatMul alone in INT4 ({int4}, de-quantized), cost = mean KL vs float on the calibration "
                       "texts; costliest promoted to INT8, then float, until the budget is met",
             "budget_ppl_increase": config.max_ppl_increase, "max_promoted": config.max_promoted,

@@ -50,6 +50,20 @@ def fake_quant(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np
     return dequantize(*rtn_blocks(w, bits, block_size, symmetric), w.shape[0])
 
 
+def hqq_fake_quant(w: np.ndarray, bits: int, block_size: int) -> np.ndarray:
+    """``w`` [K, N] quantized as ONNX Runtime's HQQ quantizer writes it (its own routine, asymmetric,
+    float zero points), de-quantized: ``(q - zero) * scale`` per block along K."""
+    import torch
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+
+    k, n = w.shape
+    hqq = mq.HQQWeightOnlyQuantizer(mq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits))
+    q, scale, zero = hqq.quantize_internal(torch.from_numpy(np.ascontiguousarray(w.T)), bits=bits, group_size=block_size)
+    blocks = scale.shape[1]
+    codes = q.reshape(n, blocks, block_size).float()
+    return ((codes - zero[..., None]) * scale[..., None]).reshape(n, -1)[:, :k].T.numpy().astype(np.float32)
+
+
 class Scorer:
     """One session of the float model whose MatMul weights can be overridden; scores any weights
     mix against the float model's next-token distributions on ``encoded`` batches."""

@@ -152,10 +152,34 @@ def test_an_unreachable_budget_is_exit_1_in_one_line(planted_onnx, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert "--max-ppl-increase 2.00%: not met with the 2 costliest MatMuls in float" in err[-1]
     assert not (tmp_path / "q").exists()
-    with pytest.raises(UsageError, match="--bits 4 and --algorithm rtn or gptq"):
+    with pytest.raises(UsageError, match="searches INT4 models: pass --bits 4"):
         WeightOnlyConfig(bits=8, max_ppl_increase=0.02)
-    with pytest.raises(UsageError, match="--bits 4 and --algorithm rtn or gptq"):
-        WeightOnlyConfig(algorithm="hqq", symmetric=False, max_ppl_increase=0.02)
+
+
+def test_the_search_scores_and_writes_hqqs_weights(planted_onnx, tmp_path, monkeypatch):
+    """``--algorithm hqq --max-ppl-increase``: the search scores HQQ's INT4 weights (its own routine),
+    promotes to RTN INT8, writes the rest with HQQ, and the written model measures what it scored."""
+    from exporter import weight_search
+
+    real = weight_search.Scorer.score
+    steps = []
+
+    def score(self, overrides):  # the budget is met once one MatMul is out of INT4
+        steps.append(1)
+        ppl, kl = real(self, overrides)
+        return (ppl if len(steps) > 15 + 1 else ppl + 1.0), kl
+
+    monkeypatch.setattr(weight_search.Scorer, "score", score)
+    art = quantize_weights(planted_onnx, tmp_path / "hqq", WeightOnlyConfig(algorithm="hqq", symmetric=False,
+                                                                            max_ppl_increase=0.5))
+    q = art.manifest["quantization"]
+    s = q["weight_only"]
+    assert "(HQQ, de-quantized)" in s["method"] and q["kept_int8"] == [PLANTED] and s["counts"]["int4"] == 14
+    assert q["float_zero_points_as_integer"]["rewritten"] == 14  # HQQ's, as integer zero points
+    # the written model is the scored one: the same perplexity change up to the kernels' float order
+    assert abs(s["ppl_change_built"] - s["ppl_change_calibration"]) < 1e-4
+    direct = weight_search.hqq_fake_quant(np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32), 4, 32)
+    assert direct.shape == (40, 6) and np.isfinite(direct).all()
 
 
 def test_the_search_scores_and_writes_gptqs_codes(planted_onnx, tmp_path):
