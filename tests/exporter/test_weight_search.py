@@ -118,18 +118,23 @@ def test_a_built_model_over_the_budget_is_exit_1_and_nothing_written(planted_onn
     assert not (tmp_path / "q").exists()
 
 
-def test_mixed_int8_and_int4_are_built_as_chosen(planted_onnx, tmp_path, monkeypatch):
+def _budget_met_after(monkeypatch, promotions: int) -> None:
+    """Make the search's scores 100 points worse until ``promotions`` MatMuls are out of INT4 (after
+    the 15 single-MatMul scores and the all-INT4 one), so it promotes exactly that many."""
     from exporter import weight_search
 
-    real = weight_search.Scorer.score
-    steps = []
+    real, calls = weight_search.Scorer.score, []
 
-    def score(self, overrides):  # the budget is met once two MatMuls are out of INT4
-        steps.append(1)
+    def score(self, overrides):
+        calls.append(1)
         ppl, kl = real(self, overrides)
-        return (ppl if len(steps) > 15 + 2 else ppl + 1.0), kl
+        return (ppl if len(calls) > 15 + promotions else ppl + 1.0), kl
 
     monkeypatch.setattr(weight_search.Scorer, "score", score)
+
+
+def test_mixed_int8_and_int4_are_built_as_chosen(planted_onnx, tmp_path, monkeypatch):
+    _budget_met_after(monkeypatch, 2)
     art = quantize_weights(planted_onnx, tmp_path / "q", WeightOnlyConfig(max_ppl_increase=0.5, max_promoted=15))
     q = art.manifest["quantization"]
     assert q["weight_only"]["counts"] == {"int4": 13, "int8": 2, "float": 0} and PLANTED in q["kept_int8"]
@@ -161,15 +166,7 @@ def test_the_search_scores_and_writes_hqqs_weights(planted_onnx, tmp_path, monke
     promotes to RTN INT8, writes the rest with HQQ, and the written model measures what it scored."""
     from exporter import weight_search
 
-    real = weight_search.Scorer.score
-    steps = []
-
-    def score(self, overrides):  # the budget is met once one MatMul is out of INT4
-        steps.append(1)
-        ppl, kl = real(self, overrides)
-        return (ppl if len(steps) > 15 + 1 else ppl + 1.0), kl
-
-    monkeypatch.setattr(weight_search.Scorer, "score", score)
+    _budget_met_after(monkeypatch, 1)
     art = quantize_weights(planted_onnx, tmp_path / "hqq", WeightOnlyConfig(algorithm="hqq", symmetric=False,
                                                                             max_ppl_increase=0.5))
     q = art.manifest["quantization"]
