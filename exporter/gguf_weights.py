@@ -54,7 +54,7 @@ from runtimes.errors import UsageError
 
 QK = 32  # block size of Q4_0, Q4_1, Q5_0, Q8_0 and of Q4_K's blocks
 QK_K = 256  # super-block of the K-quants
-BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q6_K": 8, "Q8_0": 8}  # MatMulNBits width each is written at
+BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8, "Q8_0": 8}  # MatMulNBits width
 SUPPORTED_TYPES = tuple(BITS)
 
 
@@ -107,16 +107,30 @@ def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.n
         q = ql.reshape(rows, -1, 32) | (qh.reshape(rows, -1, 32) << 4)  # 0..63, value d_j * (q - 32)
         d = _f16(sb[..., 208:210])[..., None] * sb[..., 192:208].copy().view(np.int8).astype(np.float32)
         return (q + 96).astype(np.uint8).reshape(rows, -1, 16), d.reshape(rows, -1), None
-    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q8_0": 34}[gguf_type]
+    if gguf_type == "Q5_K":
+        from gguf.quants import Q4_K
+
+        sb = raw.reshape(rows, -1, 176)  # d, dmin, 12 bytes of 6-bit scales and mins, 32 of high bits, 128 of nibbles
+        scale, low = Q4_K.get_scale_min(sb[..., 4:16].reshape(-1, 12))
+        d = (_f16(sb[..., 0:2])[..., None] * scale.reshape(rows, -1, 8).astype(np.float32)).reshape(rows, -1)
+        m = -(_f16(sb[..., 2:4])[..., None] * low.reshape(rows, -1, 8).astype(np.float32)).reshape(rows, -1)
+        ql = (sb[..., 48:].reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(2, 1)) & 0x0F
+        qh = (sb[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 0x01
+        return ql.reshape(rows, -1, QK) | (qh.reshape(rows, -1, QK) << 4), d, m
+    size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}[gguf_type]
     blocks = raw.reshape(rows, -1, size)
     d = _f16(blocks[..., :2])
     if gguf_type == "Q8_0":
         q = (blocks[..., 2:].copy().view(np.int8).astype(np.int16) + 128).astype(np.uint8)
         return q, d, None
-    if gguf_type == "Q5_0":  # d, 32 high bits (uint32), 16 bytes of low nibbles; value d * (q - 16)
-        high = (blocks[..., 2:6].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1
-        low = np.concatenate([blocks[..., 6:] & 0x0F, blocks[..., 6:] >> 4], axis=-1)
-        return (low | (high.astype(np.uint8) << 4)) + np.uint8(112), d, None
+    if gguf_type in ("Q5_0", "Q5_1"):  # d, (m,) 32 high bits (uint32), 16 bytes of low nibbles
+        at = 2 if gguf_type == "Q5_0" else 4
+        high = (blocks[..., at:at + 4].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1
+        low = np.concatenate([blocks[..., at + 4:] & 0x0F, blocks[..., at + 4:] >> 4], axis=-1)
+        q = low | (high.astype(np.uint8) << 4)
+        if gguf_type == "Q5_1":  # d * q + m
+            return q, d, _f16(blocks[..., 2:4])
+        return q + np.uint8(112), d, None  # d * (q - 16) = d * ((q + 112) - 128)
     m = _f16(blocks[..., 2:4]) if gguf_type == "Q4_1" else None
     qs = blocks[..., 4:] if gguf_type == "Q4_1" else blocks[..., 2:]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # gguf order: low nibbles are elements 0-15
@@ -175,19 +189,16 @@ def centred(b: Blocks) -> tuple[np.ndarray, np.ndarray]:
     (``--accuracy-level 4``) only ``d * (q - z)`` meets the rounded activations, and weights centred on
     their zero point carry about a quarter of the rounding error's variance that ``d * q`` (0..15) does."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(b.d > 0, np.clip(np.rint(-b.m / b.d), 0, 15), 0).astype(np.uint8)
+        z = np.where(b.d > 0, np.clip(np.rint(-b.m / b.d), 0, 2 ** b.bits - 1), 0).astype(np.uint8)
     r = (b.m + b.d * z.astype(np.float32)).astype(np.float32)
     return z, r
 
 
-def folded(r: np.ndarray, block: int = QK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1 remainders ``r`` ``[N, B]`` (one per block of the kernel's ``block``) as extra 4-bit rows
-    of the kernel's own weight, 8 bits split into two nibbles: ``r ~ s * (c - z)`` with ``c``, ``z``
-    8-bit per ``block`` remainders of a column, written ``16 s * (c_hi - z_hi)`` (read against the
-    block sums padded to whole blocks) ``+ s * (c_lo - z_lo)`` (read against the block sums again).
-    Returns codes ``[N, 2 * ceil(B/block), block]`` (unused tail at the zero point), scales and zero
-    points ``[N, 2 * ceil(B/block)]``. Inexact (a remainder moves by at most a 510th of its chunk's
-    range), so only for ``accuracy_level`` > 0, where the activations are rounded to int8 anyway."""
+def remainder_codes(r: np.ndarray, block: int = QK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Remainders ``r`` ``[N, B]`` (one per block of the kernel's ``block``) rounded to 8 bits per
+    ``block`` of them along a column: ``r ~ s * (c - z)``. Returns codes ``[N, ceil(B/block), block]``
+    (the unused tail at the zero point), scales and zero points ``[N, ceil(B/block)]``. A remainder
+    moves by at most half a step (a 510th of its chunk's range)."""
     n, b = r.shape
     chunks = -(-b // block)
     padded = np.pad(r, ((0, 0), (0, chunks * block - b))).reshape(n, chunks, block)
@@ -196,6 +207,17 @@ def folded(r: np.ndarray, block: int = QK) -> tuple[np.ndarray, np.ndarray, np.n
     z = np.clip(np.rint(-lo / s), 0, 255).astype(np.uint8)
     c = np.clip(np.rint(padded / s[..., None]) + z[..., None], 0, 255).astype(np.uint8)
     c.reshape(n, -1)[:, b:] = np.repeat(z[:, -1:], chunks * block - b, axis=1)
+    return c, s, z
+
+
+def folded(r: np.ndarray, block: int = QK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 remainders ``r`` ``[N, B]`` as extra rows of a 4-bit kernel's own weight: the 8-bit
+    ``remainder_codes`` split into two nibbles, ``16 s * (c_hi - z_hi)`` (read against the block sums
+    padded to whole blocks) ``+ s * (c_lo - z_lo)`` (read against the block sums again). Returns codes
+    ``[N, 2 * ceil(B/block), block]``, scales and zero points ``[N, 2 * ceil(B/block)]``. Inexact, so
+    only for ``accuracy_level`` > 0, where the activations are rounded to int8 anyway (an 8-bit
+    kernel takes ``remainder_codes`` as they are)."""
+    c, s, z = remainder_codes(r, block)
     codes = np.concatenate([c >> 4, c & 15], 1)
     return codes, np.concatenate([16 * s, s], 1), np.concatenate([z >> 4, z & 15], 1)
 
@@ -235,18 +257,22 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
                                  [f"{at}/x_block_sums"], name=f"{at}/x_block_sums", keepdims=0)])
         return derived[("sums", x)]
 
-    def with_block_sums(x: str, blocks: int, block: int, at: str) -> str:
-        """``[x, block sums padded to whole blocks, block sums]``: the input of a kernel whose last rows
-        are ``folded`` remainders (once per input)."""
-        if ("folded", x) not in derived:
+    def with_block_sums(x: str, blocks: int, block: int, at: str, nibbles: bool = True) -> str:
+        """``[x, block sums padded to whole blocks, block sums]`` (``nibbles``: a 4-bit kernel, whose
+        remainder rows are ``folded`` in two) or ``[x, block sums padded]`` (an 8-bit kernel): the input
+        of a kernel whose last rows are remainders (once per input)."""
+        if ("folded", x, nibbles) not in derived:
             sums, wide = block_sums(x, blocks, block, at), -(-blocks // block) * block
-            derived[("folded", x)] = f"{at}/x_with_block_sums"
-            new_nodes.extend([
-                helper.make_node("Pad", [sums, const(f"{at}.pad_sums", np.array([0, 0, 0, 0, 0, wide - blocks], np.int64))],
-                                 [f"{at}/x_block_sums_padded"], name=f"{at}/x_block_sums_padded"),
-                helper.make_node("Concat", [x, f"{at}/x_block_sums_padded", sums], [derived[("folded", x)]],
-                                 name=f"{at}/x_with_block_sums", axis=-1)])
-        return derived[("folded", x)]
+            out = f"{at}/x_with_block_sums" if nibbles else f"{at}/x_with_block_sums8"
+            derived[("folded", x, nibbles)] = out
+            if ("padded", x) not in derived:
+                derived[("padded", x)] = f"{at}/x_block_sums_padded"
+                new_nodes.append(helper.make_node(
+                    "Pad", [sums, const(f"{at}.pad_sums", np.array([0, 0, 0, 0, 0, wide - blocks], np.int64))],
+                    [derived[("padded", x)]], name=f"{at}/x_block_sums_padded"))
+            new_nodes.append(helper.make_node("Concat", [x, derived[("padded", x)], *([sums] if nibbles else [])], [out],
+                                              name=out, axis=-1))
+        return derived[("folded", x, nibbles)]
 
     for node in graph.node:
         if node.name not in members:
@@ -272,17 +298,23 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
         has_min = any(b.m is not None for b in bs)
         zero = None
         if has_min:  # Q4_1: d * q + m = d * (q - z) + r, z the integer zero point nearest -m / d, r the remainder;
-            # a Q4_0 weight packed beside it keeps its zero point 8 and adds nothing
-            parts = [centred(b) if b.m is not None else (np.full(b.d.shape, 8, np.uint8), np.zeros_like(b.d)) for b in bs]
+            # a Q4_0 (Q5_0) weight packed beside it keeps its zero point 8 (128) and adds nothing
+            default = 8 if bits == 4 else 128
+            parts = [centred(b) if b.m is not None else (np.full(b.d.shape, default, np.uint8), np.zeros_like(b.d))
+                     for b in bs]
             zero, remainder = np.concatenate([z for z, _ in parts]), np.concatenate([r for _, r in parts])
             if level != 0:  # int8 activations: remainders as the kernel's last rows, read against the block sums
-                codes, scales, zeros = folded(remainder, block)
+                codes, scales, zeros = folded(remainder, block) if bits == 4 else remainder_codes(remainder, block)
                 q, d, zero = (np.concatenate(pair, 1) for pair in ((q, codes), (d, scales), (zero, zeros)))
-                k, x = k + codes.shape[1] // 2 * block + blocks, with_block_sums(x, blocks, block, base)
+                if bits == 4:
+                    k, x = k + codes.shape[1] // 2 * block + blocks, with_block_sums(x, blocks, block, base)
+                else:
+                    k, x = k + codes.shape[1] * block, with_block_sums(x, blocks, block, base, nibbles=False)
                 folds.extend(m.name for m in group)
         inputs = [const(f"{base}.gguf_q", pack4(q) if bits == 4 else q), const(f"{base}.gguf_scales", d.reshape(-1))]
         if zero is not None:
-            inputs.append(const(f"{base}.gguf_zero", pack4(np.pad(zero, ((0, 0), (0, zero.shape[1] % 2))))))
+            packed_zero = pack4(np.pad(zero, ((0, 0), (0, zero.shape[1] % 2)))) if bits == 4 else zero
+            inputs.append(const(f"{base}.gguf_zero", packed_zero.reshape(-1) if bits == 8 else packed_zero))
         exact_remainder = has_min and level == 0  # float activations: the remainder through a float MatMul
         out = f"{name}/nbits" if exact_remainder else result
         new_nodes.append(helper.make_node("MatMulNBits", [x, *inputs], [out], name=f"{name}_Q{bits}", domain="com.microsoft",

@@ -328,3 +328,29 @@ def test_compact_graph_continues_several_tokens_after_a_past(tiny_llama, tmp_pat
             logits[runtime] = r.infer({"input_ids": ids[:, 4:], "attention_mask": np.ones((1, 7), np.int64),
                                        "position_ids": np.arange(4, 7)[None], **past})["logits"]
     assert np.abs(logits["onnxruntime:cpu"] - logits["torch:cpu"]).max() < 1e-4
+
+
+# a Q5_K_M file's types: Q5_K and Q6_K, Q5_1 where llama.cpp falls back; 8-bit kernels with minimums
+K5_QUANT = {"attn_q": "Q5_K", "attn_k": "Q5_1", "attn_v": "Q5_K", "attn_output": "Q6_K", "ffn_gate": "Q5_K",
+            "ffn_up": "Q5_1", "ffn_down": "Q5_K", "token_embd": "Q6_K"}
+
+
+def test_q5_blocks_with_minimums_carried_over(tiny_llama, tmp_path):
+    """Q5_K and Q5_1 (five bits with a float minimum per block of 32) as 8-bit kernels with an integer
+    zero point and the remainder: exact at level 0 (a float remainder MatMul), close at level 4
+    (the remainders as the kernel's own 8-bit rows)."""
+    gguf_file = write_tiny_gguf(tmp_path / "tiny-k5.gguf", tiny_llama, quant=K5_QUANT, hidden=256, ff=256)
+    assert main(["import-gguf", str(gguf_file), "-o", str(tmp_path / "hf"), "-q"]) == 0
+    assert main(["export", str(tmp_path / "hf"), "--graph", "cpu", "-o", str(tmp_path / "cpu"), "-q"]) == 0
+    for level in ("0", "4"):
+        assert main(["quantize", str(tmp_path / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                     "--accuracy-level", level, "-o", str(tmp_path / f"q{level}"), "-q"]) == 0
+    q0, q4 = (load_artifact(tmp_path / f"q{lv}").manifest["quantization"] for lv in "04")
+    assert q0["kept_float"] == [] and q0["gguf"]["by_type"] == {"Q5_1": 4, "Q5_K": 8, "Q6_K": 3}
+    assert q0["gguf"]["remainders_folded"] == [] and len(q4["gguf"]["remainders_folded"]) == 12
+    graph = onnx.load(str(tmp_path / "q4" / "model.onnx")).graph
+    assert any(n.input[0].endswith("/x_with_block_sums8") for n in graph.node if n.op_type == "MatMulNBits")
+    enc = _prompts(load_artifact(tmp_path / "q0"))
+    ref = _prefill_logits(tmp_path / "cpu", enc)
+    assert np.abs(_prefill_logits(tmp_path / "q0", enc) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert np.abs(_prefill_logits(tmp_path / "q4", enc) - ref).max() < 0.05 * np.abs(ref).max()

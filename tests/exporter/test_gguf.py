@@ -16,15 +16,17 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 
 
 def k_quant_bytes(kind: str, rows: int, cols: int, rng) -> np.ndarray:
-    """Raw ``Q4_K`` or ``Q6_K`` super-blocks ``[rows, bytes per row]`` with random codes and scales
-    (gguf-py reads these types but cannot write them); values within about +-0.6."""
+    """Raw ``Q4_K``, ``Q5_K`` or ``Q6_K`` super-blocks ``[rows, bytes per row]`` with random codes and
+    scales (gguf-py reads these types but cannot write them); values within about +-1."""
     n = rows * cols // 256
 
     def f16(lo, hi):
         return rng.uniform(lo, hi, (n, 1)).astype(np.float16).view(np.uint8)
 
-    if kind == "Q4_K":  # d, dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles
-        parts = [f16(2e-4, 6e-4), f16(1e-3, 4e-3), rng.integers(0, 256, (n, 140), dtype=np.uint8)]
+    if kind in ("Q4_K", "Q5_K"):  # d, dmin, 12 bytes of 6-bit scales and mins, (32 of high bits,) 128 of nibbles
+        rest = 140 if kind == "Q4_K" else 172
+        parts = [f16(2e-4, 6e-4) if kind == "Q4_K" else f16(1e-4, 3e-4), f16(1e-3, 4e-3),
+                 rng.integers(0, 256, (n, rest), dtype=np.uint8)]
     else:  # Q6_K: 128 bytes of low nibbles, 64 of high bits, 16 int8 scales, d
         scales = rng.integers(-64, 65, (n, 16)).astype(np.int8).view(np.uint8)
         parts = [rng.integers(0, 256, (n, 192), dtype=np.uint8), scales, f16(1e-4, 3e-4)]
