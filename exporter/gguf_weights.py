@@ -24,8 +24,13 @@ writes them as they are:
   float MatMul, a fifth of a decode step less (SmolLM2 at level 4: 1.21x, 12 of 12 interleaved rounds;
   KL to PyTorch 0.0045 -> 0.0048).
 
-So a ``Q4_K_M`` file (Q4_K and Q6_K tensors; Q5_0 and Q8_0 where a row is not a multiple of 256)
-is carried over whole. Other types (Q5_1, Q2_K, Q3_K, Q5_K, the IQ types) stay float and are listed.
+- ``Q5_1`` and ``Q5_K`` (five bits with a float minimum per block of 32) like Q4_1, as 8-bit kernels
+  (code q, an 8-bit integer zero point, the remainder; at level > 0 the remainders as the kernel's
+  own 8-bit rows, ``remainder_codes``).
+
+So ``Q4_K_M`` and ``Q5_K_M`` files (Q4_K/Q5_K and Q6_K; Q5_0/Q5_1 and Q8_0 where a row is not a
+multiple of 256) are carried over whole. Other types (Q2_K, Q3_K, the IQ types) stay float and are
+listed.
 
 MatMuls that read the same input at the same width and accuracy level (a layer's q/k/v, its gate/up)
 are written as one ``MatMulNBits`` with their blocks side by side, then a ``Split``: the same

@@ -29,7 +29,7 @@ def add_weight_only_args(p) -> None:
                         "if not reachable")
     g.add_argument("--max-promoted", type=int, default=32, metavar="N", help="the search keeps at most N MatMuls out of INT4 (default 32)")
     g.add_argument("--from-gguf", default=None, metavar="FILE|source",
-                   help="write this GGUF file's own blocks (Q4_0, Q4_1, Q4_K, Q5_0, Q6_K, Q8_0) instead of rounding again (exact: the "
+                   help="write this GGUF file's own blocks (Q4_0/1, Q4_K, Q5_0/1, Q5_K, Q6_K, Q8_0) instead of rounding again (exact: the "
                         "model's weights unchanged); 'source': the file the model was imported from. With "
                         "--accuracy-level 0 (default) the products are exact; 4 is faster and less exact")
     g.add_argument("--search-rows", type=int, default=8, metavar="N", help="calibration texts the search scores on (default 8)")
