@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from exporter.gguf_weights import integer_zero_points
 from exporter.manifest import onnx_manifest
 from exporter.onnx_file import check_onnx, save_model
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
-from exporter.gguf_weights import integer_zero_points
 from exporter.passes.transposed_weights import fold_transposed_matmul_weights
 from exporter.writer import ArtifactWriter, open_input
 from runtimes.artifact import Artifact
@@ -167,9 +167,9 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             from exporter.weight_search import hqq_fake_quant
 
             inits = {i.name: i for i in model.graph.initializer}
-            log(f"HQQ: the INT4 weights of {len(weights)} MatMuls")
             int4 = {n: hqq_fake_quant(numpy_helper.to_array(inits[w]), config.bits, config.block_size)
                     for n, w in weights.items() if n not in config.exclude}
+            log(f"HQQ: the INT4 weights of {len(int4)} MatMuls")
         searched, scorer = _search(model, {n: w for n, w in weights.items() if n not in config.exclude}, src, calib,
                                    config, log, int4)
     int8 = sorted(n for n, c in (searched.choices if searched else {}).items() if c == "int8")
