@@ -30,14 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.decode_duel import decode_steps, session
+from exporter.passes.core import attr, drop_unused_constants
 
 FOLD = "/x_with_block_sums"
-
-
-def _attr(node, name):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
 def without_lm_head(model) -> bool:
@@ -46,13 +41,13 @@ def without_lm_head(model) -> bool:
 
     for i, node in enumerate(model.graph.node):
         if "lm_head" in node.name and node.op_type in ("MatMulNBits", "MatMul") and "logits" in node.output[0]:
-            width = _attr(node, "K") or next(t.dims[0] for t in model.graph.initializer if t.name == node.input[1])
-            vocab = _attr(node, "N") or next(t.dims[1] for t in model.graph.initializer if t.name == node.input[1])
+            width = attr(node, "K") or next(t.dims[0] for t in model.graph.initializer if t.name == node.input[1])
+            vocab = attr(node, "N") or next(t.dims[1] for t in model.graph.initializer if t.name == node.input[1])
             index = numpy_helper.from_array((np.arange(vocab) % width).astype(np.int64), "breakdown.lm_head_index")
             model.graph.initializer.append(index)
             model.graph.node[i].CopyFrom(helper.make_node("Gather", [node.input[0], index.name], list(node.output),
                                                           name=node.name, axis=-1))
-            _drop_unused(model)
+            drop_unused_constants(model.graph)
             return True
     return False
 
@@ -61,7 +56,7 @@ def without_fold(model) -> bool:
     """Feed the folded kernels their input zero-padded to the same width instead of ``[x, block sums...]``."""
     from onnx import helper, numpy_helper
 
-    width = {n.input[0]: _attr(n, "K") for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[0].endswith(FOLD)}
+    width = {n.input[0]: attr(n, "K") for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[0].endswith(FOLD)}
     if not width:
         return False
     inits = {t.name: t for t in model.graph.initializer}
@@ -79,7 +74,7 @@ def without_fold(model) -> bool:
             nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(n for n in nodes if n.output[0] not in inner)
-    _drop_unused(model)
+    drop_unused_constants(model.graph)
     return True
 
 
@@ -90,7 +85,7 @@ def kernels_alone(model):
     inits = {t.name: t for t in model.graph.initializer}
     nodes, inputs, used, outputs = [], {}, {}, []
     for i, n in enumerate(x for x in model.graph.node if x.op_type == "MatMulNBits"):
-        k = _attr(n, "K")
+        k = attr(n, "K")
         inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, 1, k]))
         for name in n.input[1:]:
             if name:
@@ -104,13 +99,6 @@ def kernels_alone(model):
     alone = helper.make_model(graph, opset_imports=list(model.opset_import))
     alone.ir_version = model.ir_version
     return alone
-
-
-def _drop_unused(model) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 def kernel_calls(sess, steps: int) -> list[float]:
@@ -149,24 +137,25 @@ def main(argv=None) -> int:
     shape = (*cache_shape(config), config.vocab_size)
     threads = usable_cores()
     with tempfile.TemporaryDirectory(prefix="breakdown-") as tmp:
-        variants = {"whole step": args.artifact}
-        for label, edit in (("without lm_head", without_lm_head), ("without the block-sum fold", without_fold)):
-            model = onnx.load(str(args.artifact / "model.onnx"))
-            if edit(model):
-                path = Path(tmp) / label.replace(" ", "-")
-                path.mkdir()
-                onnx.save(model, str(path / "model.onnx"), save_as_external_data=True, location="model.onnx.data")
-                variants[label] = path
-        alone = kernels_alone(onnx.load(str(args.artifact / "model.onnx")))
-        sessions = {label: session(path, threads) for label, path in variants.items()}
-        if alone is not None:
-            onnx.save(alone, str(Path(tmp) / "kernels.onnx"), save_as_external_data=True, location="kernels.onnx.data")
-            import onnxruntime as ort
+        full = onnx.load(str(args.artifact / "model.onnx"))  # read once; each edit works on a copy
 
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.log_severity_level = threads, 3
-            sessions["MatMulNBits alone"] = ort.InferenceSession(str(Path(tmp) / "kernels.onnx"), so,
-                                                                  providers=["CPUExecutionProvider"])
+        def edited(edit):
+            model = onnx.ModelProto()
+            model.CopyFrom(full)
+            return model if edit(model) else None
+
+        variants = {"whole step": args.artifact}
+        for label, build in (("without lm_head", lambda: edited(without_lm_head)),
+                             ("without the block-sum fold", lambda: edited(without_fold)),
+                             ("MatMulNBits alone", lambda: kernels_alone(full))):
+            model = build()  # one variant in memory at a time
+            if model is not None:
+                variants[label] = Path(tmp) / label.replace(" ", "-")
+                variants[label].mkdir()
+                onnx.save(model, str(variants[label] / "model.onnx"), save_as_external_data=True,
+                          location="model.onnx.data")
+        full = None  # the timing below needs none of it in memory
+        sessions = {label: session(path, threads) for label, path in variants.items()}
 
         def timed(label: str, steps: int) -> list[float]:
             if label == "MatMulNBits alone":
@@ -196,10 +185,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from runtimes.errors import UsageError
+    from benchmarks.compression import run_main
 
-    try:
-        sys.exit(main())
-    except UsageError as e:
-        print(f"decode_breakdown: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, None))

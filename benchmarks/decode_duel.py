@@ -108,10 +108,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from runtimes.errors import UsageError
+    from benchmarks.compression import run_main
 
-    try:
-        sys.exit(main())
-    except UsageError as e:
-        print(f"decode_duel: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, None))
