@@ -188,11 +188,12 @@ def match_blocks(weights: dict[str, np.ndarray], blocks: list[Blocks]) -> dict[s
 
 
 def centred(b: Blocks) -> tuple[np.ndarray, np.ndarray]:
-    """A Q4_1 tensor's ``d * q + m`` as ``d * (q - z) + r``: ``z`` ``[N, K/32]`` the integer zero point
-    (0..15) nearest ``-m / d``, ``r = m + d * z`` the remainder, exact in float32 (``d`` and ``m`` are
-    float16, ``z`` four bits). The products are the same; but with int8 activations
-    (``--accuracy-level 4``) only ``d * (q - z)`` meets the rounded activations, and weights centred on
-    their zero point carry about a quarter of the rounding error's variance that ``d * q`` (0..15) does."""
+    """A tensor with minimums (Q4_1 ...)'s ``d * q + m`` as ``d * (q - z) + r``: ``z`` ``[N, K/block]``
+    the integer zero point (0..15 for a 4-bit kernel, 0..255 for an 8-bit one) nearest ``-m / d``,
+    ``r = m + d * z`` the remainder (exact in float32 for a GGUF's float16 ``d`` and ``m``). The
+    products are the same; but with int8 activations (``--accuracy-level 4``) only ``d * (q - z)``
+    meets the rounded activations, and weights centred on their zero point carry about a quarter of
+    the rounding error's variance that ``d * q`` (0..15) does."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(b.d > 0, np.clip(np.rint(-b.m / b.d), 0, 2 ** b.bits - 1), 0).astype(np.uint8)
     r = (b.m + b.d * z.astype(np.float32)).astype(np.float32)
@@ -309,17 +310,18 @@ def replace_matmuls(model, matched: dict[str, Blocks], *, levels) -> tuple[dict,
                      for b in bs]
             zero, remainder = np.concatenate([z for z, _ in parts]), np.concatenate([r for _, r in parts])
             if level != 0:  # int8 activations: remainders as the kernel's last rows, read against the block sums
-                codes, scales, zeros = folded(remainder, block) if bits == 4 else remainder_codes(remainder, block)
-                q, d, zero = (np.concatenate(pair, 1) for pair in ((q, codes), (d, scales), (zero, zeros)))
-                if bits == 4:
+                if bits == 4:  # 8-bit remainders as two nibble rows each
+                    codes, scales, zeros = folded(remainder, block)
                     k, x = k + codes.shape[1] // 2 * block + blocks, with_block_sums(x, blocks, block, base)
                 else:
+                    codes, scales, zeros = remainder_codes(remainder, block)
                     k, x = k + codes.shape[1] * block, with_block_sums(x, blocks, block, base, nibbles=False)
+                q, d, zero = (np.concatenate(pair, 1) for pair in ((q, codes), (d, scales), (zero, zeros)))
                 folds.extend(m.name for m in group)
         inputs = [const(f"{base}.gguf_q", pack4(q) if bits == 4 else q), const(f"{base}.gguf_scales", d.reshape(-1))]
         if zero is not None:
-            packed_zero = pack4(np.pad(zero, ((0, 0), (0, zero.shape[1] % 2)))) if bits == 4 else zero
-            inputs.append(const(f"{base}.gguf_zero", packed_zero.reshape(-1) if bits == 8 else packed_zero))
+            inputs.append(const(f"{base}.gguf_zero", pack4(np.pad(zero, ((0, 0), (0, zero.shape[1] % 2)))) if bits == 4
+                                else zero.reshape(-1)))
         exact_remainder = has_min and level == 0  # float activations: the remainder through a float MatMul
         out = f"{name}/nbits" if exact_remainder else result
         new_nodes.append(helper.make_node("MatMulNBits", [x, *inputs], [out], name=f"{name}_Q{bits}", domain="com.microsoft",
@@ -342,8 +344,8 @@ def integer_zero_points(model) -> dict:
     ``d = s``, ``m = -s * z``, so the integer zero point nearest ``z`` plus the remainder (a float
     MatMul of the block sums at ``accuracy_level`` 0, folded rows above it), and the projections
     that read one input packed into one kernel. ONNX Runtime's CPU kernel takes float zero points
-    only on a slow path (SmolLM2's HQQ model: 147 ms a decode step, 12 ms for the same model's
-    Q4_1 blocks). The same products up to float rounding at level 0. Returns the manifest's record
+    only on a slow path (SmolLM2's HQQ model: 150.8 ms a decode step as ONNX Runtime writes it, 11.3
+    ms rewritten, docs/llm.md). The same products up to float rounding at level 0. Returns the manifest's record
     (empty when no node has float zero points)."""
     from onnx import TensorProto, helper, numpy_helper
 

@@ -85,11 +85,11 @@ class Scorer:
         self.weights = weights  # MatMul node -> its weight initializer
         self.float = {n: onnx.numpy_helper.to_array(inits[w]) for n, w in weights.items()}
         self.feeds = [(f, f["attention_mask"].astype(bool)) for f in prefill_feeds(model, encoded)]
-        self.ref = [self._logprobs(f, real) for f, real in self.feeds]
+        self.ref = [self._logprobs(f, real, self.session.run(["logits"], f)[0]) for f, real in self.feeds]
         self.ref_nll = self._nll(self.ref)
 
-    def _logprobs(self, feeds, real, logits=None):
-        logits = self.session.run(["logits"], feeds)[0] if logits is None else logits
+    @staticmethod
+    def _logprobs(feeds, real, logits):
         return [(log_softmax(logits[i][real[i]]), feeds["input_ids"][i][real[i]]) for i in range(len(logits))]
 
     @staticmethod
