@@ -13,8 +13,8 @@ builder does, which needs transformers >= 5 and cannot share this environment):
 - attention: ONNX Runtime's ``GroupQueryAttention`` (rotary applied before it, so positions come
   from ``position_ids``; the cache concatenated inside, as ``present.*``), one node a layer instead of
   18 standard ones (reshapes, transposes, two MatMuls, softmax, the cache's Concat): a decode step of
-  SmolLM2 at int8 activations 1.13x faster, 9 of 10 interleaved rounds (``benchmarks/decode_duel.py``,
-  2026-12-01), prefill as fast;
+  SmolLM2 at int8 activations 1.035x faster at past 40, 20 of 24 interleaved rounds, level at past
+  200 (``benchmarks/decode_duel.py``, 2026-12-01), prefill as fast;
 - one additive mask for every layer (causal and padding from ``attention_mask``), built once and
   given to every attention node as ``attention_bias``, with every row's length set to the whole
   (so left padding is the mask's business, not the kernel's);
