@@ -85,3 +85,25 @@ def test_speed_peer_generates_the_runners_tokens(imported):
     with open_runner(imported, "llama.cpp", threads=1) as ll:
         assert np.array_equal(timed.tokens, generate(ll, one, config).tokens)
     assert len(timed.step_s) == 7 and timed.prompt_tokens == int(one["attention_mask"].sum())
+
+
+def test_gguf_requant_writes_llama_cpps_own_file_and_refuses_bad_input(tiny_llama, tmp_path, capsys):
+    """benchmarks.gguf_requant (the input of the K-quant measurements): llama.cpp's quantizer writes
+    the file whole under a temporary name; an unknown type, a missing input and an existing output
+    are one line and exit 2, nothing written."""
+    from benchmarks.compression import run_main
+    from benchmarks.gguf_requant import main as requant
+    from tests.exporter.test_gguf import write_tiny_gguf
+
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama)
+    out = tmp_path / "tiny-q8.gguf"
+    assert run_main(requant, ["Q8_0", "--gguf", str(src), "-o", str(out)]) == 0
+    assert "Q8_0" in capsys.readouterr().out and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-q8.gguf", "tiny.gguf"]
+    for argv, words in ((["Q9_X", "--gguf", str(src), "-o", str(tmp_path / "a.gguf")], "llama.cpp knows"),
+                        (["Q8_0", "--gguf", str(tmp_path / "none.gguf"), "-o", str(tmp_path / "b.gguf")], "no such file"),
+                        (["Q8_0", "--gguf", str(src), "-o", str(out)], "--force")):
+        assert run_main(requant, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-q8.gguf", "tiny.gguf"]
