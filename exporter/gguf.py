@@ -16,9 +16,19 @@ from runtimes.artifact import Artifact, file_sha256
 from runtimes.errors import UsageError
 from runtimes.manifests import HfManifest
 
-# general.file_type (llama.cpp's LLAMA_FTYPE) -> the name llama.cpp prints; the rest print as a number
-FILE_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
-              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}
+
+
+def file_type_name(value) -> str | int:
+    """``general.file_type`` (llama.cpp's LLAMA_FTYPE) as the name llama.cpp prints (``Q4_K_M``,
+    ``IQ4_XS``; gguf-py's table), or the number as it is when gguf-py does not know it."""
+    from gguf import LlamaFileType
+
+    try:
+        return LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        return value
+
+
 _SPECIAL = ("bos", "eos", "unk", "pad")
 _TOKEN_ID_FIELDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id"}
 
@@ -63,7 +73,7 @@ def read_gguf_header(path: Path) -> dict:
     return {
         "architecture": arch,
         "name": field("general.name"),
-        "file_type": FILE_TYPES.get(file_type, file_type),
+        "file_type": file_type_name(file_type),
         "context_length": field(f"{arch}.context_length"),
         "tensors": len(reader.tensors),
         "token_ids": {k: field(f"tokenizer.ggml.{v}") for k, v in _TOKEN_ID_FIELDS.items()},

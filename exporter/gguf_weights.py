@@ -28,9 +28,16 @@ writes them as they are:
   (code q, an 8-bit integer zero point, the remainder; at level > 0 the remainders as the kernel's
   own 8-bit rows, ``remainder_codes``).
 
-So ``Q4_K_M`` and ``Q5_K_M`` files (Q4_K/Q5_K and Q6_K; Q5_0/Q5_1 and Q8_0 where a row is not a
-multiple of 256) are carried over whole. Other types (Q2_K, Q3_K, the IQ types) stay float and are
-listed.
+- ``Q3_K`` (sixteen blocks of 16, ``d * scale_j * q``, q in -4..3) as 4 bits in blocks of 16, code
+  ``q + 8`` against the default zero point; ``Q2_K`` (sixteen blocks of 16, ``d * scale_j * q -
+  dmin * min_j``, q two bits) as the Q4_1 form in blocks of 16;
+- ``IQ4_NL`` and ``IQ4_XS`` (4-bit indices into a fixed table of int8 values, ``d`` per block of 32;
+  IQ4_XS ``d * scale_j`` in super-blocks of 256) as 8 bits, code ``table[i] + 128``: a table is no
+  linear grid, so 4 bits cannot hold it exactly.
+
+So ``Q4_K_M``, ``Q5_K_M``, ``Q3_K_M``, ``Q2_K`` and ``IQ4_XS`` files (with llama.cpp's fallbacks for
+rows that are not a multiple of 256: Q4_0, Q5_0, Q5_1, Q8_0, IQ4_NL) are carried over whole. Other
+types (the IQ1-IQ3 types, ternary, MXFP4) stay float and are listed.
 
 MatMuls that read the same input at the same width and accuracy level (a layer's q/k/v, its gate/up)
 are written as one ``MatMulNBits`` with their blocks side by side, then a ``Split``: the same
@@ -59,7 +66,9 @@ from runtimes.errors import UsageError
 
 QK = 32  # block size of Q4_0, Q4_1, Q5_0, Q8_0 and of Q4_K's blocks
 QK_K = 256  # super-block of the K-quants
-BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8, "Q8_0": 8}  # MatMulNBits width
+BITS = {"Q2_K": 4, "Q3_K": 4, "Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8, "Q8_0": 8,
+        "IQ4_NL": 8, "IQ4_XS": 8}  # MatMulNBits width
+SUPER_BLOCK = {kind: QK_K if kind.endswith("_K") or kind == "IQ4_XS" else QK for kind in BITS}  # row length divides by it
 SUPPORTED_TYPES = tuple(BITS)
 
 
@@ -67,7 +76,8 @@ SUPPORTED_TYPES = tuple(BITS)
 class Blocks:
     """One weight ``[N, K]`` in blocks along K: ``q`` ``[N, K/block, block]`` unsigned (0..15 for 4
     bits, 0..255 for 8 bits; without a minimum the zero point is 8 or 128), ``d`` ``[N, K/block]``
-    scales, ``m`` ``[N, K/block]`` minimums (Q4_1, Q4_K) or None. ``block``: 32, or 16 for Q6_K."""
+    scales, ``m`` ``[N, K/block]`` minimums (Q4_1, Q4_K, Q5_1, Q5_K, Q2_K) or None. ``block``: 32, or 16 for
+    Q6_K, Q3_K and Q2_K."""
 
     gguf_name: str
     gguf_type: str
@@ -122,6 +132,39 @@ def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.n
         ql = (sb[..., 48:].reshape(rows, -1, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(2, 1)) & 0x0F
         qh = (sb[..., 16:48].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 0x01
         return ql.reshape(rows, -1, QK) | (qh.reshape(rows, -1, QK) << 4), d, m
+    if gguf_type == "Q3_K":
+        sb = raw.reshape(rows, -1, 110)  # 32 bytes of high bits, 64 of 2-bit pairs, 12 of 6-bit scales, d
+        low, high = sb[..., 96:104], sb[..., 104:108]
+        low = (low.reshape(rows, -1, 1, 8) >> np.array([0, 4], np.uint8).reshape(2, 1)).reshape(rows, -1, 16)
+        high = (high.reshape(rows, -1, 1, 4) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)).reshape(rows, -1, 16)
+        scale = ((low & 0x0F) | ((high & 0x03) << 4)).astype(np.int8) - np.int8(32)
+        d = _f16(sb[..., 108:110])[..., None] * scale.astype(np.float32)
+        ql = (sb[..., 32:96].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 0x03
+        qh = (sb[..., :32].reshape(rows, -1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(8, 1)) & 0x01
+        # value d_j * (ql - 4 * (1 - qh)), -4..3: a 4-bit code ql + 4 * qh + 4 against the default zero point 8
+        q = ql.reshape(rows, -1, 16) + (qh.reshape(rows, -1, 16) << 2) + np.uint8(4)
+        return q, d.reshape(rows, -1), None
+    if gguf_type == "Q2_K":
+        sb = raw.reshape(rows, -1, 84)  # 16 bytes of 4-bit scales and mins, 64 of 2-bit codes, d, dmin
+        d = _f16(sb[..., 80:82])[..., None] * (sb[..., :16] & 0x0F).astype(np.float32)
+        m = -(_f16(sb[..., 82:84])[..., None] * (sb[..., :16] >> 4).astype(np.float32))
+        q = (sb[..., 16:80].reshape(rows, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(4, 1)) & 0x03
+        return q.reshape(rows, -1, 16), d.reshape(rows, -1), m.reshape(rows, -1)
+    if gguf_type in ("IQ4_NL", "IQ4_XS"):  # 4-bit indices into a fixed table of int8 values: 8 bits, table + 128
+        from gguf.quants import IQ4_NL
+
+        table = (np.array(IQ4_NL.kvalues, np.int16) + 128).astype(np.uint8)
+        if gguf_type == "IQ4_NL":
+            blocks = raw.reshape(rows, -1, 18)  # d, 16 bytes of indices (low nibbles first)
+            d, qs = _f16(blocks[..., :2]), blocks[..., 2:]
+        else:
+            sb = raw.reshape(rows, -1, 136)  # d, 2 bytes of high scale bits, 4 of low, 128 of indices
+            low = (sb[..., 4:8].reshape(rows, -1, 4, 1) >> np.array([0, 4], np.uint8)).reshape(rows, -1, 8) & 0x0F
+            high = (sb[..., 2:4].copy().view(np.uint16) >> (2 * np.arange(8, dtype=np.uint16))).astype(np.uint8) & 0x03
+            scale = (low | (high << 4)).astype(np.int8) - np.int8(32)
+            d = (_f16(sb[..., :2])[..., None] * scale.astype(np.float32)).reshape(rows, -1)
+            qs = sb[..., 8:].reshape(rows, -1, 16)
+        return table[np.concatenate([qs & 0x0F, qs >> 4], axis=-1)], d, None
     size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}[gguf_type]
     blocks = raw.reshape(rows, -1, size)
     d = _f16(blocks[..., :2])
@@ -163,7 +206,7 @@ def read_blocks(path: Path, config) -> list[Blocks]:
         if kind not in SUPPORTED_TYPES or len(t.shape) != 2:
             continue
         cols, rows = int(t.shape[0]), int(t.shape[1])  # gguf lists ne0 (the contiguous axis, K) first
-        if cols % (QK_K if kind.endswith("_K") else QK):
+        if cols % SUPER_BLOCK[kind]:
             continue
         q, d, m = _parse(np.asarray(t.data), kind, rows)
         if permute is not None and (".attn_q." in t.name or ".attn_k." in t.name):

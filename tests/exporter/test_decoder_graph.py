@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from enginewright.cli import main
+from exporter.passes.core import attr
 from runtimes import load_artifact, open_runner
 from runtimes.generation import GenerationConfig, generate
 from runtimes.tasks import get_task
@@ -354,3 +355,33 @@ def test_q5_blocks_with_minimums_carried_over(tiny_llama, tmp_path):
     ref = _prefill_logits(tmp_path / "cpu", enc)
     assert np.abs(_prefill_logits(tmp_path / "q0", enc) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
     assert np.abs(_prefill_logits(tmp_path / "q4", enc) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+# a Q2_K file's types and the IQ4 ones (llama.cpp's fallback for rows that are not a multiple of 256
+# is IQ4_NL): Q2_K (2 bits with a minimum) and Q3_K (3 bits) in 4-bit kernels of blocks of 16, packed
+# together where they read one input; IQ4_NL / IQ4_XS (indices into a table of int8 values) 8 bits
+LOW_QUANT = {"attn_q": "Q2_K", "attn_k": "Q3_K", "attn_v": "IQ4_NL", "attn_output": "IQ4_XS", "ffn_gate": "Q2_K",
+             "ffn_up": "Q3_K", "ffn_down": "IQ4_XS", "token_embd": "IQ4_NL"}
+
+
+def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path):
+    gguf_file = write_tiny_gguf(tmp_path / "tiny-low.gguf", tiny_llama, quant=LOW_QUANT, hidden=256, ff=256)
+    assert main(["import-gguf", str(gguf_file), "-o", str(tmp_path / "hf"), "-q"]) == 0
+    assert main(["export", str(tmp_path / "hf"), "--graph", "cpu", "-o", str(tmp_path / "cpu"), "-q"]) == 0
+    for level in ("0", "4"):
+        assert main(["quantize", str(tmp_path / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
+                     "--accuracy-level", level, "-o", str(tmp_path / f"q{level}"), "-q"]) == 0
+    q0, q4 = (load_artifact(tmp_path / f"q{lv}").manifest["quantization"] for lv in "04")
+    assert q0["kept_float"] == [] and q0["gguf"]["float"] == []
+    assert q0["gguf"]["by_type"] == {"IQ4_NL": 3, "IQ4_XS": 4, "Q2_K": 4, "Q3_K": 4}
+    assert q0["gguf"]["matched"]["/lm_head/MatMul"] == "token_embd.weight (IQ4_NL)"
+    assert ["/model/layers.0/self_attn/q_proj/MatMul", "/model/layers.0/self_attn/k_proj/MatMul"] in q0["gguf"]["packed"]
+    assert len(q4["gguf"]["remainders_folded"]) == 8  # the q/k and gate/up pairs: Q2_K's minimums as kernel rows
+    graph = onnx.load(str(tmp_path / "q0" / "model.onnx")).graph
+    kernels = {(attr(n, "bits"), attr(n, "block_size")) for n in graph.node if n.op_type == "MatMulNBits"}
+    assert (4, 16) in kernels and all(block in (16, 32) for _, block in kernels)
+    enc = _prompts(load_artifact(tmp_path / "q0"))
+    ref = _prefill_logits(tmp_path / "cpu", enc)
+    assert np.abs(_prefill_logits(tmp_path / "q0", enc) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert np.abs(_prefill_logits(tmp_path / "q4", enc) - ref).max() < 0.05 * np.abs(ref).max()
+    assert np.array_equal(_tokens(tmp_path / "q0", enc), _tokens(tmp_path / "hf", enc, "torch:cpu"))

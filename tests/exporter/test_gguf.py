@@ -15,14 +15,26 @@ from runtimes.errors import UsageError
 pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
 
 
+# gguf types written here as raw random blocks: (bytes per block, weights per block, float16 fields
+# (offset, range)); the other bytes (codes, packed sub-scales) are random
+RAW_BLOCKS = {"Q2_K": (84, 256, ((80, 2e-3, 6e-3), (82, 1e-3, 4e-3))), "Q3_K": (110, 256, ((108, 1e-3, 3e-3),)),
+              "IQ4_NL": (18, 32, ((0, 1e-3, 4e-3),)), "IQ4_XS": (136, 256, ((0, 1e-4, 2e-4),))}
+
+
 def k_quant_bytes(kind: str, rows: int, cols: int, rng) -> np.ndarray:
-    """Raw ``Q4_K``, ``Q5_K`` or ``Q6_K`` super-blocks ``[rows, bytes per row]`` with random codes and
-    scales (gguf-py reads these types but cannot write them); values within about +-1."""
+    """Raw ``Q4_K``, ``Q5_K``, ``Q6_K`` or ``RAW_BLOCKS`` blocks ``[rows, bytes per row]`` with random
+    codes and scales (gguf-py reads these types but cannot write them); values within about +-1."""
     n = rows * cols // 256
 
-    def f16(lo, hi):
-        return rng.uniform(lo, hi, (n, 1)).astype(np.float16).view(np.uint8)
+    def f16(lo, hi, count=n):
+        return rng.uniform(lo, hi, (count, 1)).astype(np.float16).view(np.uint8)
 
+    if kind in RAW_BLOCKS:
+        size, per, fields = RAW_BLOCKS[kind]
+        raw = rng.integers(0, 256, (rows * cols // per, size), dtype=np.uint8)
+        for at, lo, hi in fields:
+            raw[:, at:at + 2] = f16(lo, hi, len(raw))
+        return raw.reshape(rows, -1)
     if kind in ("Q4_K", "Q5_K"):  # d, dmin, 12 bytes of 6-bit scales and mins, (32 of high bits,) 128 of nibbles
         rest = 140 if kind == "Q4_K" else 172
         parts = [f16(2e-4, 6e-4) if kind == "Q4_K" else f16(1e-4, 3e-4), f16(1e-3, 4e-3),
@@ -59,7 +71,7 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
         kind = next((k for frag, k in (quant or {}).items() if frag in name), None)
         if kind is None:
             w.add_tensor(name, value)
-        elif kind.endswith("_K"):
+        elif kind.endswith("_K") or kind in RAW_BLOCKS:
             w.add_tensor(name, k_quant_bytes(kind, shape[0], shape[1], rng), raw_dtype=gguf.GGMLQuantizationType[kind])
         else:
             qtype = gguf.GGMLQuantizationType[kind]
