@@ -10,6 +10,7 @@ COPY pyproject.toml constraints.txt Makefile README.md ./
 COPY enginewright/ enginewright/
 COPY exporter/ exporter/
 COPY runtimes/ runtimes/
+COPY evaluation/ evaluation/
 COPY benchmarks/ benchmarks/
 COPY examples/ examples/
 COPY tests/ tests/

@@ -63,3 +63,12 @@ def test_every_package_is_in_the_wheel():
     found = {str(p.parent.relative_to(ROOT)).replace("/", ".") for layer in LAYERS
              for p in (ROOT / layer).rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+@pytest.mark.parametrize("dockerfile", sorted((ROOT / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_every_layer_is_copied_into_the_images(dockerfile):
+    """The images install the project editable from the folders they COPY: a layer left out there
+    fails on the first import in the container (no Docker engine here to build them)."""
+    copied = {line.split()[1].strip("/") for line in dockerfile.read_text().splitlines() if line.startswith("COPY ")}
+    missing = [layer for layer in LAYERS if layer not in copied]
+    assert not missing, f"{dockerfile.name}: add COPY {missing[0]}/ {missing[0]}/"
