@@ -17,7 +17,6 @@ from runtimes.errors import UsageError
 from runtimes.manifests import HfManifest
 
 
-
 def file_type_name(value) -> str | int:
     """``general.file_type`` (llama.cpp's LLAMA_FTYPE) as the name llama.cpp prints (``Q4_K_M``,
     ``IQ4_XS``; gguf-py's table), or the number as it is when gguf-py does not know it."""

@@ -155,3 +155,10 @@ def test_smollm2_imports_and_answers_a_chat_prompt(smollm2_gguf, tmp_path):
     with open_runner(art, "torch:cpu") as runner:
         got = generate(runner, enc, GenerationConfig(max_new_tokens=12, eos_token_ids=(tok.eos_token_id,)))
     assert "Paris" in tok.decode(got.tokens[0])
+
+
+def test_file_types_are_named_as_llama_cpp_names_them():
+    from exporter.gguf import file_type_name
+
+    assert [file_type_name(v) for v in (0, 3, 15, 30)] == ["F32", "Q4_1", "Q4_K_M", "IQ4_XS"]
+    assert file_type_name(999) == 999  # one gguf-py does not know stays a number
