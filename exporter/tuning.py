@@ -72,8 +72,13 @@ def with_lora(model, lora: LoraSettings, task: str):
     kind = {"text-classification": TaskType.SEQ_CLS, "token-classification": TaskType.TOKEN_CLS,
             "text-generation": TaskType.CAUSAL_LM}[task]
     default = "all-linear" if task == "text-generation" else ["query", "value"]
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2's projections are transformers' Conv1D, a Linear with its weight stored transposed
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())
     cfg = LoraConfig(task_type=kind, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules) if lora.target_modules else default)
+                     target_modules=list(lora.target_modules) if lora.target_modules else default,
+                     fan_in_fan_out=conv1d)
     try:
         return get_peft_model(model, cfg)
     except ValueError as e:
