@@ -35,16 +35,54 @@ def describe_artifact(path) -> dict:
             info[key] = m[key]
     if "quantization" in m:
         q = m["quantization"]
-        info["quantization"] = {k: q.get(k) for k in ("mode", "target", "format", "method", "per_channel", "reduce_range",
-                                                       "cosine_loss", "float_nodes", "calibration") if k in q}
+        info["quantization"] = (weight_only_summary(q) if str(q.get("kind", "")).startswith("weight-only") else
+                                {k: q.get(k) for k in ("mode", "target", "format", "method", "per_channel", "reduce_range",
+                                                       "cosine_loss", "float_nodes", "calibration") if k in q})
     return info
+
+
+def weight_only_summary(q: dict) -> dict:
+    """What ``quantize --mode weight-only`` did, from its manifest record: the recipe, how many MatMuls
+    it took, what stayed in higher precision, the GGUF types carried over, the search's verdict."""
+    out = {"kind": q.get("kind"), "matmuls": f"{q.get('quantized')} of {q.get('matmuls_with_constant_weights')} quantized",
+           "kept_float": q.get("kept_float"), "kept_int8": q.get("kept_int8"), "accuracy_level": q.get("accuracy_level")}
+    if q.get("accuracy_levels"):
+        out["accuracy_levels"] = q["accuracy_levels"]
+    if q.get("gguf"):
+        out["gguf"] = {"source": q["gguf"].get("source"), "by_type": q["gguf"].get("by_type"), "float": q["gguf"].get("float")}
+    search = q.get("weight_only")
+    if search:
+        out["search"] = {k: search[k] for k in ("method", "budget_ppl_increase", "counts", "ppl_change_built", "kl_mean_built")
+                         if k in search}
+    return out
+
+
+def numbered_families(specs: list[str]) -> list[str]:
+    """``name: type`` lines with one line per family of names that differ only in one index and share
+    the type: ``past_key_values.{0..29}.key: float32[...]`` for thirty layers (an LLM's cache)."""
+    import re
+
+    families: dict[tuple, list[int]] = {}
+    for spec in specs:
+        m = re.search(r"\.(\d+)\.", spec.split(":", 1)[0])
+        key = (spec[:m.start()], spec[m.end():]) if m else (spec, None)
+        families.setdefault(key, []).append(int(m.group(1)) if m else 0)
+    out = []
+    for (head, tail), idx in families.items():
+        if tail is None or len(idx) == 1:
+            out.append(head if tail is None else f"{head}.{idx[0]}.{tail}")
+        elif idx == list(range(idx[0], idx[0] + len(idx))):
+            out.append(f"{head}.{{{idx[0]}..{idx[-1]}}}.{tail}")
+        else:
+            out.append(f"{head}.{{{','.join(map(str, idx))}}}.{tail}")
+    return out
 
 
 def artifact_text(info: dict) -> str:
     lines = [f"{info['path']}: {info['kind']} artifact, task {info['task']}, model {info['model_bytes'] / 2**20:.1f} MiB"]
     for key in ("inputs", "outputs"):
         if info[key]:
-            lines.append(f"  {key}: " + "; ".join(info[key]))
+            lines.append(f"  {key}: " + "; ".join(numbered_families(info[key])))
     if info.get("config"):
         lines.append("  config: " + ", ".join(f"{k}={v}" for k, v in info["config"].items()))
     if info.get("source"):

@@ -364,7 +364,7 @@ LOW_QUANT = {"attn_q": "Q2_K", "attn_k": "Q3_K", "attn_v": "IQ4_NL", "attn_outpu
              "ffn_up": "Q3_K", "ffn_down": "IQ4_XS", "token_embd": "IQ4_NL"}
 
 
-def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path):
+def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path, capsys):
     gguf_file = write_tiny_gguf(tmp_path / "tiny-low.gguf", tiny_llama, quant=LOW_QUANT, hidden=256, ff=256)
     assert main(["import-gguf", str(gguf_file), "-o", str(tmp_path / "hf"), "-q"]) == 0
     assert main(["export", str(tmp_path / "hf"), "--graph", "cpu", "-o", str(tmp_path / "cpu"), "-q"]) == 0
@@ -385,3 +385,8 @@ def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path):
     assert np.abs(_prefill_logits(tmp_path / "q0", enc) - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
     assert np.abs(_prefill_logits(tmp_path / "q4", enc) - ref).max() < 0.05 * np.abs(ref).max()
     assert np.array_equal(_tokens(tmp_path / "q0", enc), _tokens(tmp_path / "hf", enc, "torch:cpu"))
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "q4"), "--json"]) == 0  # what was carried over, at a glance
+    shown = json.loads(capsys.readouterr().out)["quantization"]
+    assert shown["gguf"]["by_type"] == q0["gguf"]["by_type"] and shown["matmuls"] == "15 of 15 quantized"
+    assert shown["accuracy_level"] == 4 and shown["kept_float"] == []
