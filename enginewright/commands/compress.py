@@ -1,9 +1,10 @@
-"""prune, distil or 2:4-sparsify a fine-tuned classifier; drop layers of and distil a causal LM
+"""prune, distil or 2:4-sparsify a fine-tuned classifier; drop layers of, prune the FFN of and distil a causal LM
 
 Apply the techniques given (in this order: layer drop, pruning, 2:4 sparsity), then recover with a short
-fine-tune, or distillation with --distill. A causal LM (text-generation) takes --student-layers and
---distill on plain texts (--train/--eval with a 'text' column): token-level KL from the teacher's
-next-token distributions, perplexity before and after in the manifest.
+fine-tune, or distillation with --distill. A causal LM (text-generation) takes --student-layers,
+--prune-ffn (the same width from every layer's MLP, by importance on --train) and --distill on plain
+texts (--train/--eval with a 'text' column): token-level KL from the teacher's next-token
+distributions, perplexity before and after in the manifest.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def run(args, command: str) -> int:
         b, d, a = m["before"], m["dropped"], m["after"]
         print(f"perplexity on --eval ({a['tokens_scored']} tokens): teacher {b['perplexity']:.2f}, student before training "
               f"{d['perplexity']:.2f}, after {a['perplexity']:.2f}; KL from the teacher {d['kl_to_teacher']:.4f} -> "
-              f"{a['kl_to_teacher']:.4f}; layers {b['layers']} -> {a['layers']}; params {b['params']:,} -> {a['params']:,}; "
-              f"artifact: {art.path}")
+              f"{a['kl_to_teacher']:.4f}; layers {b['layers']} -> {a['layers']}"
+              + (f"; FFN width {b['ffn_width']} -> {a['ffn_width']}" if b.get("ffn_width") != a.get("ffn_width") else "")
+              + f"; params {b['params']:,} -> {a['params']:,}; artifact: {art.path}")
         return 0
     print_eval(m["after"]["eval"])
     b, a = m["before"], m["after"]

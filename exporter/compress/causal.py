@@ -1,7 +1,9 @@
-"""``compress`` for decoder-only causal LMs: a shallower student recovered by distillation.
+"""``compress`` for decoder-only causal LMs: a shallower or narrower student recovered by distillation.
 
 The student is the input model with layers dropped (``LayerDropConfig``: evenly spaced teacher
-layers, the last always kept), or the input model as it is when the teacher is another directory.
+layers, the last always kept) and/or FFN neurons pruned (``PruneConfig`` with ``ffn``: the same width
+removed from every layer's MLP by importance on ``train_data``, ``exporter.compress.causal_pruning``),
+or the input model as it is when the teacher is another directory.
 It learns from the teacher's next-token distributions on ``train_data`` texts (token-level KL at a
 temperature, optionally mixed with the LM loss; ``DistillConfig``) and is written as an ordinary
 causal-LM directory (safetensors) that ``export`` takes. The manifest holds the perplexity on
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from evaluation.data import load_texts
 from exporter.compress.distill import DistillConfig, LayerDropConfig, causal_distill_loss, drop_layers_
-from exporter.compress.pruning import param_count
+from exporter.compress.causal_pruning import check_causal, ffn_width, prune_causal_ffn_
+from exporter.compress.pruning import PruneConfig, param_count
 from exporter.training import Encoded, TrainConfig, collate, train
 from exporter.tuning import open_checkpoint
 from exporter.writer import ArtifactWriter
@@ -99,34 +102,46 @@ def _load_lm(path: Path):
         raise as_usage_error(path, e) from None
 
 
-def _layers(model) -> int:
+def _blocks(model):
     from runtimes.tasks import get_task
 
-    return len(get_task(TASK).blocks(model))
+    return get_task(TASK).blocks(model)
+
+
+def _layers(model) -> int:
+    return len(_blocks(model))
+
+
+def _shape(model) -> dict:
+    return {"params": param_count(model), "layers": _layers(model), "ffn_width": ffn_width(model.config)}
 
 
 def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, recovery: TrainConfig | None,
                     teacher=None, device: str = "cpu", force: bool = False, resume: bool = False,
                     command: str | None = None, progress: bool = True) -> Artifact:
-    """Drop layers of the causal LM ``src`` and/or distil it from its teacher; write an ``hf`` artifact.
+    """Drop layers of the causal LM ``src``, prune its FFN neurons and/or distil it from its teacher;
+    write an ``hf`` artifact.
 
     Raises:
-        UsageError: a technique other than layer drop and distillation, distillation without a smaller
-            student or without training, a teacher of another task or tokenizer, data without texts,
-            output exists without ``force``.
+        UsageError: a technique other than layer drop, FFN pruning and distillation, distillation
+            without a smaller student or without training, a teacher of another task or tokenizer,
+            data without texts, output exists without ``force``.
     """
     from runtimes.tasks import get_task
 
     task = get_task(TASK)
     for t in techniques:
-        if not isinstance(t, (LayerDropConfig, DistillConfig)):
-            raise UsageError(f"{src.path}: compress of a causal LM (task {TASK}) takes layer drop (--student-layers) "
-                             f"and distillation (--distill), not {type(t).__name__}")
+        if not isinstance(t, (LayerDropConfig, PruneConfig, DistillConfig)):
+            raise UsageError(f"{src.path}: compress of a causal LM (task {TASK}) takes layer drop (--student-layers), "
+                             f"FFN pruning (--prune-ffn) and distillation (--distill), not {type(t).__name__}")
+        if isinstance(t, PruneConfig):
+            check_causal(t)
     drop = next((t for t in techniques if isinstance(t, LayerDropConfig)), None)
+    prune = next((t for t in techniques if isinstance(t, PruneConfig)), None)
     distill = next((t for t in techniques if isinstance(t, DistillConfig)), None)
-    if distill is not None and drop is None and teacher is None:
-        raise UsageError("--distill of a causal LM needs a smaller student: pass --student-layers N, or a larger "
-                         "--teacher DIR with the same tokenizer")
+    if distill is not None and drop is None and prune is None and teacher is None:
+        raise UsageError("--distill of a causal LM needs a smaller student: pass --student-layers N or --prune-ffn F, "
+                         "or a larger --teacher DIR with the same tokenizer")
     if distill is not None and recovery is None:
         raise UsageError("--distill needs training epochs; drop --no-recovery")
     if distill is not None and distill.hidden_weight > 0 and teacher is not None:
@@ -165,17 +180,17 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
         teacher_model = copy.deepcopy(model)
     teacher_model.to(device).eval()
     model.to(device)
-    teacher_layers = _layers(teacher_model)
-    before = {"params": param_count(teacher_model), "layers": teacher_layers,
-              **scores(teacher_model, eval_enc, eval_bs, pad_id)}
+    before = {**_shape(teacher_model), **scores(teacher_model, eval_enc, eval_bs, pad_id)}
 
     applied, layer_map = [], None
     if drop is not None:
         info = drop_layers_(model, drop, task=TASK)
         layer_map = info["teacher_layers_kept"]
         applied.append(info)
-    dropped = {"params": param_count(model), "layers": _layers(model),
-               **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
+    if prune is not None:
+        applied.append(prune_causal_ffn_(model, _blocks(model), train_enc, prune, device=device, pad_id=pad_id,
+                                         progress=progress))
+    dropped = {**_shape(model), **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
     if distill is not None:
         applied.append({"technique": "distillation", **asdict(distill),
                         "teacher": str(Path(teacher_path or src.path).resolve()),
@@ -193,8 +208,7 @@ def compress_causal(src: Artifact, out, techniques, *, train_data, eval_data, re
         result = train(model, train_enc, recovery, evaluate=evaluate, **({"loss_fn": loss_fn} if loss_fn else {}),
                        checkpoint=ckpt, resume=resume, device=device, pad_id=pad_id,
                        desc="distill" if distill else "recover", progress=progress)
-    after = {"params": param_count(model), "layers": _layers(model),
-             **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
+    after = {**_shape(model), **scores(model, eval_enc, eval_bs, pad_id, teacher_model)}
 
     def fill(tmp: Path):
         model.to("cpu").save_pretrained(str(tmp), safe_serialization=True)

@@ -4,13 +4,15 @@ import copy
 import functools
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
 from enginewright.cli import main
-from exporter.compress import DistillConfig, LayerDropConfig, compress
+from exporter.compress import DistillConfig, LayerDropConfig, PruneConfig, compress
 from exporter.compress import causal
+from exporter.compress.causal_pruning import ffn_importance
 from exporter.compress.distill import causal_distill_loss, drop_layers_
 from exporter.training import TrainConfig
 from runtimes.artifact import load_artifact
@@ -173,6 +175,8 @@ def test_a_separate_teacher_distils_into_the_artifact_as_it_is(lm4, texts, tmp_p
 @pytest.mark.parametrize("techniques, match", [
     ([KD], "needs a smaller student"),
     ([LayerDropConfig(4), KD], "fewer layers than the teacher's 4"),
+    ([PruneConfig(heads=0.25)], "--prune-heads and --flop-target take encoders"),
+    ([PruneConfig(flop_target=0.3), KD], "a causal LM prunes FFN neurons"),
 ])
 def test_bad_causal_settings(lm4, texts, tmp_path, techniques, match):
     with pytest.raises(UsageError, match=match):
@@ -189,3 +193,64 @@ def test_the_command_line_prints_the_perplexities(tiny_llama, texts, tmp_path, c
     m = load_artifact(tmp_path / "kd").manifest
     assert f"teacher {m['before']['perplexity']:.2f}" in out and "layers 2 -> 1" in out
     assert m["options"]["techniques"][0] == {"type": "LayerDropConfig", "layers": 1}
+
+
+PRUNE = PruneConfig(ffn=0.5, score_batches=3, batch_size=8)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ffn_pruning_removes_the_lowest_scoring_neurons_and_nothing_else(arch, texts, tmp_path):
+    """The pruned model computes what the input model computes with those neurons' activations
+    zeroed, and the neurons removed are the lowest-scoring ones of each layer."""
+    src = make_tiny_lm(tmp_path / arch, arch, layers=2)
+    if arch == "gpt2":  # biases start at zero; give them values, so slicing them wrongly shows
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("mlp.c_fc.bias") or name.endswith("mlp.c_proj.bias"):
+                    p.normal_(0, 0.5)
+        model.save_pretrained(str(src))
+    art = compress(src, tmp_path / "out", [PRUNE], **_kw(texts, recovery=None))
+    record = art.manifest["compression"][0]
+    width = 64 if arch == "llama" else 128  # intermediate 2 x hidden; GPT-2's default 4 x hidden
+    assert record["ffn_width"] == {"before": width, "after": width // 2}
+    assert (art.manifest["before"]["ffn_width"], art.manifest["after"]["ffn_width"]) == (width, width // 2)
+    assert art.manifest["after"]["params"] < art.manifest["before"]["params"]
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(str(art.path), local_files_only=True).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True).eval()
+    blocks = causal._blocks(model)
+    enc, _ = causal.encode_texts(_tokenizer(src), texts / "train.jsonl", 128)
+    score = ffn_importance(model, blocks, enc, PRUNE, progress=False)
+    assert record["removed"] == [sorted(np.argsort(-s, kind="stable")[width // 2:].tolist()) for s in score]
+    downs = [b.mlp.down_proj if arch == "llama" else b.mlp.c_proj for b in blocks]
+    zero = [torch.ones(width) for _ in blocks]
+    for z, gone in zip(zero, record["removed"]):
+        z[gone] = 0
+    hooks = [d.register_forward_pre_hook(lambda mod, args, z=z: (args[0] * z,)) for d, z in zip(downs, zero)]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        masked = model(ids).logits
+        for h in hooks:
+            h.remove()
+        full = model(ids).logits
+        assert torch.allclose(pruned(ids).logits, masked, atol=1e-5)
+    assert not torch.allclose(full, masked, atol=1e-3)  # the removed neurons did contribute
+
+
+def test_a_pruned_student_distils_exports_and_says_so(lm4, texts, tmp_path, capsys):
+    argv = ["compress", str(lm4), "--prune-ffn", "0.5", "--distill", "--temperature", "1", "--alpha", "1",
+            "--train", str(texts / "train.jsonl"), "--eval", str(texts / "eval.jsonl"), "--epochs", "4",
+            "--batch-size", "8", "--max-length", "32", "--lr", "1e-3", "--device", "cpu", "-o", str(tmp_path / "kd"), "-q"]
+    assert main(argv) == 0
+    assert "layers 4 -> 4; FFN width 64 -> 32" in capsys.readouterr().out
+    m = load_artifact(tmp_path / "kd").manifest
+    assert m["after"]["kl_to_teacher"] < m["dropped"]["kl_to_teacher"]
+    assert main(["export", str(tmp_path / "kd"), "-o", str(tmp_path / "onnx"), "-q"]) == 0  # exit 1 on a parity failure
+    assert load_artifact(tmp_path / "onnx").manifest["parity"]["top1_agreement"] >= 0.99
+
+
+def _tokenizer(path):
+    from runtimes.tasks import get_task
+
+    return get_task("text-generation").load_processor(path)
