@@ -302,7 +302,7 @@ CASES = [
                                                    "-o", "{t}/out", "--student-layers", "1", "--distill", "--teacher", "{t}/teacher"),
          ("teacher", "tokenizer"), lambda t: (_write("tr.jsonl", '{"text": "the quick brown fox"}\n')(t), _other_vocabulary_lm(t))),
     Case("compress-llm-pruning", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
-                                  "-o", "{t}/out", "--prune-heads", "0.5"), ("causal LM", "PruneConfig"),
+                                  "-o", "{t}/out", "--prune-heads", "0.5"), ("--prune-heads", "causal LM prunes FFN neurons"),
          _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
 ]
 
