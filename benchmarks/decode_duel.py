@@ -92,7 +92,7 @@ def main(argv=None) -> int:
             rounds[i].append(float(np.median(decode_steps(sessions[i], *shape, args.past, args.steps))))
     print(f"machine: {machine_line(describe_machine())}; {threads} threads; past {args.past}, {args.steps} steps, "
           f"{args.rounds} rounds")
-    result = {"artifacts": [str(a) for a in args.artifacts], "step_ms_by_round": [[t * 1e3 for t in r] for r in rounds],
+    result = {"schema_version": 1, "kind": "decode-duel", "artifacts": [str(a) for a in args.artifacts], "step_ms_by_round": [[t * 1e3 for t in r] for r in rounds],
               "versus_first": []}
     for a, r in zip(args.artifacts, rounds):
         print(f"{a}: median step {np.median(r) * 1e3:.2f} ms ({1 / np.median(r):.1f} tokens/s)")

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     src = args.gguf or packaged_gguf()
     if not src.is_file():
         raise UsageError(f"--gguf {src}: no such file")
-    check_output_file(args.output, force=args.force, inputs=[src], flag="-o")
+    check_output_file(args.output, force=args.force, inputs=[src], flag="-o", owned=None)  # any file the user names
     types = requantize(src, args.output, args.file_type, usable_cores())
     print(f"wrote {args.output} ({args.file_type.upper()}): " + ", ".join(f"{n} {t}" for t, n in types.items()))
     return 0

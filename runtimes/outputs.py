@@ -29,7 +29,8 @@ _OWNED_FILES = ("manifest.json", "report.json")
 _HELD: dict[Path, int] = {}  # output -> the open lock file this process holds for it
 
 __all__ = [
-    "MARKER", "atomic_output_dir", "check_apart", "check_output_file", "check_output_free", "claim_output", "interrupt", "release_all",
+    "MARKER", "atomic_output_dir", "check_apart", "check_output_file", "check_output_free", "claim_output", "interrupt",
+    "is_our_json", "release_all",
     "release_output", "scratch_dir", "sweep_stale", "write_json_atomic", "write_text_atomic",
 ]
 
@@ -107,13 +108,37 @@ def check_output_free(out: str | os.PathLike, force: bool, inputs: Iterable = ()
     _check_writable(out)
 
 
-def check_output_file(path: str | os.PathLike, *, force: bool | None, inputs: Iterable = (), flag: str = "") -> None:
-    """Whether a run may write the single file ``path``; ``force=None``: an existing file is replaced
-    (a JUnit file a CI job rewrites each run). ``flag`` starts the message.
+def is_our_json(path: Path) -> bool:
+    """True for a JSON file enginewright wrote as a single-file output (``schema_version`` and ``kind``
+    at its top: check's ``--json``, a duel's figures)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "kind" in data
+
+
+def _is_junit(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return "<testsuite" in head
+
+
+def check_output_file(path: str | os.PathLike, *, force: bool | None, inputs: Iterable = (), flag: str = "",
+                      owned=is_our_json) -> None:
+    """Whether a run may write the single file ``path``; ``force=None``: an existing JUnit file is
+    replaced (a CI job rewrites it each run). With ``force`` an existing file is replaced only when
+    ``owned(path)`` says enginewright wrote it (default: ``is_our_json``; None: any file), and never a
+    file of an enginewright output directory (an artifact's model or config, a report). ``flag``
+    starts the message.
 
     Raises:
-        UsageError: ``path`` is or lies inside an input; is a directory; exists without ``force``; its
-            folder is missing (``force=None``) or not writable.
+        UsageError: ``path`` is or lies inside an input; is a directory; is a file of an output
+            directory; exists without ``force`` or was not written by enginewright; its folder is
+            missing (``force=None``) or not writable.
     """
     path = Path(path)
     where = f"{flag} {path}" if flag else str(path)
@@ -123,8 +148,17 @@ def check_output_file(path: str | os.PathLike, *, force: bool | None, inputs: It
         raise UsageError(f"{flag} {e}" if flag else str(e)) from None
     if path.is_dir():
         raise UsageError(f"{where}: is a directory; give a file path")
+    parent = _abs(path).parent
+    if path.exists() and any((parent / n).is_file() for n in (*_OWNED_FILES, MARKER)) and _is_ours(parent):
+        raise UsageError(f"{where}: is a file of the enginewright output {parent}, which replacing it would break; "
+                         "choose a path outside it")
     if path.exists() and force is False:
         raise UsageError(f"{where}: already exists; pass --force to replace it or choose another path")
+    if path.exists() and force is None and not _is_junit(path):
+        raise UsageError(f"{where}: exists and is not a JUnit XML file; remove it or choose another path")
+    if path.exists() and force is True and owned is not None and not owned(path):
+        raise UsageError(f"{where}: exists and was not written by enginewright (--force replaces only such a file); "
+                         "remove it yourself or choose another path")
     if force is None and not path.parent.is_dir():
         raise UsageError(f"{where}: folder {path.parent} does not exist; create it first")
     try:

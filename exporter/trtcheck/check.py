@@ -85,7 +85,7 @@ class ReadinessReport:
         return "\n".join([head, *map(str, ordered)])
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "tensorrt": self.tensorrt, "source": dict(SOURCE), "opset": self.opset,
+        return {"schema_version": 1, "kind": "tensorrt-check", "model": self.model, "tensorrt": self.tensorrt, "source": dict(SOURCE), "opset": self.opset,
                 "ready": bool(self), "findings": [asdict(f) for f in self.findings]}
 
 

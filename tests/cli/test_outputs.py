@@ -79,17 +79,34 @@ def test_triton_force_replaces_its_own_repository(capsys, case):
     ("p/sub/onnx", True, "is the input"),
     ("p", True, "holds the input"),
     ("foreign/precious.txt", False, "--force"),
+    ("foreign/precious.txt", True, "was not written by enginewright"),
+    ("p/sub/hf/config.json", True, "was not written by enginewright"),  # a model directory, not an input here
 ])
 def test_check_json_never_overwrites_an_input_or_a_file_without_force(capsys, case, json_path, force, why):
     argv = ["check", str(case / "p" / "sub" / "onnx"), "--json", str(case / json_path)] + (["--force"] if force else [])
     _refused(capsys, argv, case, json_path, why)
 
 
-def test_check_json_replaces_a_file_with_force(capsys, case):
-    target = case / "foreign" / "precious.txt"
-    assert main(["check", str(case / "p" / "sub" / "onnx"), "--json", str(target), "--force"]) in (0, 1)
+def test_check_json_never_replaces_a_file_of_another_artifact(capsys, case):
+    shutil.copytree(case / "p" / "sub" / "onnx", case / "other")  # an artifact this run does not read
+    argv = ["check", str(case / "p" / "sub" / "onnx"), "--json", str(case / "other" / "model.onnx"), "--force"]
+    _refused(capsys, argv, case, "other", "is a file of the enginewright output")
+
+
+def test_check_json_force_replaces_its_own_json(capsys, case):
+    target = case / "check.json"
+    argv = ["check", str(case / "p" / "sub" / "onnx"), "--json", str(target)]
+    assert main(argv) in (0, 1)
+    target.write_text(target.read_text().replace('"ready"', '"was_ready"'))
+    assert main(argv + ["--force"]) in (0, 1)
     capsys.readouterr()
-    assert isinstance(json.loads(target.read_text()), dict)
+    data = json.loads(target.read_text())
+    assert data["kind"] == "tensorrt-check" and "ready" in data
+
+
+def test_junit_replaces_only_a_junit_file(capsys, case):
+    _refused(capsys, ["compare", str(case / "p" / "sub" / "hf"), str(case / "p" / "sub" / "onnx"),
+                      "--junit", str(case / "foreign" / "precious.txt")], case, "--junit", "not a JUnit XML file")
 
 
 def test_junit_in_a_missing_folder_is_refused_before_the_run(capsys, case):
