@@ -33,7 +33,7 @@ from evaluation.data import TextDataset, data_for_task
 from exporter.manifest import onnx_manifest
 from exporter.optimize import contrib_ops, op_counts
 from exporter.passes import BEFORE_QUANTIZE, run_passes
-from exporter.quantizer import QUANTIZED_OPS, Quantizer, Scorer
+from exporter.quantizer import QUANTIZED_OPS, Quantizer, Scorer, refuse_quantized
 from exporter.recipes import candidates, node_choices, select
 from exporter.smoothing import DEFAULT_ALPHA, smooth_file
 from exporter.writer import ArtifactWriter, open_input
@@ -162,6 +162,7 @@ def quantize(
                          "data: pass --calib FILE (real texts, a few hundred rows), or --mode dynamic for --target cpu")
     writer = ArtifactWriter(out, force=force, inputs=[src.path])
     ops = op_counts(src.model_file)
+    refuse_quantized(ops, src.path)
     if config.target == "tensorrt" and contrib_ops(ops):
         raise UsageError(f"{src.path}: has ONNX Runtime contrib operators {contrib_ops(ops)} that TensorRT cannot parse; "
                          "quantize an artifact made by export or by optimize --target tensorrt")

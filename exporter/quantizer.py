@@ -55,14 +55,19 @@ class Graph:
     op_of: dict[str, str] = field(default_factory=dict)
 
 
+def refuse_quantized(ops, shown) -> None:
+    """Raises UsageError naming ``shown`` when the op types ``ops`` (``domain::op`` taken as ``op``)
+    include quantized ones."""
+    if found := sorted({op.rsplit("::", 1)[-1] for op in ops} & QUANTIZED_OPS):
+        raise UsageError(f"{shown}: the model is already quantized ({found}); quantize the float artifact")
+
+
 def inspect_graph(path: Path, op_types: Sequence[str]) -> Graph:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     inits = GraphIndex(model.graph).initializers
-    present = {n.op_type for n in model.graph.node}
-    if present & QUANTIZED_OPS:
-        raise UsageError(f"{path}: the model is already quantized ({sorted(present & QUANTIZED_OPS)}); quantize the float artifact")
+    refuse_quantized({n.op_type for n in model.graph.node}, path)
     cands = [n.name for n in model.graph.node if n.op_type in op_types]
     weights = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
     return Graph(path, cands, weights, {n.name: n.op_type for n in model.graph.node})

@@ -136,9 +136,15 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
     """
     import onnx
 
+    from exporter.quantizer import refuse_quantized
+
     src = open_input(artifact, "onnx", "quantize")
-    writer = ArtifactWriter(out, force=force, inputs=[src.path])
+    lineage, imported = gguf_lineage(src)
+    gguf_file = Path(config.gguf) if config.gguf not in (None, "source") else imported.get("path")
+    # what this run reads is an input --force may not replace: the lineage's manifests, the GGUF file
+    writer = ArtifactWriter(out, force=force, inputs=[src.path, *lineage, gguf_file])
     model = onnx.load(str(src.model_file))
+    refuse_quantized({n.op_type for n in model.graph.node}, src.path)
     matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     if unknown := sorted(set(config.exclude) - matmuls):
         raise UsageError(f"--exclude {unknown[0]!r}: no MatMul of {src.model_file} has that name")
@@ -147,7 +153,7 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             raise UsageError(f"--accuracy-level {name}=...: no MatMul of {src.model_file} has {name!r} in its name")
     folded = fold_transposed_matmul_weights(model)
     if config.gguf is not None:
-        return _from_gguf(model, src, writer, config, folded.modified, command)
+        return _from_gguf(model, src, writer, config, folded.modified, command, log)
     if hint := _gguf_hint(src):
         log(hint)
     consts = {i.name for i in model.graph.initializer}
@@ -359,44 +365,61 @@ def _search_record(searched, config: WeightOnlyConfig, calib: TextDataset | None
             "calibration_rows": config.search_rows, "calibration_max_tokens": config.search_length, **searched.to_dict()}
 
 
+def gguf_lineage(src: Artifact, steps: int = 16) -> tuple[list[Path], dict]:
+    """The model directories up ``src``'s lineage (its ``source``, that one's ``source``...) as far as
+    the one ``import-gguf`` wrote, and that one's source record (``{}`` when none is a GGUF import):
+    an export, optimized, then quantized, still finds the GGUF its weights came from."""
+    from runtimes.artifact import read_json
+
+    walked, record = [], src.manifest.get("source") or {}
+    for _ in range(steps):
+        model_dir = Path(record.get("path") or "")
+        manifest = model_dir / "manifest.json"
+        if not model_dir.name or model_dir in walked or not manifest.is_file():
+            break
+        walked.append(model_dir)
+        record = read_json(manifest, "manifest").get("source") or {}
+        if record.get("format") == "gguf":
+            return walked, record
+    return walked, {}
+
+
 def _gguf_hint(src: Artifact) -> str | None:
     """A note when ``src``'s model was imported from a quantized GGUF file: rounding its de-quantized
     weights again lands on another grid (SmolLM2's Q4_1 file: +34% perplexity for INT4 RTN)."""
-    from runtimes.artifact import read_json
-
-    model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
-    manifest = model_dir / "manifest.json"
-    record = (read_json(manifest, "manifest").get("source") or {}) if model_dir.name and manifest.is_file() else {}
-    if record.get("format") != "gguf" or record.get("file_type") in ("F32", "F16", "BF16"):
+    walked, record = gguf_lineage(src)
+    if not record or record.get("file_type") in ("F32", "F16", "BF16"):
         return None
-    return (f"note: {model_dir} was imported from {record.get('path')} ({record.get('file_type')}); rounding its "
+    return (f"note: {walked[-1]} was imported from {record.get('path')} ({record.get('file_type')}); rounding its "
             "de-quantized weights again loses accuracy, --from-gguf source writes the file's own blocks exactly")
 
 
 def gguf_source(src: Artifact, given: str) -> Path:
     """The GGUF file ``--from-gguf`` names: a path, or ``source``: the file the artifact's model was
-    imported from (``import-gguf`` records it with its sha256), checked unchanged.
+    imported from (``import-gguf`` records it with its sha256; found however many steps up the
+    lineage), checked unchanged.
 
     Raises:
         UsageError: no such file, no GGUF in the artifact's lineage, or the file changed since.
     """
-    from runtimes.artifact import imported_gguf, read_json
+    from runtimes.artifact import imported_gguf
 
     if given != "source":
         path = Path(given)
         if not path.is_file():
             raise UsageError(f"--from-gguf {given}: no such file")
         return path
-    model_dir = Path((src.manifest.get("source") or {}).get("path") or "")
-    manifest = model_dir / "manifest.json"
-    record = (read_json(manifest, "manifest").get("source") or {}) if manifest.is_file() else {}
-    return imported_gguf(record, not_imported=f"--from-gguf source: {src.path}'s model ({model_dir or '?'}) was not "
-                         "imported from a GGUF file; give the file's path",
+    walked, record = gguf_lineage(src)
+    model_dir = walked[-1] if walked else "?"
+    return imported_gguf(record, not_imported=f"--from-gguf source: no model in {src.path}'s lineage "
+                         f"({' <- '.join(map(str, walked)) or 'none recorded'}) was imported from a GGUF file; "
+                         "give the file's path",
                          changed=f"--from-gguf source: {record.get('path')}, which {model_dir} was imported from, is "
                          "missing or changed; give the file's path")
 
 
-def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command):
+def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command,
+               log=lambda msg: None):
     from transformers import AutoConfig
 
     from exporter.gguf_weights import carry_over
@@ -413,6 +436,11 @@ def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyC
     for n in model.graph.node:
         n.name = n.name.removesuffix("#excluded")
     changed = {m: v for m, v in sorted(record.pop("levels").items()) if v != level}
+    unmatched = [m for m in record["float"] if m not in config.exclude]
+    if len(unmatched) > len(record["matched"]):
+        log(f"warning: only {len(record['matched'])} of {len(record['matched']) + len(unmatched)} MatMuls equal a tensor "
+            f"of {path}; the rest stay float. Was the model imported from another file, or changed since (fine-tuned, "
+            "pruned)? --from-gguf source finds the file it was imported from")
 
     def fill(tmp):
         target = tmp / "model.onnx"

@@ -117,15 +117,18 @@ def test_from_gguf_refusals(gguf_model, tiny_llama_onnx, tmp_path, capsys):
     gguf_file = next(gguf_model.glob("*.gguf"))
     cases = [
         # a model that was not imported from a GGUF: nothing in its lineage
-        ([str(tiny_llama_onnx), "--from-gguf", "source"], "was not imported from a GGUF"),
+        ([str(tiny_llama_onnx), "--from-gguf", "source"], "was imported from a GGUF file; give the file's path"),
         # weights that are not the file's: no MatMul matches
         ([str(tiny_llama_onnx), "--from-gguf", str(gguf_file)], "no MatMul weight"),
         ([str(gguf_model / "cpu"), "--from-gguf", str(tmp_path / "missing.gguf")], "no such file"),
         ([str(gguf_model / "cpu"), "--from-gguf", "source", "--max-ppl-increase", "2%"], "drop --max-ppl-increase"),
+        # --force may not replace what the run reads: the imported reference up the lineage, the GGUF file
+        ([str(gguf_model / "cpu"), "--from-gguf", "source", "--force", "-o", str(gguf_model / "hf")], "is the input"),
+        ([str(gguf_model / "cpu"), "--from-gguf", "source", "--force", "-o", str(gguf_file)], "is the input"),
     ]
     for i, (args, words) in enumerate(cases):
         out = tmp_path / f"out{i}"
-        assert main(["quantize", *args, "--mode", "weight-only", "-o", str(out)]) == 2, args
+        assert main(["quantize", *args, "--mode", "weight-only", *(["-o", str(out)] if "-o" not in args else [])]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], (args, err)
         assert not out.exists()
@@ -390,3 +393,28 @@ def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path, cap
     shown = json.loads(capsys.readouterr().out)["quantization"]
     assert shown["gguf"]["by_type"] == q0["gguf"]["by_type"] and shown["matmuls"] == "15 of 15 quantized"
     assert shown["accuracy_level"] == 4 and shown["kept_float"] == []
+
+
+def test_from_gguf_source_found_up_the_lineage_and_a_quantized_input_refused(gguf_model, tmp_path, capsys):
+    """optimize, then quantize --from-gguf source: the GGUF is two steps up; quantizing the result
+    again is refused (it names the artifact, not a scratch file)."""
+    assert main(["optimize", str(gguf_model / "cpu"), "--target", "cpu", "-o", str(tmp_path / "opt"), "-q"]) == 0
+    out = tmp_path / "q"
+    assert main(["quantize", str(tmp_path / "opt"), "--mode", "weight-only", "--from-gguf", "source", "-o", str(out), "-q"]) == 0
+    assert load_artifact(out).manifest["quantization"]["gguf"]["float"] == []
+    capsys.readouterr()
+    for mode in ("weight-only", "dynamic"):
+        assert main(["quantize", str(out), "--mode", mode, "-o", str(tmp_path / f"again-{mode}")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{out}: the model is already quantized" in err[0], err
+
+
+def test_a_gguf_that_matches_few_matmuls_is_warned_about(gguf_model, tiny_llama, tmp_path, capsys):
+    """Another file of the same model (other types: only the Q8_0 embedding is the same) leaves most
+    MatMuls float; that is said on stderr, not silently written."""
+    other = {k: ("Q8_0" if v == "Q8_0" and k == "token_embd" else "Q5_0") for k, v in QUANT.items()}
+    gguf_file = write_tiny_gguf(tmp_path / "other.gguf", tiny_llama, quant=other)
+    assert main(["quantize", str(gguf_model / "cpu"), "--mode", "weight-only", "--from-gguf", str(gguf_file),
+                 "-o", str(tmp_path / "q")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: only 1 of 15 MatMuls equal a tensor" in err
