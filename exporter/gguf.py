@@ -108,6 +108,12 @@ def import_gguf(gguf_file: str | os.PathLike, out: str | os.PathLike, *, force: 
         except (OSError, ValueError, KeyError, NotImplementedError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UsageError(f"{src}: transformers cannot load this GGUF ({first})") from None
+        except RuntimeError as e:  # torch's load_state_dict: tensors whose shapes the header's sizes contradict
+            if "size mismatch" not in str(e) and "Error(s) in loading state_dict" not in str(e):
+                raise
+            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+            raise UsageError(f"{src}: its tensors do not fit the model its header describes ({detail[:200]}); "
+                             "the file is damaged or was written inconsistently") from None
         fixed = _special_tokens_from_header(tokenizer, header["token_ids"])
         add_bos = header["add_bos_token"]
         # transformers' conversion prepends BOS whatever the file says; SmolLM2's chat template already

@@ -221,7 +221,10 @@ def _lock(out: Path) -> bool:
 def _take_lock(out: Path, fcntl) -> bool:
     path = _lock_file(out)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # a folder the permission bits allow but the filesystem refuses (/proc, read-only mounts)
+            raise UsageError(f"{out}: cannot write in {out.parent} ({e.strerror}); choose another -o") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -121,3 +121,11 @@ def test_force_never_deletes_a_data_file_the_run_reads(capsys, case):
     (prev / "calib.txt").write_text("a sentence\nanother one\n")
     _refused(capsys, ["quantize", str(case / "p" / "sub" / "onnx"), "--calib", str(prev / "calib.txt"), "-o", str(prev),
                       "--force"], case, str(prev), "holds the input")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_the_filesystem_refuses_is_one_line(capsys, case):
+    """/proc passes root's permission check and refuses every new file: the lock file's error is said
+    in one line naming -o, not as an OSError on a hidden lock file."""
+    _refused(capsys, ["quantize", str(case / "p" / "sub" / "onnx"), "--mode", "dynamic", "-o", "/proc/enginewright-out"],
+             case, "/proc/enginewright-out", "cannot write in /proc")

@@ -46,11 +46,13 @@ def k_quant_bytes(kind: str, rows: int, cols: int, rng) -> np.ndarray:
 
 
 def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: int = 0,
-                    quant: dict[str, str] | None = None, hidden: int = 32, ff: int = 64) -> Path:
+                    quant: dict[str, str] | None = None, hidden: int = 32, ff: int = 64,
+                    header_hidden: int | None = None) -> Path:
     """A 2-layer Llama (``hidden`` 32, 4 heads, 2 KV heads) in F32 with the byte-level BPE of ``tokenizer_dir``;
     ``quant`` maps a tensor-name fragment (``attn_q``, ``token_embd``...) to a gguf type (``Q4_1``...)
     its tensors are quantized to, the first matching fragment winning (K-quants need rows of a
-    multiple of 256: ``hidden`` and ``ff`` 256); the header's file type is then Q4_1 ("mostly"), else F32."""
+    multiple of 256: ``hidden`` and ``ff`` 256); the header's file type is then Q4_1 ("mostly"), else F32.
+    ``header_hidden``: an embedding length in the header that the tensors contradict (a damaged file)."""
     import gguf
 
     tok = json.loads((tokenizer_dir / "tokenizer.json").read_text())
@@ -58,7 +60,7 @@ def write_tiny_gguf(path: Path, tokenizer_dir: Path, arch: str = "llama", seed: 
     merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
     w = gguf.GGUFWriter(str(path), arch)
     layers, heads, kv_heads, n_vocab = 2, 4, 2, len(vocab)
-    w.add_name("tiny"), w.add_file_type(3 if quant else 0), w.add_context_length(128), w.add_embedding_length(hidden)
+    w.add_name("tiny"), w.add_file_type(3 if quant else 0), w.add_context_length(128), w.add_embedding_length(header_hidden or hidden)
     w.add_feed_forward_length(ff), w.add_block_count(layers), w.add_head_count(heads), w.add_head_count_kv(kv_heads)
     w.add_layer_norm_rms_eps(1e-5), w.add_rope_freq_base(10000.0), w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("gpt2"), w.add_tokenizer_pre("default")
@@ -123,6 +125,15 @@ def test_an_unsupported_architecture_is_refused_before_loading(tiny_llama, tmp_p
     path = write_tiny_gguf(tmp_path / "rwkv.gguf", tiny_llama, arch="rwkv6")
     with pytest.raises(UsageError, match="'rwkv6' is not supported; import-gguf reads llama"):
         import_gguf(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tensors_that_contradict_the_header_are_one_line(tiny_llama, tmp_path):
+    from exporter.gguf import import_gguf
+
+    bad = write_tiny_gguf(tmp_path / "bad.gguf", tiny_llama, header_hidden=64)
+    with pytest.raises(UsageError, match="its tensors do not fit the model its header describes"):
+        import_gguf(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
