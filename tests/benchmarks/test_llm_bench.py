@@ -69,6 +69,16 @@ def test_the_command_routes_llms_and_writes_the_report(tiny_gpt2, tmp_path, caps
     assert "TTFT p50 ms" in (tmp_path / "rep" / "report.md").read_text() and "instruction set" in capsys.readouterr().out
 
 
+def test_limit_takes_the_first_prompts(tiny_gpt2, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(DATA.texts) + "\n")
+    argv = ["bench", str(tiny_gpt2), "--prompts", str(prompts), "--limit", "2", "--batch", "1", "--max-new-tokens", "2",
+            "--rounds", "1", "--warmup", "0", "--no-hf-generate", "-q", "-o", str(tmp_path / "rep")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert len(DATA.texts) > 2 and all(r["generations"] == 2 for r in report["results"])
+
+
 @pytest.mark.parametrize("extra, message", [(["--max-new-tokens", "0"], "--max-new-tokens 0"),
                                             (["--prompts", "EMPTY"], "empty"), (["--data", "EMPTY"], "empty"),
                                             (["--iters", "3"], "--iters"), (["--baseline", "x.json"], "x.json: baseline report not found")])
