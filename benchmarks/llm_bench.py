@@ -172,7 +172,7 @@ def run_llm_bench(artifacts: Sequence, data: TextDataset | None = None, *, promp
                          + ", ".join(f"{a.path} ({a.task})" for a in arts))
     source = _prompts(data, prompts)
     limit = task.max_sequence(arts[0].path)
-    check_sequence_length(arts, task, config.max_new_tokens + 1, "--max-new-tokens (plus a 1-token prompt)")
+    check_sequence_length(arts, task, config.max_new_tokens + 1, "--max-new-tokens", reserved=1)
     length = min(config.max_prompt_tokens, limit - config.max_new_tokens) if limit else config.max_prompt_tokens
     tokenizer = task.load_processor(processor_source(arts, task).path)
     cells = {b: task.encode_batches(tokenizer, source, b, max_length=length) for b in config.batches}
@@ -287,7 +287,7 @@ def llm_bench_markdown(report: dict) -> str:
         f"- instruction set: **{report['instruction_set']}**",
         f"- prompts: {report['prompts']['source']} ({report['prompts']['rows']} texts, at most {s['max_prompt_tokens']} "
         f"tokens, left-padded per batch); {s['max_new_tokens']} new tokens per row, {s['decoding']}",
-        f"- {s['warmup']} warm-up generation per runner and batch size, then {s['rounds']} interleaved rounds "
+        f"- {s['warmup']} warm-up generation per runner and batch size, then {s['rounds']} interleaved round{'s' * (s['rounds'] != 1)} "
         f"(order in report.json); threads: {s['threads'] or 'library default'}",
         f"- reference for speedup (decode tokens/s at the same batch): `{s['baseline']}`",
         "- ITL: one decode step of the whole batch; peak RSS: the whole process (every runner stays loaded), sampled "

@@ -64,18 +64,21 @@ def plan_runners(artifacts: Sequence[str | Artifact], runtimes: Sequence[str] | 
     return plans
 
 
-def check_sequence_length(artifacts: Sequence[Artifact], task: Task | str | None, length: int, option: str) -> None:
-    """Refuse a sequence length beyond what any of the models takes, before anything runs.
+def check_sequence_length(artifacts: Sequence[Artifact], task: Task | str | None, length: int, option: str,
+                          reserved: int = 0) -> None:
+    """Refuse a sequence length beyond what any of the models takes, before anything runs; ``length``
+    is the option's value plus ``reserved`` positions the run needs besides (a prompt's token).
 
     Raises:
-        UsageError: one line naming the option, the model and its limit.
+        UsageError: one line naming the option, the model, its limit and the value that fits.
     """
     task = get_task(task)
     for a in artifacts:
         limit = task.max_sequence(a.path)
         if limit is not None and length > limit:
-            raise UsageError(f"{option} {length}: {a.path} takes at most {limit} positions (max_position_embeddings "
-                             f"in its config.json); pass {option} {limit} or less")
+            besides = f", {reserved} of them for the prompt" if reserved else ""
+            raise UsageError(f"{option} {length - reserved}: {a.path} takes at most {limit} positions (max_position_embeddings "
+                             f"in its config.json{besides}); pass {option} {limit - reserved} or less")
 
 
 def processor_source(artifacts: Sequence[Artifact], task: Task | str | None = None) -> Artifact:

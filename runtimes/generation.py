@@ -132,7 +132,8 @@ def generate(runner: Runner, encoded: Mapping[str, np.ndarray], config: Generati
     mask = np.ascontiguousarray(encoded.get("attention_mask", np.ones_like(ids)), dtype=np.int64)
     if max_positions is not None and ids.shape[1] + config.max_new_tokens > max_positions:
         raise UsageError(f"a prompt of {ids.shape[1]} tokens plus --max-new-tokens {config.max_new_tokens} needs a KV "
-                         f"cache of {ids.shape[1] + config.max_new_tokens} positions; the model takes {max_positions}")
+                         f"cache of {ids.shape[1] + config.max_new_tokens} positions; the model takes {max_positions}: "
+                         f"pass --max-new-tokens {max(max_positions - ids.shape[1], 1)} or less, or shorter prompts")
     prompt_tokens = int(mask.sum())
     decoder, rng = Decoder(runner, io_binding=io_binding), np.random.default_rng(config.seed)
     batch = ids.shape[0]

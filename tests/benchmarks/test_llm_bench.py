@@ -80,6 +80,7 @@ def test_limit_takes_the_first_prompts(tiny_gpt2, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [(["--max-new-tokens", "0"], "--max-new-tokens 0"),
+                                            (["--max-new-tokens", "500"], "1 of them for the prompt); pass --max-new-tokens 127 or less"),
                                             (["--prompts", "EMPTY"], "empty"), (["--data", "EMPTY"], "empty"),
                                             (["--iters", "3"], "--iters"), (["--baseline", "x.json"], "x.json: baseline report not found")])
 def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, capsys, extra, message):
