@@ -67,6 +67,22 @@ class ValueType:
         raise argparse.ArgumentTypeError(f"takes {self.example[1]!r}-like values, got {value!r}")
 
 
+class PositiveInt(ValueType):
+    """A count that must be at least 1 (``--max-new-tokens``): refused while the options are read, so
+    a pipeline says so with its file and line before any stage runs."""
+
+    example = ("7", 7)  # unlike any default it stands in for
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{self.flag} takes a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{self.flag} {value}: must be at least 1")
+        return value
+
+
 class CsvInts(ValueType):
     example = ("2,16", [2, 16])
 

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
-from enginewright.commands._args import (CliError, REPORTS_BY_PIPELINE, CsvInts, Percent, add_data_args, add_report_args, command_inputs,
+from enginewright.commands._args import (CliError, REPORTS_BY_PIPELINE, CsvInts, Percent, PositiveInt, add_data_args, add_report_args, command_inputs,
                                          load_data, provider_options, threads)
 
 NAME = "bench"
@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
                    help="allowed throughput drop (default 5%%)")
     g = p.add_argument_group("text-generation models: TTFT, inter-token latency, decode and prefill tokens/s; "
                              "prompts from --data (real texts) or --prompts")
-    g.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens generated per row, greedy, "
+    g.add_argument("--max-new-tokens", type=PositiveInt("--max-new-tokens"), default=32, metavar="N", help="tokens generated per row, greedy, "
                    "EOS ignored (default 32)")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompts when --data is not given: one per line (default: the project's chat prompts)")

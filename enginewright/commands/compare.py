@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
-from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, ValueType, add_data_args, add_report_args,
+from enginewright.commands._args import (REPORTS_BY_PIPELINE, CliError, PositiveInt, ValueType, add_data_args, add_report_args,
                                          add_tolerances, command_inputs, load_data, provider_options, threads)
 
 NAME = "compare"
@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("causal LMs (task text-generation): teacher-forced on --data, greedy on --prompts")
     g.add_argument("--prompts", default=None, metavar="FILE",
                    help="prompts to generate from, one per line (default: the project's chat prompts)")
-    g.add_argument("--max-new-tokens", type=int, default=16, metavar="M", help="tokens generated per prompt (default 16)")
+    g.add_argument("--max-new-tokens", type=PositiveInt("--max-new-tokens"), default=16, metavar="M", help="tokens generated per prompt (default 16)")
     g.add_argument("--max-ppl-increase", type=Share("--max-ppl-increase"), default=None, metavar="SHARE",
                    help="gate: relative perplexity increase, e.g. 2%% or 0.02 (default: not checked)")
     g.add_argument("--min-top1-agreement", type=float, default=None, metavar="SHARE",

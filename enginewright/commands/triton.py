@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enginewright.commands._args import add_output
+from enginewright.commands._args import PositiveInt, add_output
 
 NAME = "triton"
 STAGE = None
@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ensemble", action="store_true",
                    help="also write NAME_tokenizer (Python backend) and NAME_ensemble: raw texts in, model outputs out")
     p.add_argument("--ensemble-max-length", type=int, default=128, metavar="N", help="tokens per text in the ensemble")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+    p.add_argument("--max-new-tokens", type=PositiveInt("--max-new-tokens"), default=64, metavar="N",
                    help="decoders: the generate model's tokens per prompt when a request does not say (default 64)")
 
 

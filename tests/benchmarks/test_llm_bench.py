@@ -87,7 +87,11 @@ def test_bad_input_is_one_line_exit_2(tiny_gpt2, tmp_path, capsys, extra, messag
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     extra = [str(empty) if x == "EMPTY" else x for x in extra]
-    assert main(["bench", str(tiny_gpt2), "-q", *extra]) == 2
+    try:
+        code = main(["bench", str(tiny_gpt2), "-q", *extra])
+    except SystemExit as e:  # refused by the option's type, as argparse does
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
