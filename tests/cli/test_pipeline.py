@@ -52,6 +52,7 @@ def test_pipeline_file_errors_name_file_and_line(capsys, tiny_bert, tmp_path):
         ("stages:\n  - export: {}\n  - quantize: {mode: dynamic,\n      max_float_nodes: many}\n",
          "pipe.yaml:6: quantize.max_float_nodes must be an integer, got 'many'"),
         ("stages:\n  - export: {}\n  - quantize: {mode: dynamic, per_channel: 1}\n", "quantize.per_channel must be true or false"),
+        ("stages:\n  - export: {}\n  - compare: {max_new_tokens: 0}\n", "pipe.yaml:5: compare.max_new_tokens: --max-new-tokens 0: must be at least 1"),
     ]
     for stages, words in cases:
         p = tmp_path / "pipe.yaml"
