@@ -37,8 +37,9 @@ def check_decoder(art: Artifact, cfg) -> None:
         UsageError: an engine, ``--ensemble``, ``--max-batch-size`` above 0, or CUDA graphs.
     """
     if art.kind != "onnx":
-        raise UsageError(f"{art.path}: a Triton repository for a decoder takes its ONNX artifact (KV-cache graph); "
-                         "decoder engines are not served yet")
+        what = "decoder engines are not served yet" if art.kind == "engine" else "run enginewright export on it first"
+        raise UsageError(f"{art.path}: a Triton repository for a decoder takes its ONNX artifact (KV-cache graph), "
+                         f"this is a {art.kind!r} artifact; {what}")
     if cfg.ensemble:
         raise UsageError(f"{art.path}: --ensemble is for encoders; a decoder gets its own <name>_generate model "
                          "(prompts in, text out)")

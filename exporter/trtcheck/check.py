@@ -123,7 +123,7 @@ def _open(artifact_or_path) -> tuple[Path, Artifact | None]:
         if Path(p).suffix != ".onnx":
             raise UsageError(f"{p}: not an ONNX file; pass an ONNX artifact directory or a .onnx file")
         return Path(p), None
-    art = open_input(p, "onnx", "check_tensorrt")
+    art = open_input(p, "onnx", "check --target tensorrt")
     return art.model_file, art
 
 

@@ -301,6 +301,8 @@ CASES = [
     Case("compress-llm-teacher-other-vocabulary", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
                                                    "-o", "{t}/out", "--student-layers", "1", "--distill", "--teacher", "{t}/teacher"),
          ("teacher", "tokenizer"), lambda t: (_write("tr.jsonl", '{"text": "the quick brown fox"}\n')(t), _other_vocabulary_lm(t))),
+    Case("check-hf", ("check", "{llm}"), ("check --target tensorrt takes an ONNX artifact", "'hf'")),
+    Case("triton-llm-hf", ("triton", "{llm}", "-o", "{t}/repo"), ("this is a 'hf' artifact; run enginewright export on it first",)),
     Case("compress-llm-pruning", ("compress", "{llm}", "--train", "{t}/tr.jsonl", "--eval", "{t}/tr.jsonl",
                                   "-o", "{t}/out", "--prune-heads", "0.5"), ("--prune-heads", "causal LM prunes FFN neurons"),
          _write("tr.jsonl", '{"text": "the quick brown fox"}\n')),
