@@ -339,17 +339,24 @@ K5_QUANT = {"attn_q": "Q5_K", "attn_k": "Q5_1", "attn_v": "Q5_K", "attn_output":
             "ffn_up": "Q5_1", "ffn_down": "Q5_K", "token_embd": "Q6_K"}
 
 
-def test_q5_blocks_with_minimums_carried_over(tiny_llama, tmp_path):
-    """Q5_K and Q5_1 (five bits with a float minimum per block of 32) as 8-bit kernels with an integer
-    zero point and the remainder: exact at level 0 (a float remainder MatMul), close at level 4
-    (the remainders as the kernel's own 8-bit rows)."""
-    gguf_file = write_tiny_gguf(tmp_path / "tiny-k5.gguf", tiny_llama, quant=K5_QUANT, hidden=256, ff=256)
+def _carried_over_at_levels_0_and_4(tiny_llama, tmp_path, quant):
+    """A tiny Llama (hidden and FFN 256, for the K-quants' super-blocks) written to GGUF with ``quant``,
+    imported, exported compact and quantized ``--from-gguf source`` at levels 0 and 4 (``q0``, ``q4``
+    under ``tmp_path``); returns both manifests' quantization records."""
+    gguf_file = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_llama, quant=quant, hidden=256, ff=256)
     assert main(["import-gguf", str(gguf_file), "-o", str(tmp_path / "hf"), "-q"]) == 0
     assert main(["export", str(tmp_path / "hf"), "--graph", "cpu", "-o", str(tmp_path / "cpu"), "-q"]) == 0
     for level in ("0", "4"):
         assert main(["quantize", str(tmp_path / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
                      "--accuracy-level", level, "-o", str(tmp_path / f"q{level}"), "-q"]) == 0
-    q0, q4 = (load_artifact(tmp_path / f"q{lv}").manifest["quantization"] for lv in "04")
+    return tuple(load_artifact(tmp_path / f"q{lv}").manifest["quantization"] for lv in "04")
+
+
+def test_q5_blocks_with_minimums_carried_over(tiny_llama, tmp_path):
+    """Q5_K and Q5_1 (five bits with a float minimum per block of 32) as 8-bit kernels with an integer
+    zero point and the remainder: exact at level 0 (a float remainder MatMul), close at level 4
+    (the remainders as the kernel's own 8-bit rows)."""
+    q0, q4 = _carried_over_at_levels_0_and_4(tiny_llama, tmp_path, K5_QUANT)
     assert q0["kept_float"] == [] and q0["gguf"]["by_type"] == {"Q5_1": 4, "Q5_K": 8, "Q6_K": 3}
     assert q0["gguf"]["remainders_folded"] == [] and len(q4["gguf"]["remainders_folded"]) == 12
     graph = onnx.load(str(tmp_path / "q4" / "model.onnx")).graph
@@ -368,13 +375,7 @@ LOW_QUANT = {"attn_q": "Q2_K", "attn_k": "Q3_K", "attn_v": "IQ4_NL", "attn_outpu
 
 
 def test_two_and_three_bit_and_iq4_blocks_carried_over(tiny_llama, tmp_path, capsys):
-    gguf_file = write_tiny_gguf(tmp_path / "tiny-low.gguf", tiny_llama, quant=LOW_QUANT, hidden=256, ff=256)
-    assert main(["import-gguf", str(gguf_file), "-o", str(tmp_path / "hf"), "-q"]) == 0
-    assert main(["export", str(tmp_path / "hf"), "--graph", "cpu", "-o", str(tmp_path / "cpu"), "-q"]) == 0
-    for level in ("0", "4"):
-        assert main(["quantize", str(tmp_path / "cpu"), "--mode", "weight-only", "--from-gguf", "source",
-                     "--accuracy-level", level, "-o", str(tmp_path / f"q{level}"), "-q"]) == 0
-    q0, q4 = (load_artifact(tmp_path / f"q{lv}").manifest["quantization"] for lv in "04")
+    q0, q4 = _carried_over_at_levels_0_and_4(tiny_llama, tmp_path, LOW_QUANT)
     assert q0["kept_float"] == [] and q0["gguf"]["float"] == []
     assert q0["gguf"]["by_type"] == {"IQ4_NL": 3, "IQ4_XS": 4, "Q2_K": 4, "Q3_K": 4}
     assert q0["gguf"]["matched"]["/lm_head/MatMul"] == "token_embd.weight (IQ4_NL)"
