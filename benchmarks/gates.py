@@ -37,6 +37,9 @@ def load_baseline(path: str | os.PathLike) -> dict:
         report = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UsageError(f"{p}: baseline is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(report, dict) and report.get("kind") == "llm" and not is_llm_bench(report):
+        raise UsageError(f"{p}: an LLM compare report, not a bench report (no decode timings); give the report.json "
+                         "that enginewright bench wrote")
     if not isinstance(report, dict) or not (report.get("kind") == "bench" or is_llm_bench(report)):
         raise UsageError(f"{p}: not a bench report (kind {report.get('kind') if isinstance(report, dict) else None!r})")
     if report.get("schema_version") != REPORT_SCHEMA_VERSION:
