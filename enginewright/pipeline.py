@@ -81,7 +81,11 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     try:
         root = yaml.compose(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise UsageError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = f" {e.context}" if getattr(e, "context", None) else ""
+        raise UsageError(f"{where}: not valid YAML ({what}{context})") from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise UsageError(f"{p}: a pipeline is a mapping with 'model', 'run_dir' and 'stages'")
     top = {k.value: v for k, v in root.value}

@@ -53,6 +53,7 @@ def test_pipeline_file_errors_name_file_and_line(capsys, tiny_bert, tmp_path):
          "pipe.yaml:6: quantize.max_float_nodes must be an integer, got 'many'"),
         ("stages:\n  - export: {}\n  - quantize: {mode: dynamic, per_channel: 1}\n", "quantize.per_channel must be true or false"),
         ("stages:\n  - export: {}\n  - compare: {max_new_tokens: 0}\n", "pipe.yaml:5: compare.max_new_tokens: --max-new-tokens 0: must be at least 1"),
+        ("stages:\n  - export: {task: x\n  - compare: {}\n", "pipe.yaml:5: not valid YAML (expected ',' or '}'"),
     ]
     for stages, words in cases:
         p = tmp_path / "pipe.yaml"
