@@ -89,9 +89,13 @@ def _open(p: Path):
                          "remove or replace it") from None
 
 
+_TEXT_HINT = "; a directory as data is read as images, text data is one .jsonl, .csv or .txt file"
+
+
 def _checked(p: Path) -> Path:
     if p.suffix.lower() not in IMAGE_SUFFIXES:
-        raise UsageError(f"{p}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}); remove it from the data")
+        raise UsageError(f"{p}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}); remove it from the data"
+                         + _TEXT_HINT)
     _open(p)
     return p
 
@@ -99,11 +103,12 @@ def _checked(p: Path) -> Path:
 def _from_dir(root: Path, source: str) -> ImageDataset:
     files = sorted(f for f in root.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts))
     if not files:
-        raise UsageError(f"{root}: no image files; put images in it (one sub-folder per label for labelled data)")
+        raise UsageError(f"{root}: no image files; put images in it (one sub-folder per label for labelled data)" + _TEXT_HINT)
     nested = [len(f.relative_to(root).parts) > 1 for f in files]
     if any(nested) and not all(nested):
         loose = next(f for f, n in zip(files, nested) if not n)
-        raise UsageError(f"{loose}: labelled image folders hold images only in sub-folders (one per label); move it into one")
+        raise UsageError(f"{loose}: labelled image folders hold images only in sub-folders (one per label); move it into one"
+                         + _TEXT_HINT)
     paths = tuple(_checked(f) for f in files)
     labels = tuple(f.relative_to(root).parts[0] for f in files) if all(nested) else None
     return ImageDataset(source, paths, labels)
