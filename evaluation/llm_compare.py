@@ -140,6 +140,10 @@ def run_llm_compare(reference: str | Artifact, candidates: Sequence[str | Artifa
         raise UsageError("compare needs at least one CANDIDATE artifact after the reference")
     ref_plan = plan_runners([ref_art], [ref_runtime] if ref_runtime else None)[0]
     cand_plans = plan_runners(cand_arts, runtimes)
+    one_at_a_time = [p.label for p in (ref_plan, *cand_plans) if p.runtime.startswith("llama.cpp")]
+    if one_at_a_time and config.batch_size > 1:  # said before any model loads, not at its first batch
+        raise UsageError(f"--batch-size {config.batch_size}: {one_at_a_time[0]} runs one sequence at a time (llama.cpp "
+                         "keeps its KV cache inside); pass --batch-size 1")
     task = get_task(TASK)
     check_sequence_length([ref_art, *cand_arts], task, config.max_length, "--max-length")
     limit = task.max_sequence(ref_art.path)

@@ -59,6 +59,15 @@ def test_compare_on_llama_cpp(imported, tmp_path):
     assert row["runtime"] == "llama.cpp:cpu" and row["top1_agreement"] == 1.0 and abs(row["ppl_change"]) < 1e-3
 
 
+def test_a_batch_on_llama_cpp_is_refused_before_anything_loads(imported, tmp_path, capsys, monkeypatch):
+    import runtimes.llamacpp.runner as llama_runner
+
+    monkeypatch.setattr(llama_runner.LlamaCppRunner, "__init__", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["compare", str(imported), str(imported), "--on", "llama.cpp", "-o", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs one sequence at a time" in err[0] and "pass --batch-size 1" in err[0]
+
+
 def test_llama_cpp_refuses_a_model_not_imported_from_gguf(tiny_llama, imported, tmp_path):
     with pytest.raises(UsageError, match="not imported from one"):
         open_runner(load_artifact(tiny_llama), "llama.cpp").activate()
