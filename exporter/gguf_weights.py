@@ -61,7 +61,7 @@ import numpy as np
 
 from exporter.passes import AFTER_WEIGHT_ONLY, run_passes
 from exporter.passes.core import attr, replace_nodes, rewrite_graph
-from exporter.passes.nibbles import pack4
+from exporter.passes.nibbles import pack4, unpack4
 from runtimes.errors import UsageError
 
 QK = 32  # block size of Q4_0, Q4_1, Q5_0, Q8_0 and of Q4_K's blocks
@@ -405,8 +405,7 @@ def integer_zero_points(model) -> dict:
             nodes.append(node)
             continue
         blocks = k // block
-        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, blocks, block // 2)
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, blocks, block)
+        q = unpack4(numpy_helper.to_array(inits[node.input[1]]).reshape(n, blocks, block // 2))
         scale = numpy_helper.to_array(inits[node.input[2]]).reshape(n, blocks).astype(np.float32)
         zero = numpy_helper.to_array(inits[zp]).reshape(n, blocks).astype(np.float32)
         name = node.name.rpartition("_Q4")[0] or node.name

@@ -34,6 +34,8 @@ def rtn_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tu
     ``0 .. 2**bits - 1`` (symmetric: zero point ``2**(bits-1)``)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
+    from exporter.passes.nibbles import unpack4
+
     w = np.ascontiguousarray(w, dtype=np.float32)
     rows, cols = w.shape
     blocks = -(-rows // block_size)
@@ -45,8 +47,8 @@ def rtn_blocks(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> tu
     (quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits)(packed, padded, scales, zp, block_size, cols, rows,
                                                                     symmetric)
     if bits == 4:
-        codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(cols, blocks, block_size)
-        zero = np.stack([zp & 0x0F, zp >> 4], -1).reshape(cols, -1)[:, :blocks]
+        codes = unpack4(packed).reshape(cols, blocks, block_size)
+        zero = unpack4(zp)[:, :blocks]
     else:
         codes, zero = packed, zp[:, :blocks]
     if symmetric:

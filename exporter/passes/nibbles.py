@@ -26,6 +26,11 @@ def pack4(q: np.ndarray) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
+def unpack4(b: np.ndarray) -> np.ndarray:
+    """``pack4``'s inverse: ``[..., k]`` bytes -> ``[..., 2k]`` values 0..15, the low nibble first."""
+    return np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:-1], -1)
+
+
 def split_8bit_matmulnbits(model) -> PassResult:
     from onnx import helper, numpy_helper
 
