@@ -102,6 +102,12 @@ def _f16(b: np.ndarray) -> np.ndarray:
     return b.copy().view(np.float16)[..., 0].astype(np.float32)
 
 
+def _gguf_nibbles(b: np.ndarray) -> np.ndarray:
+    """A GGUF block's ``[..., 16]`` bytes of 4-bit values as ``[..., 32]``: the low nibbles are elements
+    0-15, the high ones 16-31 (not ``unpack4``'s interleaved order)."""
+    return np.concatenate([b & 0x0F, b >> 4], axis=-1)
+
+
 def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(q, d, m)`` of a tensor's raw bytes ``[rows, bytes per row]``, in ``Blocks``' layout (the
     unpacking follows gguf-py's ``dequantize_blocks`` of each type, element for element)."""
@@ -164,7 +170,7 @@ def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.n
             scale = (low | (high << 4)).astype(np.int8) - np.int8(32)
             d = (_f16(sb[..., :2])[..., None] * scale.astype(np.float32)).reshape(rows, -1)
             qs = sb[..., 8:].reshape(rows, -1, 16)
-        return table[np.concatenate([qs & 0x0F, qs >> 4], axis=-1)], d, None
+        return table[_gguf_nibbles(qs)], d, None
     size = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}[gguf_type]
     blocks = raw.reshape(rows, -1, size)
     d = _f16(blocks[..., :2])
@@ -174,14 +180,14 @@ def _parse(raw: np.ndarray, gguf_type: str, rows: int) -> tuple[np.ndarray, np.n
     if gguf_type in ("Q5_0", "Q5_1"):  # d, (m,) 32 high bits (uint32), 16 bytes of low nibbles
         at = 2 if gguf_type == "Q5_0" else 4
         high = (blocks[..., at:at + 4].copy().view(np.uint32) >> np.arange(32, dtype=np.uint32)) & 1
-        low = np.concatenate([blocks[..., at + 4:] & 0x0F, blocks[..., at + 4:] >> 4], axis=-1)
+        low = _gguf_nibbles(blocks[..., at + 4:])
         q = low | (high.astype(np.uint8) << 4)
         if gguf_type == "Q5_1":  # d * q + m
             return q, d, _f16(blocks[..., 2:4])
         return q + np.uint8(112), d, None  # d * (q - 16) = d * ((q + 112) - 128)
     m = _f16(blocks[..., 2:4]) if gguf_type == "Q4_1" else None
     qs = blocks[..., 4:] if gguf_type == "Q4_1" else blocks[..., 2:]
-    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # gguf order: low nibbles are elements 0-15
+    q = _gguf_nibbles(qs)
     return q, d, m
 
 
