@@ -73,18 +73,21 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"{out}: cannot write in {parent} (permission denied); choose another path")
 
 
+def is_our_json(path: Path) -> bool:
+    """True for a JSON file enginewright wrote (``schema_version`` and ``kind`` at its top: a manifest,
+    a report, check's ``--json``, a duel's figures)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "kind" in data
+
+
 def _is_ours(path: Path) -> bool:
     """True for a directory enginewright wrote (manifest.json / report.json with our fields, or the marker) or an empty one."""
     if not any(path.iterdir()) or (path / MARKER).is_file():
         return True
-    for name in _OWNED_FILES:
-        try:
-            data = json.loads((path / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and "schema_version" in data and "kind" in data:
-            return True
-    return False
+    return any(is_our_json(path / name) for name in _OWNED_FILES)
 
 
 def check_output_free(out: str | os.PathLike, force: bool, inputs: Iterable = ()) -> None:
@@ -106,16 +109,6 @@ def check_output_free(out: str | os.PathLike, force: bool, inputs: Iterable = ()
         raise UsageError(f"{out}: holds files enginewright did not write (no manifest.json, report.json or {MARKER}); "
                          "--force replaces only an output of enginewright; remove it yourself or choose another -o")
     _check_writable(out)
-
-
-def is_our_json(path: Path) -> bool:
-    """True for a JSON file enginewright wrote as a single-file output (``schema_version`` and ``kind``
-    at its top: check's ``--json``, a duel's figures)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "schema_version" in data and "kind" in data
 
 
 def _is_junit(path: Path) -> bool:
@@ -149,7 +142,7 @@ def check_output_file(path: str | os.PathLike, *, force: bool | None, inputs: It
     if path.is_dir():
         raise UsageError(f"{where}: is a directory; give a file path")
     parent = _abs(path).parent
-    if path.exists() and any((parent / n).is_file() for n in (*_OWNED_FILES, MARKER)) and _is_ours(parent):
+    if path.exists() and _is_ours(parent):  # not empty: it holds path
         raise UsageError(f"{where}: is a file of the enginewright output {parent}, which replacing it would break; "
                          "choose a path outside it")
     if path.exists() and force is False:
