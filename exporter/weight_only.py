@@ -153,8 +153,8 @@ def quantize_weights(artifact: str | os.PathLike | Artifact, out: str | os.PathL
             raise UsageError(f"--accuracy-level {name}=...: no MatMul of {src.model_file} has {name!r} in its name")
     folded = fold_transposed_matmul_weights(model)
     if config.gguf is not None:
-        return _from_gguf(model, src, writer, config, folded.modified, command, log)
-    if hint := _gguf_hint(src):
+        return _from_gguf(model, src, writer, config, folded.modified, command, (lineage, imported), log)
+    if hint := _gguf_hint(lineage, imported):
         log(hint)
     consts = {i.name for i in model.graph.initializer}
     weights = {n.name: n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts}
@@ -384,20 +384,20 @@ def gguf_lineage(src: Artifact, steps: int = 16) -> tuple[list[Path], dict]:
     return walked, {}
 
 
-def _gguf_hint(src: Artifact) -> str | None:
-    """A note when ``src``'s model was imported from a quantized GGUF file: rounding its de-quantized
-    weights again lands on another grid (SmolLM2's Q4_1 file: +34% perplexity for INT4 RTN)."""
-    walked, record = gguf_lineage(src)
+def _gguf_hint(walked: list[Path], record: dict) -> str | None:
+    """A note when the model was imported from a quantized GGUF file (``gguf_lineage``'s answer):
+    rounding its de-quantized weights again lands on another grid (SmolLM2's Q4_1 file: +34%
+    perplexity for INT4 RTN)."""
     if not record or record.get("file_type") in ("F32", "F16", "BF16"):
         return None
     return (f"note: {walked[-1]} was imported from {record.get('path')} ({record.get('file_type')}); rounding its "
             "de-quantized weights again loses accuracy, --from-gguf source writes the file's own blocks exactly")
 
 
-def gguf_source(src: Artifact, given: str) -> Path:
+def gguf_source(src: Artifact, given: str, lineage: tuple[list[Path], dict]) -> Path:
     """The GGUF file ``--from-gguf`` names: a path, or ``source``: the file the artifact's model was
     imported from (``import-gguf`` records it with its sha256; found however many steps up the
-    lineage), checked unchanged.
+    lineage, ``gguf_lineage(src)``), checked unchanged.
 
     Raises:
         UsageError: no such file, no GGUF in the artifact's lineage, or the file changed since.
@@ -409,7 +409,7 @@ def gguf_source(src: Artifact, given: str) -> Path:
         if not path.is_file():
             raise UsageError(f"--from-gguf {given}: no such file")
         return path
-    walked, record = gguf_lineage(src)
+    walked, record = lineage
     model_dir = walked[-1] if walked else "?"
     return imported_gguf(record, not_imported=f"--from-gguf source: no model in {src.path}'s lineage "
                          f"({' <- '.join(map(str, walked)) or 'none recorded'}) was imported from a GGUF file; "
@@ -419,12 +419,12 @@ def gguf_source(src: Artifact, given: str) -> Path:
 
 
 def _from_gguf(model, src: Artifact, writer: ArtifactWriter, config: WeightOnlyConfig, folded: bool, command,
-               log=lambda msg: None):
+               lineage: tuple[list[Path], dict], log=lambda msg: None):
     from transformers import AutoConfig
 
     from exporter.gguf_weights import carry_over
 
-    path = gguf_source(src, config.gguf)
+    path = gguf_source(src, config.gguf, lineage)
     level = config.accuracy_level or 0
     if config.exclude:
         keep = set(config.exclude)
