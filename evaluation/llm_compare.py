@@ -66,15 +66,15 @@ def parse_share(text: str) -> float:
         raise ValueError(f"{text!r} is not a number or a percentage") from None
 
 
-def load_prompts(path: str | Path | None) -> TextDataset:
+def load_prompts(path: str | Path | None, limit: int | None = None) -> TextDataset:
     """The prompts (one per line of a ``.txt``, or a ``.jsonl``/``.csv`` text column; None: the
-    project's chat prompts).
+    project's chat prompts), the first ``limit`` of them when given.
 
     Raises:
         UsageError: the file holds no prompts.
     """
     data = load_texts(PROMPTS if path in (None, BUILTIN) else path)
-    texts = tuple(t for t in data.texts if t.strip())
+    texts = tuple(t for t in data.texts if t.strip())[:limit]
     if not texts:
         raise UsageError(f"{path}: no prompts in this file; write one prompt per line")
     return TextDataset(source=data.source, texts=texts)

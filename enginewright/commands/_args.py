@@ -252,7 +252,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", default="text", metavar="NAME")
     p.add_argument("--pair-column", default=None, metavar="NAME", help="second text column (default: text_pair if present)")
     p.add_argument("--label-column", default=None, metavar="NAME", help="label column (default: label if present)")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N rows only")
+    p.add_argument("--limit", type=PositiveInt("--limit"), default=None, metavar="N", help="use the first N rows only")
 
 
 def add_parity_tolerance(p: argparse.ArgumentParser) -> None:
@@ -344,11 +344,9 @@ def threads(o) -> int:
 
 
 def load_data(o):
-    """The texts of the data options. Raises CliError for a bad --limit, UsageError for a bad file."""
+    """The texts of the data options. Raises UsageError for a bad file."""
     from evaluation.data import load_texts
 
-    if o["limit"] is not None and o["limit"] < 1:
-        raise CliError(f"--limit must be at least 1, got {o['limit']}")
     return load_texts(o["data"], text_column=o["text_column"], pair_column=o["pair_column"],
                       label_column=o["label_column"], limit=o["limit"])
 

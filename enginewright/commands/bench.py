@@ -6,7 +6,6 @@ Time every ARTIFACT on its runtimes over a batch x sequence sweep (or real texts
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from enginewright.commands._stage import CheckOutcome
@@ -69,11 +68,7 @@ def _evaluate_llm(o, artifacts, *, command: str | None, progress: bool):
                             warmup=1 if o["warmup"] is None else o["warmup"], threads=threads(o),
                             io_binding={"auto": None, "on": True, "off": False}[o["io_binding"]], hf_generate=o["hf_generate"])
     data = load_data(o) if o["data"] is not None else None
-    prompts = load_prompts(o["prompts"]) if data is None else None
-    if prompts is not None and o["limit"] is not None:  # --limit counts the rows bench takes, prompts too
-        if o["limit"] < 1:
-            raise CliError(f"--limit must be at least 1, got {o['limit']}")
-        prompts = dataclasses.replace(prompts, texts=prompts.texts[:o["limit"]])
+    prompts = load_prompts(o["prompts"], limit=o["limit"]) if data is None else None  # --limit counts prompts too
     report = run_llm_bench(artifacts, data, prompts=prompts, runtimes=o["runtimes"], config=config, command=command,
                            progress=progress)
     return report, _regressions(report, baseline, o)

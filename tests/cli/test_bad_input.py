@@ -173,6 +173,7 @@ CASES = [
          ("manifest.json", "inputs"), _edit_json("onnx/manifest.json", lambda m: m.update(inputs="input_ids"))),
     # compare
     Case("compare-no-candidate", ("compare", "{hf}"), ("CANDIDATE",)),
+    Case("compare-limit-zero", ("compare", "{hf}", "{onnx}", "--limit", "0"), ("--limit 0: must be at least 1",)),
     Case("compare-text-in-a-directory", ("compare", "{hf}", "{onnx}", "--data", "{t}/texts"),
          ("a.txt", "text data is one .jsonl, .csv or .txt file"), _write("texts/a.txt", "hello\n")),
     Case("compare-missing-candidate", ("compare", "{hf}", "{t}/nope"), ("nope",)),
