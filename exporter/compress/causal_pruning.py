@@ -18,10 +18,9 @@ and value heads serve a group), and the config holds one head count for every la
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from exporter.compress.pruning import PruneConfig, _slice_linear, ffn_width_kept, param_count
-from exporter.training import Encoded, collate, epoch_order
+from exporter.compress.pruning import PruneConfig, _slice_linear, ffn_width_kept, mask_gradients, param_count
+from exporter.training import Encoded
 from runtimes.errors import UsageError
 
 
@@ -67,22 +66,12 @@ def ffn_importance(model, blocks, data: Encoded, cfg: PruneConfig, *, device: st
     mask = torch.ones(len(blocks), width, device=device, requires_grad=True)
     hooks = [down.register_forward_pre_hook(lambda mod, args, i=i: (args[0] * mask[i], *args[1:]))
              for i, down in enumerate(downs)]
-    score = torch.zeros(len(blocks), width)
-    order = epoch_order(len(data), cfg.seed, 0)
-    steps = -(-len(data) // cfg.batch_size)
-    if cfg.score_batches:
-        steps = min(steps, cfg.score_batches)
     was_training = model.training
     model.to(device).eval()  # no dropout: scores must not depend on the RNG
     try:
-        for b in tqdm(range(steps), desc="importance", unit="batch", disable=not progress, leave=False):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                         use_cache=False).loss
-            mask.grad = None
-            loss.backward()
-            score += mask.grad.detach().abs().cpu()
+        [score] = mask_gradients(data, cfg, [mask], lambda batch: model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+            use_cache=False).loss, device=device, pad_id=pad_id, progress=progress)
     finally:
         for h in hooks:
             h.remove()

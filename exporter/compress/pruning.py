@@ -108,28 +108,41 @@ def measure_importance(model, data: Encoded, cfg: PruneConfig, device: str = "cp
     ffn_mask = torch.ones(n_layers, model.config.intermediate_size, device=device, requires_grad=True)
     hooks = [layer.intermediate.register_forward_hook(lambda mod, inp, out, i=i: out * ffn_mask[i])
              for i, layer in enumerate(layers)]
-    head_score = torch.zeros(n_layers, n_heads)
-    ffn_score = torch.zeros(n_layers, model.config.intermediate_size)
-    order = epoch_order(len(data), cfg.seed, 0)
-    steps = -(-len(data) // cfg.batch_size)
-    if cfg.score_batches:
-        steps = min(steps, cfg.score_batches)
     model.to(device).eval()  # no dropout: scores must not depend on the RNG
     try:
         with _quiet_sdpa_fallback():
-            for b in tqdm(range(steps), desc="importance", unit="batch", disable=not progress, leave=False):
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-                loss = model(**batch, head_mask=head_mask).loss
-                head_mask.grad = ffn_mask.grad = None
-                loss.backward()
-                head_score += head_mask.grad.detach().abs().cpu()
-                ffn_score += ffn_mask.grad.detach().abs().cpu()
+            head_score, ffn_score = mask_gradients(data, cfg, [head_mask, ffn_mask],
+                                                   lambda batch: model(**batch, head_mask=head_mask).loss,
+                                                   device=device, pad_id=pad_id, progress=progress)
     finally:
         for h in hooks:
             h.remove()
         model.zero_grad(set_to_none=True)
     return head_score.numpy(), ffn_score.numpy()
+
+
+def mask_gradients(data: Encoded, cfg: PruneConfig, masks: list, loss_of, *, device: str, pad_id: int,
+                   progress: bool) -> list:
+    """Michel et al.'s importance: ``|d loss / d mask|`` summed over ``cfg.score_batches`` batches of
+    ``data`` (``cfg.batch_size`` rows, in the seeded order), one CPU tensor per mask; ``loss_of(batch)``
+    runs the model, whose hooks apply ``masks``."""
+    import torch
+
+    scores = [torch.zeros(m.shape) for m in masks]
+    order = epoch_order(len(data), cfg.seed, 0)
+    steps = -(-len(data) // cfg.batch_size)
+    if cfg.score_batches:
+        steps = min(steps, cfg.score_batches)
+    for b in tqdm(range(steps), desc="importance", unit="batch", disable=not progress, leave=False):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+        loss = loss_of(batch)
+        for m in masks:
+            m.grad = None
+        loss.backward()
+        for score, m in zip(scores, masks):
+            score += m.grad.detach().abs().cpu()
+    return scores
 
 
 @contextlib.contextmanager
